@@ -1,0 +1,126 @@
+using Vfio.Interop;
+
+namespace Vfio;
+
+public enum DataReadStatus
+{
+    /// <summary>Bytes were read.</summary>
+    Data,
+    /// <summary>read returned 0: the device has no more data in this session.</summary>
+    EndOfStream,
+    /// <summary>ENOMSG in PRE_COPY: a temporary end of data; more may come later.</summary>
+    NoDataForNow,
+}
+
+public readonly record struct DataRead(int Bytes, DataReadStatus Status);
+
+/// <summary>
+/// The migration data fd returned by a state transition. It is a stream: only read(2)/write(2), never
+/// pread/pwrite (ESPIPE). EINTR is retried; writes are completed even when the kernel takes them in parts.
+/// </summary>
+public sealed unsafe class MigrationDataStream : IDisposable
+{
+    private readonly FileDescriptorHandle _handle;
+    private readonly string _owner;
+
+    public MigrationDataStream(FileDescriptorHandle handle, string owner)
+    {
+        _handle = handle;
+        _owner = owner;
+    }
+
+    /// <summary>The device (or simulated device) this stream belongs to, used in error messages.</summary>
+    public string Owner => _owner;
+
+    public FileDescriptorHandle Handle => _handle;
+
+    public DataRead Read(Span<byte> buffer)
+    {
+        if (buffer.IsEmpty)
+            throw new ArgumentException("read buffer is empty", nameof(buffer));
+        bool added = false;
+        _handle.DangerousAddRef(ref added);
+        try
+        {
+            fixed (byte* p = buffer)
+            {
+                while (true)
+                {
+                    nint n = Libc.Read(_handle.Fd, p, (nuint)buffer.Length);
+                    if (n > 0)
+                        return new DataRead((int)n, DataReadStatus.Data);
+                    if (n == 0)
+                        return new DataRead(0, DataReadStatus.EndOfStream);
+                    int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                    if (errno == Libc.EINTR)
+                        continue;
+                    if (errno == Libc.ENOMSG)
+                        return new DataRead(0, DataReadStatus.NoDataForNow);
+                    throw new VfioException($"read(migration data fd of {_owner})", errno);
+                }
+            }
+        }
+        finally
+        {
+            if (added) _handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>
+    /// Writes every byte, in order. Returns the number of write(2) calls it took, which tells how
+    /// the kernel split the buffer (a device may load synchronously inside one of them).
+    /// </summary>
+    public int WriteAll(ReadOnlySpan<byte> data)
+    {
+        bool added = false;
+        _handle.DangerousAddRef(ref added);
+        try
+        {
+            int calls = 0;
+            fixed (byte* p = data)
+            {
+                int done = 0;
+                while (done < data.Length)
+                {
+                    nint n = Libc.Write(_handle.Fd, p + done, (nuint)(data.Length - done));
+                    calls++;
+                    if (n > 0)
+                    {
+                        done += (int)n;
+                        continue;
+                    }
+                    int errno = n == 0 ? Libc.EIO : System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                    if (errno == Libc.EINTR)
+                        continue;
+                    throw new VfioException($"write(migration data fd of {_owner})", errno,
+                        $"{done} of {data.Length} bytes written");
+                }
+            }
+            return calls;
+        }
+        finally
+        {
+            if (added) _handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>VFIO_MIG_GET_PRECOPY_INFO: bytes the device has ready in PRE_COPY.</summary>
+    public (ulong InitialBytes, ulong DirtyBytes) GetPrecopyInfo()
+    {
+        var info = new VfioPrecopyInfo { Argsz = (uint)sizeof(VfioPrecopyInfo) };
+        bool added = false;
+        _handle.DangerousAddRef(ref added);
+        try
+        {
+            if (Libc.Ioctl(_handle.Fd, VfioUapi.VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
+                throw VfioException.FromLastError($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}");
+            return (info.InitialBytes, info.DirtyBytes);
+        }
+        finally
+        {
+            if (added) _handle.DangerousRelease();
+        }
+    }
+
+    public void Dispose() => _handle.Dispose();
+}
