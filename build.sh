@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# The one entry point: ./build.sh [build|test|run|publish] — see README.md.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$PWD
+ART=$ROOT/artifacts
+CONFIG=Release
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+
+log() { printf '[build.sh] %s\n' "$*" >&2; }
+
+install_prereqs() {
+    local missing=()
+    command -v cc >/dev/null || missing+=(gcc libc6-dev)
+    command -v make >/dev/null || missing+=(make)
+    [ -e /usr/include/linux/vfio.h ] || missing+=(linux-libc-dev)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ]; then
+            log "missing ${missing[*]}; run as root (or install them) first"; exit 1
+        fi
+        log "installing ${missing[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! command -v dotnet >/dev/null; then
+        log "the .NET 10 SDK (dotnet) is not on PATH; install it first (https://learn.microsoft.com/dotnet/core/install/linux)"; exit 1
+    fi
+}
+
+build() {
+    install_prereqs
+    log "building Vfio.sln ($CONFIG)"
+    dotnet build Vfio.sln -c $CONFIG -nologo -v quiet -clp:ErrorsOnly
+    publish_cli
+}
+
+# The CLI as one self-contained executable that can be copied to a test host without .NET.
+publish_cli() {
+    mkdir -p "$ART/bin"
+    dotnet publish src/Vfio.Cli -c $CONFIG -r linux-x64 --self-contained -p:PublishSingleFile=true \
+        -nologo -v quiet -clp:ErrorsOnly -o "$ART/bin" >/dev/null
+    log "CLI: $ART/bin/vfio-mig (self-contained single file)"
+}
+
+# Adds one tier's counts from an xunit v3 XML report to the totals.
+PASSED=0 FAILED=0 SKIPPED=0
+add_counts() {
+    local xml=$1 tier=$2 p f s e
+    p=$(grep -o '<assembly [^>]*' "$xml" | grep -o ' passed="[0-9]*"' | grep -o '[0-9]*' | paste -sd+ | bc)
+    f=$(grep -o '<assembly [^>]*' "$xml" | grep -o ' failed="[0-9]*"' | grep -o '[0-9]*' | paste -sd+ | bc)
+    s=$(grep -o '<assembly [^>]*' "$xml" | grep -o ' skipped="[0-9]*"' | grep -o '[0-9]*' | paste -sd+ | bc)
+    e=$(grep -o '<assembly [^>]*' "$xml" | grep -o ' errors="[0-9]*"' | grep -o '[0-9]*' | paste -sd+ | bc)
+    log "$tier: $p passed, $((f + e)) failed, $s skipped"
+    PASSED=$((PASSED + p)); FAILED=$((FAILED + f + e)); SKIPPED=$((SKIPPED + s))
+}
+
+# Runs an xunit v3 test executable, writing its XML report; a crash before the report counts as one failure.
+run_xunit() {
+    local dll=$1 tier=$2 xml=$ART/test-results/$2.xml
+    shift 2
+    mkdir -p "$ART/test-results"; rm -f "$xml"
+    log "running $tier"
+    set +e; dotnet "$dll" -xml "$xml" -noColor "$@"; set -e
+    if [ -s "$xml" ]; then add_counts "$xml" "$tier"; else log "$tier: no report (crashed)"; FAILED=$((FAILED + 1)); fi
+}
+
+test_all() {
+    install_prereqs
+    command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq bc >/dev/null; }
+    build
+    run_xunit "tests/Vfio.Tests/bin/$CONFIG/net10.0/Vfio.Tests.dll" unit
+    hw_tiers
+    echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
+    [ "$FAILED" -eq 0 ]
+}
+
+hwtests_dll() { echo "$ROOT/hwtests/Vfio.HwTests/bin/$CONFIG/net10.0/Vfio.HwTests.dll"; }
+
+# Hardware tiers: real VFs named in VFIO_HW_DEVICES on this host; our simulated kernel device in a QEMU guest.
+hw_tiers() {
+    if [ -n "${VFIO_HW_DEVICES:-}" ]; then
+        run_xunit "$(hwtests_dll)" hardware
+    else
+        log "hardware tier skipped: VFIO_HW_DEVICES names no real VFs on this host"
+    fi
+    local guest=hwtests/guest/run-in-guest.sh why
+    if [ ! -x "$guest" ]; then
+        log "kernel-in-the-loop tier skipped: $guest is not there"
+    elif ! why=$("$guest" --check 2>&1); then
+        log "kernel-in-the-loop tier skipped: $why"
+    else
+        local xml=$ART/test-results/guest.xml
+        mkdir -p "$ART/test-results"; rm -f "$xml"
+        log "running the kernel-in-the-loop tier in a QEMU guest"
+        set +e; "$guest" --results "$ART/test-results" -- dotnet "$(hwtests_dll)" -xml /results/guest.xml -noColor; set -e
+        if [ -s "$xml" ]; then add_counts "$xml" guest; else log "guest tier: no report"; FAILED=$((FAILED + 1)); fi
+    fi
+}
+
+run_main() {
+    build
+    mkdir -p "$ART/run"
+    "$ART/bin/vfio-mig" loopback --json "$ART/run/report.json" "$@"
+}
+
+case "${1:-build}" in
+    build) build ;;
+    test) test_all ;;
+    run) shift; run_main "$@" ;;
+    publish) install_prereqs; publish_cli ;;
+    *) echo "usage: ./build.sh [build|test|run|publish]" >&2; exit 2 ;;
+esac
