@@ -1,0 +1,89 @@
+using System.Text.Json;
+using System.Xml.Linq;
+using Vfio.Reports;
+
+namespace Vfio.Tests.Reports;
+
+public class TimelineRenderingTests
+{
+    private static Timeline Sample() => new(
+        "4 VFs, 6 channels, decoupled",
+        ["dev0 loader", "dev1 loader", "channel 0"],
+        [
+            new("dev0 loader", SpanKind.Wait, 0, 40),
+            new("dev0 loader", SpanKind.Load, 40, 250, "buffer 0"),
+            new("dev1 loader", SpanKind.Wait, 0, 70),
+            new("dev1 loader", SpanKind.Load, 70, 280),
+            new("channel 0", SpanKind.Receive, 5, 200),
+        ],
+        DowntimeStartMs: 0, DowntimeEndMs: 300);
+
+    [Fact]
+    public void SvgIsWellFormedAndShowsEveryTrackTheDowntimeAndTheTotals()
+    {
+        string svg = SvgTimeline.Render(Sample());
+        var doc = XDocument.Parse(svg);
+        XNamespace ns = "http://www.w3.org/2000/svg";
+        var texts = doc.Descendants(ns + "text").Select(t => t.Value).ToList();
+
+        Assert.Contains("dev0 loader", texts);
+        Assert.Contains("dev1 loader", texts);
+        Assert.Contains("channel 0", texts);
+        Assert.Contains("downtime 300 ms", texts);
+        Assert.Contains("wait 40 ms  load 210 ms", texts);
+        Assert.Contains("time since the run started (ms)", texts);
+        // One rect per span: each carries a tooltip naming its track and kind.
+        var spanTitles = doc.Descendants(ns + "rect").Select(r => r.Element(ns + "title")?.Value)
+            .Where(t => t is not null && !t.StartsWith("downtime", StringComparison.Ordinal)).ToList();
+        Assert.Equal(5, spanTitles.Count);
+        Assert.Contains("dev0 loader: load 40-250 ms buffer 0", spanTitles);
+    }
+
+    [Fact]
+    public void SvgJoinsSpansThatWouldBeLessThanAPixelApart()
+    {
+        var spans = Enumerable.Range(0, 1000)
+            .Select(i => new TimelineSpan("dev0 loader", SpanKind.Load, i * 1.0, i * 1.0 + 0.999)).ToList();
+        var doc = XDocument.Parse(SvgTimeline.Render(new Timeline("t", ["dev0 loader"], spans, 0, 1000)));
+        XNamespace ns = "http://www.w3.org/2000/svg";
+        int spanRects = doc.Descendants(ns + "rect").Count(r => r.Element(ns + "title")?.Value.StartsWith("dev0") == true);
+        Assert.Equal(1, spanRects);
+    }
+
+    [Theory]
+    [InlineData(0.7, 1)]
+    [InlineData(13, 20)]
+    [InlineData(30, 50)]
+    [InlineData(101, 200)]
+    [InlineData(0.031, 0.05)]
+    public void AxisStepsAreOneTwoOrFiveTimesAPowerOfTen(double rough, double expected) =>
+        Assert.Equal(expected, SvgTimeline.NiceStep(rough), 9);
+
+    [Fact]
+    public void ChromeTraceHasAThreadPerTrackAndAnEventPerSpan()
+    {
+        using var stream = new MemoryStream();
+        ChromeTrace.Write(Sample(), stream);
+        using var doc = JsonDocument.Parse(stream.ToArray());
+        var events = doc.RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
+
+        var threadNames = events.Where(e => e.GetProperty("ph").GetString() == "M" && e.GetProperty("name").GetString() == "thread_name")
+            .ToDictionary(e => e.GetProperty("tid").GetInt32(), e => e.GetProperty("args").GetProperty("name").GetString());
+        Assert.Equal(["downtime", "dev0 loader", "dev1 loader", "channel 0"], threadNames.OrderBy(kv => kv.Key).Select(kv => kv.Value));
+
+        var complete = events.Where(e => e.GetProperty("ph").GetString() == "X").ToList();
+        Assert.Equal(6, complete.Count);
+        var load = complete.Single(e => e.GetProperty("name").GetString() == "load" && e.GetProperty("tid").GetInt32() == 1);
+        Assert.Equal(40_000, load.GetProperty("ts").GetDouble());
+        Assert.Equal(210_000, load.GetProperty("dur").GetDouble());
+        Assert.Equal("buffer 0", load.GetProperty("args").GetProperty("detail").GetString());
+    }
+
+    [Fact]
+    public void ChromeTraceRefusesASpanOnAnUnknownTrack()
+    {
+        var bad = Sample() with { Spans = [new TimelineSpan("nowhere", SpanKind.Load, 0, 1)] };
+        var error = Assert.Throws<ArgumentException>(() => ChromeTrace.Write(bad, new MemoryStream()));
+        Assert.Contains("nowhere", error.Message);
+    }
+}
