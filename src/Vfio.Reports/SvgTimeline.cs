@@ -1,4 +1,4 @@
-using System.Globalization;
+using static Vfio.Reports.SvgText;
 using System.Text;
 
 namespace Vfio.Reports;
@@ -121,8 +121,4 @@ public static class SvgTimeline
         string.Join("  ", spans.GroupBy(s => s.Kind).OrderBy(g => g.Key)
             .Select(g => Inv($"{g.Key.ToString().ToLowerInvariant()} {g.Sum(s => s.DurationMs):0} ms")));
 
-    private static string Escape(string text) =>
-        text.Replace("&", "&amp;").Replace("<", "&lt;").Replace(">", "&gt;").Replace("\"", "&quot;");
-
-    private static string Inv(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
 }

@@ -87,3 +87,28 @@ public class TimelineRenderingTests
         Assert.Contains("nowhere", error.Message);
     }
 }
+
+public class BarChartTests
+{
+    [Fact]
+    public void BarsAreScaledToTheAxisAndLabelled()
+    {
+        var groups = new[]
+        {
+            new BarGroup("1 VF", [("decoupled", 200), ("coupled", 210)]),
+            new BarGroup("4 VFs", [("decoupled", 400), ("coupled", 500)]),
+        };
+        var doc = XDocument.Parse(SvgBarChart.Render("downtime", "ms", "devices", groups));
+        XNamespace ns = "http://www.w3.org/2000/svg";
+        var bars = doc.Descendants(ns + "rect").Where(r => r.Element(ns + "title") is not null)
+            .ToDictionary(r => r.Element(ns + "title")!.Value, r => double.Parse(r.Attribute("height")!.Value, System.Globalization.CultureInfo.InvariantCulture));
+        Assert.Equal(4, bars.Count);
+        // Heights are proportional to the values.
+        Assert.Equal(500.0 / 200.0, bars["4 VFs coupled: 500"] / bars["1 VF decoupled: 200"], 2);
+        var texts = doc.Descendants(ns + "text").Select(t => t.Value).ToList();
+        Assert.Contains("decoupled", texts);
+        Assert.Contains("coupled", texts);
+        Assert.Contains("4 VFs", texts);
+        Assert.Contains("devices", texts);
+    }
+}
