@@ -8,7 +8,9 @@ namespace Vfio.Interop;
 /// </summary>
 public static class VfioUapi
 {
-    public const int ApiVersion = 0;
+    /// <summary>VFIO_API_VERSION: what VFIO_GET_API_VERSION returns.</summary>
+    public const int ApiVersion = VFIO_API_VERSION;
+    public const int VFIO_API_VERSION = 0;
     private const uint VfioType = ';';
     private const uint VfioBase = 100;
     private static nuint Io(uint type, uint nr) => (nuint)((type << 8) | nr);
@@ -30,10 +32,11 @@ public static class VfioUapi
     public static readonly nuint VFIO_MIG_GET_PRECOPY_INFO = Io(VfioType, VfioBase + 21);
 
     private const uint IommufdType = ';';
-    private const uint IommufdCmdBase = 0x80;
+    public const uint IOMMUFD_CMD_BASE = 0x80;
+    public const uint IOMMUFD_CMD_DESTROY = IOMMUFD_CMD_BASE;
     public const uint IOMMUFD_CMD_IOAS_ALLOC = 0x81;
     public static readonly nuint IOMMU_IOAS_ALLOC = Io(IommufdType, IOMMUFD_CMD_IOAS_ALLOC);
-    public static readonly nuint IOMMU_DESTROY = Io(IommufdType, IommufdCmdBase);
+    public static readonly nuint IOMMU_DESTROY = Io(IommufdType, IOMMUFD_CMD_DESTROY);
 
     public const int VFIO_TYPE1_IOMMU = 1;
     public const int VFIO_TYPE1v2_IOMMU = 3;
@@ -44,7 +47,12 @@ public static class VfioUapi
     public const uint VFIO_DEVICE_FLAGS_RESET = 1 << 0;
     public const uint VFIO_DEVICE_FLAGS_PCI = 1 << 1;
     public const uint VFIO_DEVICE_FLAGS_PLATFORM = 1 << 2;
+    public const uint VFIO_DEVICE_FLAGS_AMBA = 1 << 3;
+    public const uint VFIO_DEVICE_FLAGS_CCW = 1 << 4;
+    public const uint VFIO_DEVICE_FLAGS_AP = 1 << 5;
+    public const uint VFIO_DEVICE_FLAGS_FSL_MC = 1 << 6;
     public const uint VFIO_DEVICE_FLAGS_CAPS = 1 << 7;
+    public const uint VFIO_DEVICE_FLAGS_CDX = 1 << 8;
 
     public const uint VFIO_REGION_INFO_FLAG_READ = 1 << 0;
     public const uint VFIO_REGION_INFO_FLAG_WRITE = 1 << 1;
@@ -52,7 +60,15 @@ public static class VfioUapi
     public const uint VFIO_REGION_INFO_FLAG_CAPS = 1 << 3;
 
     public const uint VFIO_PCI_BAR0_REGION_INDEX = 0;
+    public const uint VFIO_PCI_BAR1_REGION_INDEX = 1;
+    public const uint VFIO_PCI_BAR2_REGION_INDEX = 2;
+    public const uint VFIO_PCI_BAR3_REGION_INDEX = 3;
+    public const uint VFIO_PCI_BAR4_REGION_INDEX = 4;
+    public const uint VFIO_PCI_BAR5_REGION_INDEX = 5;
+    public const uint VFIO_PCI_ROM_REGION_INDEX = 6;
     public const uint VFIO_PCI_CONFIG_REGION_INDEX = 7;
+    public const uint VFIO_PCI_VGA_REGION_INDEX = 8;
+    public const uint VFIO_PCI_NUM_REGIONS = 9;
 
     public const uint VFIO_DEVICE_FEATURE_MASK = 0xffff;
     public const uint VFIO_DEVICE_FEATURE_GET = 1 << 16;
@@ -78,6 +94,7 @@ public static class VfioUapi
     public const uint VFIO_DEVICE_STATE_RUNNING_P2P = 5;
     public const uint VFIO_DEVICE_STATE_PRE_COPY = 6;
     public const uint VFIO_DEVICE_STATE_PRE_COPY_P2P = 7;
+    public const uint VFIO_DEVICE_STATE_NR = 8;
 }
 
 [StructLayout(LayoutKind.Sequential)]
@@ -160,6 +177,20 @@ public struct VfioDeviceAttachIommufdPt
     public uint Argsz;
     public uint Flags;
     public uint PtId;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct VfioDeviceDetachIommufdPt
+{
+    public uint Argsz;
+    public uint Flags;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct IommuDestroy
+{
+    public uint Size;
+    public uint Id;
 }
 
 [StructLayout(LayoutKind.Sequential)]
