@@ -77,11 +77,9 @@ hwtests_dll() { echo "$ROOT/hwtests/Vfio.HwTests/bin/$CONFIG/net10.0/Vfio.HwTest
 
 # Hardware tiers: real VFs named in VFIO_HW_DEVICES on this host; our simulated kernel device in a QEMU guest.
 hw_tiers() {
-    if [ -n "${VFIO_HW_DEVICES:-}" ]; then
-        run_xunit "$(hwtests_dll)" hardware
-    else
-        log "hardware tier skipped: VFIO_HW_DEVICES names no real VFs on this host"
-    fi
+    # Without VFIO_HW_DEVICES every hardware test skips, saying why, and is counted as skipped.
+    [ -n "${VFIO_HW_DEVICES:-}" ] || log "hardware tier: VFIO_HW_DEVICES names no real VFs on this host; its tests will skip"
+    run_xunit "$(hwtests_dll)" hardware
     local guest=hwtests/guest/run-in-guest.sh why
     if [ ! -x "$guest" ]; then
         log "kernel-in-the-loop tier skipped: $guest is not there"
