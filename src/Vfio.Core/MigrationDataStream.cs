@@ -22,11 +22,19 @@ public sealed unsafe class MigrationDataStream : IDisposable
 {
     private readonly FileDescriptorHandle _handle;
     private readonly string _owner;
+    private readonly IDataFdSyscalls _sys;
 
     public MigrationDataStream(FileDescriptorHandle handle, string owner)
+        : this(handle, owner, LibcDataFdSyscalls.Instance)
+    {
+    }
+
+    /// <summary>Test seam: the read/write syscalls can be replaced to inject results (EINTR, short writes).</summary>
+    internal MigrationDataStream(FileDescriptorHandle handle, string owner, IDataFdSyscalls syscalls)
     {
         _handle = handle;
         _owner = owner;
+        _sys = syscalls;
     }
 
     /// <summary>The device (or simulated device) this stream belongs to, used in error messages.</summary>
@@ -46,12 +54,11 @@ public sealed unsafe class MigrationDataStream : IDisposable
             {
                 while (true)
                 {
-                    nint n = Libc.Read(_handle.Fd, p, (nuint)buffer.Length);
+                    nint n = _sys.Read(_handle.Fd, p, (nuint)buffer.Length, out int errno);
                     if (n > 0)
                         return new DataRead((int)n, DataReadStatus.Data);
                     if (n == 0)
                         return new DataRead(0, DataReadStatus.EndOfStream);
-                    int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
                     if (errno == Libc.EINTR)
                         continue;
                     if (errno == Libc.ENOMSG)
@@ -82,14 +89,15 @@ public sealed unsafe class MigrationDataStream : IDisposable
                 int done = 0;
                 while (done < data.Length)
                 {
-                    nint n = Libc.Write(_handle.Fd, p + done, (nuint)(data.Length - done));
+                    nint n = _sys.Write(_handle.Fd, p + done, (nuint)(data.Length - done), out int errno);
                     calls++;
                     if (n > 0)
                     {
                         done += (int)n;
                         continue;
                     }
-                    int errno = n == 0 ? Libc.EIO : System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                    if (n == 0)
+                        errno = Libc.EIO;
                     if (errno == Libc.EINTR)
                         continue;
                     throw new VfioException($"write(migration data fd of {_owner})", errno,
@@ -123,4 +131,33 @@ public sealed unsafe class MigrationDataStream : IDisposable
     }
 
     public void Dispose() => _handle.Dispose();
+}
+
+/// <summary>The syscalls a data fd stream makes; replaced in tests to inject errno results.</summary>
+internal unsafe interface IDataFdSyscalls
+{
+    /// <summary>read(2): bytes read, 0 at end, or -1 with <paramref name="errno"/> set.</summary>
+    nint Read(int fd, byte* buffer, nuint count, out int errno);
+
+    /// <summary>write(2): bytes written, or -1 with <paramref name="errno"/> set.</summary>
+    nint Write(int fd, byte* buffer, nuint count, out int errno);
+}
+
+internal sealed unsafe class LibcDataFdSyscalls : IDataFdSyscalls
+{
+    public static readonly LibcDataFdSyscalls Instance = new();
+
+    public nint Read(int fd, byte* buffer, nuint count, out int errno)
+    {
+        nint n = Libc.Read(fd, buffer, count);
+        errno = n < 0 ? System.Runtime.InteropServices.Marshal.GetLastPInvokeError() : 0;
+        return n;
+    }
+
+    public nint Write(int fd, byte* buffer, nuint count, out int errno)
+    {
+        nint n = Libc.Write(fd, buffer, count);
+        errno = n < 0 ? System.Runtime.InteropServices.Marshal.GetLastPInvokeError() : 0;
+        return n;
+    }
 }

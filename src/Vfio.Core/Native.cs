@@ -1,0 +1,106 @@
+using System.Runtime.InteropServices;
+using Vfio.Interop;
+
+namespace Vfio;
+
+/// <summary>Syscalls on SafeHandle-owned descriptors, keeping errno, and the plain-language open errors.</summary>
+internal static unsafe class Native
+{
+    /// <summary>ioctl with a pointer argument; returns the result and errno (0 on success).</summary>
+    public static int Ioctl(FileDescriptorHandle handle, nuint request, void* arg, out int errno)
+    {
+        bool added = false;
+        handle.DangerousAddRef(ref added);
+        try
+        {
+            int r = Libc.Ioctl(handle.Fd, request, arg);
+            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
+            return r;
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>ioctl with an integer argument passed by value.</summary>
+    public static int IoctlValue(FileDescriptorHandle handle, nuint request, nint arg, out int errno)
+    {
+        bool added = false;
+        handle.DangerousAddRef(ref added);
+        try
+        {
+            int r = Libc.IoctlValue(handle.Fd, request, arg);
+            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
+            return r;
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
+    }
+
+    public static nint PRead(FileDescriptorHandle handle, byte* buffer, nuint count, long offset, out int errno)
+    {
+        bool added = false;
+        handle.DangerousAddRef(ref added);
+        try
+        {
+            nint r = Libc.PRead(handle.Fd, buffer, count, offset);
+            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
+            return r;
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
+    }
+
+    public static nint PWrite(FileDescriptorHandle handle, byte* buffer, nuint count, long offset, out int errno)
+    {
+        bool added = false;
+        handle.DangerousAddRef(ref added);
+        try
+        {
+            nint r = Libc.PWrite(handle.Fd, buffer, count, offset);
+            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
+            return r;
+        }
+        finally
+        {
+            if (added) handle.DangerousRelease();
+        }
+    }
+
+    /// <summary>Opens a VFIO node read-write and close-on-exec; failures become plain-language <see cref="VfioException"/>s.</summary>
+    public static FileDescriptorHandle OpenNode(string path, string what, VfioHostPaths paths)
+    {
+        int fd = Libc.Open(path, Libc.O_RDWR | Libc.O_CLOEXEC);
+        if (fd >= 0)
+            return new FileDescriptorHandle(fd);
+        throw OpenError(path, what, Marshal.GetLastPInvokeError(), paths);
+    }
+
+    public static VfioException OpenError(string path, string what, int errno, VfioHostPaths paths)
+    {
+        var op = $"open {path}";
+        return errno switch
+        {
+            Libc.ENOENT when !paths.HasVfio => NoVfio(paths),
+            Libc.ENOENT => new VfioException(op, errno, $"{what} has no device node"),
+            Libc.EACCES or Libc.EPERM when Libc.GetEuid() != 0 =>
+                new VfioException(op, errno, $"not root: opening {what} needs root (run as root)"),
+            Libc.EACCES or Libc.EPERM =>
+                new VfioException(op, errno, $"permission denied opening {what} although running as root (a security module or device cgroup refuses it)"),
+            Libc.EBUSY => new VfioException(op, errno, $"{what} is busy: it is already open (by another process such as QEMU, or by this one)"),
+            _ => new VfioException(op, errno, $"cannot open {what}"),
+        };
+    }
+
+    public static VfioException NoVfio(VfioHostPaths paths) =>
+        new($"open {paths.VfioDir}", Libc.ENOENT,
+            $"no {paths.VfioDir} on this host: VFIO is not available (load the vfio-pci module; a device must be bound to vfio-pci or a variant driver)");
+
+    /// <summary>"EINVAL or ENOTTY": how the kernel says a VFIO_DEVICE_FEATURE is not supported.</summary>
+    public static bool IsNotSupported(int errno) => errno is Libc.ENOTTY or Libc.EINVAL or Libc.EOPNOTSUPP;
+}

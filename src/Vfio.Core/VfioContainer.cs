@@ -1,0 +1,207 @@
+using Vfio.Interop;
+
+namespace Vfio;
+
+/// <summary>A legacy VFIO container (/dev/vfio/vfio): groups are attached to it, then it gets an IOMMU model.</summary>
+public sealed unsafe class VfioContainer : IDisposable
+{
+    private VfioContainer(FileDescriptorHandle handle, VfioHostPaths paths)
+    {
+        Handle = handle;
+        Paths = paths;
+    }
+
+    public FileDescriptorHandle Handle { get; }
+
+    public VfioHostPaths Paths { get; }
+
+    /// <summary>The IOMMU model set with <see cref="SetIommu"/>, or null before.</summary>
+    public int? IommuType { get; private set; }
+
+    /// <summary>Opens /dev/vfio/vfio and checks VFIO_GET_API_VERSION.</summary>
+    public static VfioContainer Open(VfioHostPaths? paths = null)
+    {
+        paths ??= VfioHostPaths.Default;
+        if (!paths.HasVfio)
+            throw Native.NoVfio(paths);
+        var handle = Native.OpenNode(paths.ContainerNode, "the VFIO container", paths);
+        var container = new VfioContainer(handle, paths);
+        try
+        {
+            int version = Native.IoctlValue(handle, VfioUapi.VFIO_GET_API_VERSION, 0, out int errno);
+            if (version < 0)
+                throw new VfioException($"VFIO_GET_API_VERSION on {paths.ContainerNode}", errno);
+            if (version != VfioUapi.VFIO_API_VERSION)
+                throw new VfioException($"VFIO_GET_API_VERSION on {paths.ContainerNode}", 0,
+                    $"the kernel speaks VFIO API {version}, this tool speaks {VfioUapi.VFIO_API_VERSION}");
+            return container;
+        }
+        catch
+        {
+            container.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>VFIO_CHECK_EXTENSION: whether the kernel offers an IOMMU model or extension (e.g. VFIO_TYPE1v2_IOMMU).</summary>
+    public bool CheckExtension(int extension)
+    {
+        int r = Native.IoctlValue(Handle, VfioUapi.VFIO_CHECK_EXTENSION, extension, out int errno);
+        if (r < 0)
+            throw new VfioException($"VFIO_CHECK_EXTENSION({extension})", errno);
+        return r > 0;
+    }
+
+    /// <summary>VFIO_SET_IOMMU; needs at least one group attached. Does nothing when already set.</summary>
+    public void SetIommu(int type = VfioUapi.VFIO_TYPE1v2_IOMMU)
+    {
+        if (IommuType is not null)
+            return;
+        if (!CheckExtension(type))
+            throw new VfioException($"VFIO_CHECK_EXTENSION({type})", 0,
+                $"the kernel does not offer IOMMU model {type} (is the host IOMMU enabled: intel_iommu=on / amd_iommu?)");
+        if (Native.IoctlValue(Handle, VfioUapi.VFIO_SET_IOMMU, type, out int errno) < 0)
+            throw new VfioException($"VFIO_SET_IOMMU({type})", errno);
+        IommuType = type;
+    }
+
+    public void Dispose() => Handle.Dispose();
+}
+
+/// <summary>A VFIO group (/dev/vfio/&lt;N&gt;): the unit of ownership; its devices are opened through it.</summary>
+public sealed unsafe class VfioGroup : IDisposable
+{
+    private VfioContainer? _container;
+
+    private VfioGroup(int id, FileDescriptorHandle handle, VfioHostPaths paths)
+    {
+        Id = id;
+        Handle = handle;
+        Paths = paths;
+    }
+
+    public int Id { get; }
+
+    public FileDescriptorHandle Handle { get; }
+
+    public VfioHostPaths Paths { get; }
+
+    /// <summary>The container this group was attached to by <see cref="SetContainer"/>.</summary>
+    public VfioContainer? Container => _container;
+
+    public static VfioGroup Open(int id, VfioHostPaths? paths = null)
+    {
+        paths ??= VfioHostPaths.Default;
+        if (!paths.HasVfio)
+            throw Native.NoVfio(paths);
+        var node = paths.GroupNode(id);
+        if (!File.Exists(node))
+            throw new VfioException($"open {node}", Libc.ENOENT,
+                $"IOMMU group {id} has no {node}: no device of the group is bound to a VFIO driver (vfio-pci or a variant such as mlx5_vfio_pci)");
+        return new VfioGroup(id, Native.OpenNode(node, $"IOMMU group {id}", paths), paths);
+    }
+
+    /// <summary>VFIO_GROUP_GET_STATUS flags (VIABLE, CONTAINER_SET).</summary>
+    public uint GetStatusFlags()
+    {
+        var status = new VfioGroupStatus { Argsz = (uint)sizeof(VfioGroupStatus) };
+        if (Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_STATUS, &status, out int errno) < 0)
+            throw new VfioException($"VFIO_GROUP_GET_STATUS on group {Id}", errno);
+        return status.Flags;
+    }
+
+    /// <summary>Every device of the group is bound to a VFIO driver or to none.</summary>
+    public bool IsViable => (GetStatusFlags() & VfioUapi.VFIO_GROUP_FLAGS_VIABLE) != 0;
+
+    /// <summary>
+    /// VFIO_GROUP_SET_CONTAINER, then VFIO_SET_IOMMU(TYPE1v2) on the container if not yet set. Throws a
+    /// "group not viable" error naming the devices and drivers that stand in the way.
+    /// </summary>
+    public void SetContainer(VfioContainer container)
+    {
+        var flags = GetStatusFlags();
+        if ((flags & VfioUapi.VFIO_GROUP_FLAGS_VIABLE) == 0)
+            throw NotViable();
+        if ((flags & VfioUapi.VFIO_GROUP_FLAGS_CONTAINER_SET) == 0)
+        {
+            int fd = container.Handle.Fd;
+            if (Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_SET_CONTAINER, &fd, out int errno) < 0)
+                throw new VfioException($"VFIO_GROUP_SET_CONTAINER on group {Id}", errno);
+        }
+        _container = container;
+        container.SetIommu();
+    }
+
+    /// <summary>VFIO_GROUP_GET_DEVICE_FD for a PCI address or mdev UUID in this group.</summary>
+    public FileDescriptorHandle OpenDeviceFd(string name)
+    {
+        var bytes = new byte[System.Text.Encoding.UTF8.GetByteCount(name) + 1];
+        System.Text.Encoding.UTF8.GetBytes(name, bytes);
+        int fd;
+        int errno;
+        fixed (byte* p = bytes)
+            fd = Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_DEVICE_FD, p, out errno);
+        if (fd >= 0)
+            return new FileDescriptorHandle(fd);
+        var op = $"VFIO_GROUP_GET_DEVICE_FD({name}) on group {Id}";
+        throw errno switch
+        {
+            Libc.EBUSY => new VfioException(op, errno, $"device {name} is busy: it is already open (by another process such as QEMU, or by this one)"),
+            Libc.ENODEV => new VfioException(op, errno, $"device {name} is not in IOMMU group {Id}"),
+            Libc.EINVAL when _container is null => new VfioException(op, errno, "the group has no container with an IOMMU set"),
+            _ => new VfioException(op, errno),
+        };
+    }
+
+    private VfioException NotViable()
+    {
+        var members = VfioSysfs.GroupMembers(Id, Paths);
+        var blockers = members.Where(m => m.Driver is not null && !VfioSysfs.IsVfioDriverName(m.Driver))
+            .Select(m => $"{m.Name} (driver {m.Driver})").ToArray();
+        var detail = blockers.Length > 0
+            ? $"IOMMU group {Id} is not viable: every device in it must be bound to a VFIO driver or to none, but {string.Join(", ", blockers)} is not"
+            : $"IOMMU group {Id} is not viable: every device in it must be bound to a VFIO driver or to none";
+        return new VfioException($"VFIO_GROUP_GET_STATUS on group {Id}", 0, detail);
+    }
+
+    public void Dispose() => Handle.Dispose();
+}
+
+/// <summary>An iommufd context (/dev/iommu) for the cdev path: devices bind to it and attach to an IOAS.</summary>
+public sealed unsafe class Iommufd : IDisposable
+{
+    private Iommufd(FileDescriptorHandle handle) => Handle = handle;
+
+    public FileDescriptorHandle Handle { get; }
+
+    /// <summary>Whether /dev/iommu exists.</summary>
+    public static bool IsAvailable(VfioHostPaths? paths = null) => File.Exists((paths ?? VfioHostPaths.Default).IommufdNode);
+
+    public static Iommufd Open(VfioHostPaths? paths = null)
+    {
+        paths ??= VfioHostPaths.Default;
+        if (!File.Exists(paths.IommufdNode))
+            throw new VfioException($"open {paths.IommufdNode}", Libc.ENOENT,
+                "no /dev/iommu: the kernel has no iommufd (CONFIG_IOMMUFD); use the group/container path");
+        return new Iommufd(Native.OpenNode(paths.IommufdNode, "iommufd", paths));
+    }
+
+    /// <summary>IOMMU_IOAS_ALLOC: a new I/O address space; returns its id.</summary>
+    public uint AllocIoas()
+    {
+        var alloc = new IommuIoasAlloc { Size = (uint)sizeof(IommuIoasAlloc) };
+        if (Native.Ioctl(Handle, VfioUapi.IOMMU_IOAS_ALLOC, &alloc, out int errno) < 0)
+            throw new VfioException("IOMMU_IOAS_ALLOC", errno);
+        return alloc.OutIoasId;
+    }
+
+    /// <summary>IOMMU_DESTROY of an object (IOAS, HWPT) by id.</summary>
+    public void Destroy(uint id)
+    {
+        var destroy = new IommuDestroy { Size = (uint)sizeof(IommuDestroy), Id = id };
+        if (Native.Ioctl(Handle, VfioUapi.IOMMU_DESTROY, &destroy, out int errno) < 0)
+            throw new VfioException($"IOMMU_DESTROY({id})", errno);
+    }
+
+    public void Dispose() => Handle.Dispose();
+}
