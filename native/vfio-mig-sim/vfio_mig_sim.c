@@ -1189,6 +1189,11 @@ static struct file *sim_set_state(struct vfio_device *vdev, enum vfio_device_mig
 	int ret;
 
 	mutex_lock(&sd->state_mutex);
+	/* from ERROR only VFIO_DEVICE_RESET leads out (the helper WARNs on it) */
+	if (sd->mig_state == VFIO_DEVICE_STATE_ERROR) {
+		mutex_unlock(&sd->state_mutex);
+		return ERR_PTR(-EINVAL);
+	}
 	while (new != sd->mig_state) {
 		ret = vfio_mig_get_next_state(vdev, sd->mig_state, new, &next);
 		if (ret) {

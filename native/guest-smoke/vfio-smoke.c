@@ -1,0 +1,767 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * vfio-smoke: end-to-end check of the vfio_mig_sim kernel module through the real
+ * VFIO uAPI (container / group / device, migration v2).  Meant to run inside the guest
+ * started by hwtests/guest/run-in-guest.sh --smoke; needs at least two devices named in
+ * VFIO_MIG_SIM_DEVICES (more give the concurrency check).  Exit status 0 = all passed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/vfio.h>
+
+#ifndef VFIO_MIGRATION_PRE_COPY
+#define VFIO_MIGRATION_PRE_COPY (1 << 2)
+#define VFIO_DEVICE_STATE_PRE_COPY 6
+#define VFIO_DEVICE_STATE_PRE_COPY_P2P 7
+struct vfio_precopy_info {
+	uint32_t argsz, flags;
+	uint64_t initial_bytes, dirty_bytes;
+};
+#define VFIO_MIG_GET_PRECOPY_INFO _IO(VFIO_TYPE, VFIO_BASE + 21)
+#endif
+#ifndef VFIO_DEVICE_FEATURE_MIG_DATA_SIZE
+#define VFIO_DEVICE_FEATURE_MIG_DATA_SIZE 9
+#endif
+
+static int failures, checks;
+
+#define CHECK(cond, ...)                                                        \
+	do {                                                                    \
+		checks++;                                                       \
+		if (!(cond)) {                                                  \
+			failures++;                                             \
+			printf("FAIL %s:%d: ", __func__, __LINE__);             \
+			printf(__VA_ARGS__);                                    \
+			printf(" [errno %d %s]\n", errno, strerror(errno));     \
+		}                                                               \
+	} while (0)
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+struct dev {
+	char uuid[64];
+	char sysfs[PATH_MAX];
+	int container, group, fd;
+};
+
+static int sys_read(struct dev *d, const char *attr, char *buf, size_t len)
+{
+	char p[PATH_MAX + 64];
+	int fd, n;
+
+	snprintf(p, sizeof(p), "%s/%s", d->sysfs, attr);
+	fd = open(p, O_RDONLY);
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return -1;
+	buf[n] = 0;
+	while (n > 0 && (buf[n - 1] == '\n'))
+		buf[--n] = 0;
+	return 0;
+}
+
+static long long sys_num(struct dev *d, const char *attr)
+{
+	char b[128];
+
+	if (sys_read(d, attr, b, sizeof(b)))
+		return -1;
+	return strtoll(b, NULL, 0);
+}
+
+static int sys_write(const char *dir, const char *attr, const char *val)
+{
+	char p[PATH_MAX + 64];
+	int fd, n;
+
+	snprintf(p, sizeof(p), "%s/%s", dir, attr);
+	fd = open(p, O_WRONLY);
+	if (fd < 0)
+		return -1;
+	n = write(fd, val, strlen(val));
+	close(fd);
+	return n < 0 ? -1 : 0;
+}
+
+static int open_dev(struct dev *d)
+{
+	char link[PATH_MAX], p[PATH_MAX + 32], *g;
+	struct vfio_group_status st = { .argsz = sizeof(st) };
+	ssize_t n;
+
+	snprintf(p, sizeof(p), "%s/iommu_group", d->sysfs);
+	n = readlink(p, link, sizeof(link) - 1);
+	if (n < 0)
+		return -1;
+	link[n] = 0;
+	g = strrchr(link, '/');
+	d->container = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+	if (d->container < 0)
+		return -1;
+	if (ioctl(d->container, VFIO_GET_API_VERSION) != VFIO_API_VERSION)
+		return -1;
+	snprintf(p, sizeof(p), "/dev/vfio/%s", g ? g + 1 : link);
+	d->group = open(p, O_RDWR | O_CLOEXEC);
+	if (d->group < 0)
+		return -1;
+	if (ioctl(d->group, VFIO_GROUP_GET_STATUS, &st) || !(st.flags & VFIO_GROUP_FLAGS_VIABLE))
+		return -1;
+	if (ioctl(d->group, VFIO_GROUP_SET_CONTAINER, &d->container))
+		return -1;
+	if (ioctl(d->container, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU))
+		return -1;
+	d->fd = ioctl(d->group, VFIO_GROUP_GET_DEVICE_FD, d->uuid);
+	return d->fd < 0 ? -1 : 0;
+}
+
+static void close_dev(struct dev *d)
+{
+	if (d->fd >= 0)
+		close(d->fd);
+	if (d->group >= 0)
+		close(d->group);
+	if (d->container >= 0)
+		close(d->container);
+	d->fd = d->group = d->container = -1;
+}
+
+/* returns 0 / -errno; *data_fd gets the new fd or -1 */
+static int set_state(struct dev *d, uint32_t state, int *data_fd)
+{
+	uint8_t buf[sizeof(struct vfio_device_feature) + sizeof(struct vfio_device_feature_mig_state)];
+	struct vfio_device_feature *f = (void *)buf;
+	struct vfio_device_feature_mig_state *m = (void *)f->data;
+
+	memset(buf, 0, sizeof(buf));
+	f->argsz = sizeof(buf);
+	f->flags = VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE;
+	m->device_state = state;
+	m->data_fd = -1;
+	if (ioctl(d->fd, VFIO_DEVICE_FEATURE, f))
+		return -errno;
+	if (data_fd)
+		*data_fd = m->data_fd;
+	else if (m->data_fd >= 0)
+		close(m->data_fd);
+	return 0;
+}
+
+static int get_state(struct dev *d)
+{
+	uint8_t buf[sizeof(struct vfio_device_feature) + sizeof(struct vfio_device_feature_mig_state)];
+	struct vfio_device_feature *f = (void *)buf;
+	struct vfio_device_feature_mig_state *m = (void *)f->data;
+
+	memset(buf, 0, sizeof(buf));
+	f->argsz = sizeof(buf);
+	f->flags = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE;
+	if (ioctl(d->fd, VFIO_DEVICE_FEATURE, f))
+		return -errno;
+	return m->device_state;
+}
+
+static uint64_t mig_flags(struct dev *d)
+{
+	uint8_t buf[sizeof(struct vfio_device_feature) + sizeof(struct vfio_device_feature_migration)];
+	struct vfio_device_feature *f = (void *)buf;
+
+	memset(buf, 0, sizeof(buf));
+	f->argsz = sizeof(buf);
+	f->flags = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIGRATION;
+	if (ioctl(d->fd, VFIO_DEVICE_FEATURE, f))
+		return 0;
+	return ((struct vfio_device_feature_migration *)f->data)->flags;
+}
+
+struct blob {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+static void blob_add(struct blob *b, const void *p, size_t n)
+{
+	if (b->len + n > b->cap) {
+		b->cap = (b->len + n) * 2;
+		b->p = realloc(b->p, b->cap);
+		if (!b->p)
+			abort();
+	}
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
+/* reads until EOF (0) or ENOMSG (returns 1) or error (-errno) */
+static int read_all(int fd, struct blob *b)
+{
+	static uint8_t buf[1 << 20];
+
+	for (;;) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+
+		if (n == 0)
+			return 0;
+		if (n < 0)
+			return errno == ENOMSG ? 1 : -errno;
+		blob_add(b, buf, n);
+	}
+}
+
+/* writes in chunks of `step` bytes; returns 0 or -errno */
+static int write_all(int fd, const uint8_t *p, size_t len, size_t step)
+{
+	size_t off = 0;
+
+	while (off < len) {
+		size_t n = len - off < step ? len - off : step;
+		ssize_t w = write(fd, p + off, n);
+
+		if (w < 0)
+			return -errno;
+		if (w == 0)
+			return -EIO;
+		off += w;
+	}
+	return 0;
+}
+
+/* walks a saved stream's record headers; returns number of records or -1 */
+static int count_records(const struct blob *b)
+{
+	size_t off = 0;
+	int n = 0;
+
+	while (off + 16 <= b->len) {
+		uint64_t size;
+
+		memcpy(&size, b->p + off, 8);
+		if (size > b->len - off - 16)
+			return -1;
+		off += 16 + size;
+		n++;
+	}
+	return off == b->len ? n : -1;
+}
+
+static const char *S(int s)
+{
+	static const char *n[] = { "ERROR", "STOP", "RUNNING", "STOP_COPY", "RESUMING",
+				   "RUNNING_P2P", "PRE_COPY", "PRE_COPY_P2P" };
+	return s >= 0 && s < 8 ? n[s] : "?";
+}
+
+static void test_info(struct dev *d)
+{
+	struct vfio_device_info info = { .argsz = sizeof(info) };
+	struct vfio_region_info r = { .argsz = sizeof(r) };
+	uint32_t v, bar;
+	uint8_t pat[64], back[64];
+	int i;
+
+	CHECK(ioctl(d->fd, VFIO_DEVICE_GET_INFO, &info) == 0, "GET_INFO");
+	CHECK(info.flags & VFIO_DEVICE_FLAGS_PCI, "PCI flag");
+	CHECK(info.flags & VFIO_DEVICE_FLAGS_RESET, "RESET flag");
+	CHECK(info.num_regions >= VFIO_PCI_NUM_REGIONS, "num_regions %u", info.num_regions);
+
+	r.index = VFIO_PCI_CONFIG_REGION_INDEX;
+	CHECK(ioctl(d->fd, VFIO_DEVICE_GET_REGION_INFO, &r) == 0, "config region info");
+	CHECK(r.size == 256, "config size %llu", (unsigned long long)r.size);
+	CHECK(pread(d->fd, &v, 4, r.offset) == 4, "config read");
+	printf("  config: vendor %04x device %04x\n", v & 0xffff, v >> 16);
+	CHECK(v == 0x7a6d1b36, "vendor/device %08x", v);
+	bar = 0xffffffff;
+	CHECK(pwrite(d->fd, &bar, 4, r.offset + 0x10) == 4, "BAR0 sizing write");
+	CHECK(pread(d->fd, &bar, 4, r.offset + 0x10) == 4, "BAR0 sizing read");
+	CHECK(bar == 0xfffff000, "BAR0 sizing %08x", bar);
+	CHECK(pread(d->fd, &v, 4, r.offset + 256) < 0 && errno == EINVAL, "config read past end");
+
+	r.index = VFIO_PCI_BAR0_REGION_INDEX;
+	CHECK(ioctl(d->fd, VFIO_DEVICE_GET_REGION_INFO, &r) == 0, "BAR0 region info");
+	CHECK(r.size == 4096, "BAR0 size %llu", (unsigned long long)r.size);
+	for (i = 0; i < 64; i++)
+		pat[i] = i * 7 + 3;
+	CHECK(pwrite(d->fd, pat, 64, r.offset + 100) == 64, "BAR0 write");
+	CHECK(pread(d->fd, back, 64, r.offset + 100) == 64 && !memcmp(pat, back, 64), "BAR0 readback");
+	CHECK(pread(d->fd, back, 64, r.offset + 4096) < 0, "BAR0 read past end");
+
+	r.index = 1000;
+	CHECK(ioctl(d->fd, VFIO_DEVICE_GET_REGION_INFO, &r) < 0 && errno == EINVAL, "bad region index");
+	r.argsz = 4;
+	r.index = 0;
+	CHECK(ioctl(d->fd, VFIO_DEVICE_GET_REGION_INFO, &r) < 0 && errno == EINVAL, "short argsz");
+}
+
+static int expect_state(struct dev *d, int s)
+{
+	int g = get_state(d);
+
+	CHECK(g == s, "state %s, expected %s", S(g), S(s));
+	return g == s;
+}
+
+static void test_fsm(struct dev *d, int precopy)
+{
+	static const struct { int to; int fd; } walk[] = {
+		{ VFIO_DEVICE_STATE_RUNNING_P2P, 0 }, { VFIO_DEVICE_STATE_STOP, 0 },
+		{ VFIO_DEVICE_STATE_RUNNING_P2P, 0 }, { VFIO_DEVICE_STATE_RUNNING, 0 },
+		{ VFIO_DEVICE_STATE_STOP, 0 },		/* combination via RUNNING_P2P */
+		{ VFIO_DEVICE_STATE_STOP_COPY, 1 }, { VFIO_DEVICE_STATE_STOP, 0 },
+		{ VFIO_DEVICE_STATE_RESUMING, 1 }, { VFIO_DEVICE_STATE_STOP, 0 },
+		{ VFIO_DEVICE_STATE_STOP_COPY, 1 }, { VFIO_DEVICE_STATE_RESUMING, 1 },
+		{ VFIO_DEVICE_STATE_RUNNING, 0 },	/* RESUMING -> STOP -> RUNNING_P2P -> RUNNING */
+		{ VFIO_DEVICE_STATE_STOP_COPY, 1 },	/* RUNNING -> ... -> STOP_COPY */
+		{ VFIO_DEVICE_STATE_RUNNING, 0 },
+	};
+	unsigned int i;
+	int fd, r;
+
+	for (i = 0; i < sizeof(walk) / sizeof(walk[0]); i++) {
+		fd = -1;
+		r = set_state(d, walk[i].to, &fd);
+		CHECK(r == 0, "-> %s: %d", S(walk[i].to), r);
+		CHECK((fd >= 0) == walk[i].fd, "-> %s data_fd %d", S(walk[i].to), fd);
+		if (fd >= 0)
+			close(fd);
+		expect_state(d, walk[i].to);
+	}
+	r = set_state(d, VFIO_DEVICE_STATE_ERROR, NULL);
+	CHECK(r == -EINVAL, "-> ERROR gives %d, want -EINVAL", r);
+	r = set_state(d, 99, NULL);
+	CHECK(r == -EINVAL, "-> 99 gives %d, want -EINVAL", r);
+	expect_state(d, VFIO_DEVICE_STATE_RUNNING);
+
+	if (precopy) {
+		static const struct { int to; int fd; } pw[] = {
+			{ VFIO_DEVICE_STATE_PRE_COPY, 1 }, { VFIO_DEVICE_STATE_PRE_COPY_P2P, 0 },
+			{ VFIO_DEVICE_STATE_PRE_COPY, 0 }, { VFIO_DEVICE_STATE_RUNNING, 0 },
+			{ VFIO_DEVICE_STATE_RUNNING_P2P, 0 }, { VFIO_DEVICE_STATE_PRE_COPY_P2P, 1 },
+			{ VFIO_DEVICE_STATE_RUNNING_P2P, 0 }, { VFIO_DEVICE_STATE_PRE_COPY_P2P, 1 },
+			{ VFIO_DEVICE_STATE_STOP_COPY, 0 }, { VFIO_DEVICE_STATE_RUNNING, 0 },
+		};
+		for (i = 0; i < sizeof(pw) / sizeof(pw[0]); i++) {
+			fd = -1;
+			r = set_state(d, pw[i].to, &fd);
+			CHECK(r == 0, "-> %s: %d", S(pw[i].to), r);
+			CHECK((fd >= 0) == pw[i].fd, "-> %s data_fd %d", S(pw[i].to), fd);
+			if (fd >= 0)
+				close(fd);
+			expect_state(d, pw[i].to);
+		}
+		/* STOP -> PRE_COPY is not reachable without going through RUNNING */
+		CHECK(set_state(d, VFIO_DEVICE_STATE_STOP, NULL) == 0, "-> STOP");
+		r = set_state(d, VFIO_DEVICE_STATE_PRE_COPY, &fd);
+		CHECK(r == 0 && fd >= 0, "STOP -> PRE_COPY (combination) %d", r);
+		if (fd >= 0)
+			close(fd);
+		CHECK(set_state(d, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "-> RUNNING");
+	}
+}
+
+/* saves src in STOP_COPY into b; returns 0 on success */
+static int save_stop_copy(struct dev *src, struct blob *b)
+{
+	int fd = -1, r;
+	char x;
+
+	CHECK(set_state(src, VFIO_DEVICE_STATE_STOP, NULL) == 0, "src -> STOP");
+	r = set_state(src, VFIO_DEVICE_STATE_STOP_COPY, &fd);
+	CHECK(r == 0 && fd >= 0, "src -> STOP_COPY %d", r);
+	if (fd < 0)
+		return -1;
+	CHECK(pread(fd, &x, 1, 0) < 0 && errno == ESPIPE, "pread on data fd gives ESPIPE");
+	r = read_all(fd, b);
+	CHECK(r == 0, "read to EOF %d", r);
+	CHECK(read(fd, &x, 1) == 0, "read after EOF is 0");
+	CHECK(set_state(src, VFIO_DEVICE_STATE_STOP, NULL) == 0, "src STOP_COPY -> STOP");
+	CHECK(read(fd, &x, 1) < 0 && errno == ENODEV, "data fd dead after leaving STOP_COPY");
+	close(fd);
+	return r;
+}
+
+/* returns the write result (0/-errno) and the RESUMING->STOP result in *stop */
+static int resume(struct dev *dst, const uint8_t *p, size_t len, size_t step, int *stop,
+		  double *ms)
+{
+	int fd = -1, r, w;
+	double t0;
+
+	if (get_state(dst) != VFIO_DEVICE_STATE_STOP)
+		CHECK(set_state(dst, VFIO_DEVICE_STATE_STOP, NULL) == 0, "dst -> STOP");
+	r = set_state(dst, VFIO_DEVICE_STATE_RESUMING, &fd);
+	CHECK(r == 0 && fd >= 0, "dst -> RESUMING %d", r);
+	if (fd < 0)
+		return -EIO;
+	t0 = now_ms();
+	w = write_all(fd, p, len, step);
+	if (ms)
+		*ms = now_ms() - t0;
+	if (w) {
+		char x = 0;
+		int again = write(fd, &x, 1) < 0 ? -errno : 0;
+
+		CHECK(again == -ENODEV, "write after failure gives %d, want -ENODEV", again);
+	}
+	*stop = set_state(dst, VFIO_DEVICE_STATE_STOP, NULL);
+	close(fd);
+	return w;
+}
+
+static void digest(struct dev *d, char *out, size_t n)
+{
+	if (sys_read(d, "digest", out, n))
+		snprintf(out, n, "?");
+}
+
+static void reset_dev(struct dev *d)
+{
+	CHECK(ioctl(d->fd, VFIO_DEVICE_RESET) == 0, "RESET");
+	expect_state(d, VFIO_DEVICE_STATE_RUNNING);
+}
+
+static void test_save_resume(struct dev *src, struct dev *dst)
+{
+	struct blob b = { 0 };
+	char ds[128], dd[128], tmp[64];
+	long long loads0, bytes0;
+	double ms;
+	int stop, w, n;
+	size_t steps[] = { 1 << 20, 777777, 4093 };
+	unsigned int i;
+
+	CHECK(sys_write(src->sysfs, "seed", "0x1234abcd") == 0, "set seed");
+	CHECK(sys_write(src->sysfs, "dirty", "37") == 0, "dirty 37 pages");
+	digest(src, ds, sizeof(ds));
+	CHECK(save_stop_copy(src, &b) == 0, "save");
+	n = count_records(&b);
+	printf("  saved %zu bytes in %d records\n", b.len, n);
+	CHECK(n >= 3, "record framing of the saved stream (%d)", n);
+	CHECK(b.len > (size_t)sys_num(src, "state_size"), "stream holds the state");
+
+	for (i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		loads0 = sys_num(dst, "loads");
+		bytes0 = sys_num(dst, "bytes_loaded");
+		w = resume(dst, b.p, b.len, steps[i], &stop, &ms);
+		CHECK(w == 0, "resume write (step %zu) %d", steps[i], w);
+		CHECK(stop == 0, "RESUMING -> STOP %d", stop);
+		digest(dst, dd, sizeof(dd));
+		CHECK(!strcmp(ds, dd), "digests differ after resume: %s vs %s", ds, dd);
+		printf("  resume in %zu-byte writes: %.0f ms, loads +%lld, bytes_loaded +%lld, digest %.16s... %s\n",
+		       steps[i], ms, sys_num(dst, "loads") - loads0,
+		       sys_num(dst, "bytes_loaded") - bytes0, dd, strcmp(ds, dd) ? "DIFFERENT" : "equal");
+	}
+	sys_read(dst, "load_us_per_mib", tmp, sizeof(tmp));
+	printf("  load_us_per_mib %s, peak_concurrent_loads %lld\n", tmp,
+	       sys_num(dst, "peak_concurrent_loads"));
+
+	/* corrupt one data byte in the middle: crc mismatch */
+	b.p[b.len / 2] ^= 0x5a;
+	w = resume(dst, b.p, b.len, 1 << 20, &stop, NULL);
+	CHECK(w == -EIO || w == -EINVAL, "corrupt stream refused (write %d)", w);
+	CHECK(stop != 0, "RESUMING -> STOP after a corrupt stream fails (%d)", stop);
+	expect_state(dst, VFIO_DEVICE_STATE_ERROR);
+	CHECK(set_state(dst, VFIO_DEVICE_STATE_RUNNING, NULL) == -EINVAL, "no way out of ERROR but reset");
+	reset_dev(dst);
+	b.p[b.len / 2] ^= 0x5a;
+
+	/* misordered: swap the 2nd and 3rd MiB (or halves of a small stream) */
+	if (b.len >= 3 << 20) {
+		uint8_t *c = malloc(b.len);
+
+		memcpy(c, b.p, b.len);
+		memcpy(c + (1 << 20), b.p + (2 << 20), 1 << 20);
+		memcpy(c + (2 << 20), b.p + (1 << 20), 1 << 20);
+		w = resume(dst, c, b.len, 1 << 20, &stop, NULL);
+		CHECK(w != 0, "misordered stream refused (write %d)", w);
+		CHECK(stop != 0, "RESUMING -> STOP after misordered stream fails (%d)", stop);
+		reset_dev(dst);
+		free(c);
+	}
+
+	/* truncated: everything but the last 100 bytes */
+	w = resume(dst, b.p, b.len - 100, 1 << 20, &stop, NULL);
+	CHECK(w == 0, "truncated stream writes succeed (%d)", w);
+	CHECK(stop == -EIO, "RESUMING -> STOP with a truncated stream fails (%d)", stop);
+	expect_state(dst, VFIO_DEVICE_STATE_ERROR);
+	reset_dev(dst);
+
+	/* trailing garbage after END */
+	{
+		uint8_t *c = malloc(b.len + 16);
+
+		memcpy(c, b.p, b.len);
+		memset(c + b.len, 0xee, 16);
+		w = resume(dst, c, b.len + 16, 1 << 20, &stop, NULL);
+		CHECK(w != 0, "bytes after END refused (%d)", w);
+		reset_dev(dst);
+		free(c);
+	}
+
+	/* a garbage header: absurd record size */
+	{
+		uint8_t junk[16] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 3, 0, 0, 0 };
+
+		w = resume(dst, junk, 16, 16, &stop, NULL);
+		CHECK(w == -EINVAL, "absurd record size refused (%d)", w);
+		reset_dev(dst);
+	}
+
+	/* and the good stream still works afterwards */
+	w = resume(dst, b.p, b.len, 1 << 20, &stop, NULL);
+	CHECK(w == 0 && stop == 0, "good stream after failures (%d, %d)", w, stop);
+	digest(dst, dd, sizeof(dd));
+	CHECK(!strcmp(ds, dd), "digests differ: %s vs %s", ds, dd);
+	CHECK(set_state(src, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "src -> RUNNING");
+	CHECK(set_state(dst, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "dst -> RUNNING");
+	free(b.p);
+}
+
+static void test_precopy(struct dev *src, struct dev *dst)
+{
+	struct vfio_precopy_info info = { .argsz = sizeof(info) };
+	struct blob b = { 0 };
+	char ds[128], dd[128];
+	int fd = -1, fd2 = -1, r, stop, w;
+	uint8_t buf[sizeof(struct vfio_device_feature) + 8];
+	struct vfio_device_feature *f = (void *)buf;
+	uint64_t dsz;
+
+	memset(buf, 0, sizeof(buf));
+	f->argsz = sizeof(buf);
+	f->flags = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_MIG_DATA_SIZE;
+	r = ioctl(src->fd, VFIO_DEVICE_FEATURE, f);
+	memcpy(&dsz, f->data, 8);
+	CHECK(r == 0 && dsz >= (uint64_t)sys_num(src, "state_size"), "MIG_DATA_SIZE %llu",
+	      (unsigned long long)dsz);
+	printf("  MIG_DATA_SIZE stop_copy_length %llu\n", (unsigned long long)dsz);
+
+	CHECK(sys_write(src->sysfs, "dirty_kib_per_s", "0") == 0, "dirty rate 0");
+	r = set_state(src, VFIO_DEVICE_STATE_PRE_COPY, &fd);
+	CHECK(r == 0 && fd >= 0, "-> PRE_COPY %d", r);
+	if (fd < 0)
+		return;
+	CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) == 0, "PRECOPY_INFO");
+	printf("  PRE_COPY start: initial %llu dirty %llu\n", (unsigned long long)info.initial_bytes,
+	       (unsigned long long)info.dirty_bytes);
+	CHECK(info.initial_bytes >= (uint64_t)sys_num(src, "state_size"), "initial_bytes");
+	r = read_all(fd, &b);
+	CHECK(r == 1, "read until ENOMSG (%d)", r);
+	CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) == 0 && info.initial_bytes == 0 &&
+	      info.dirty_bytes == 0, "after initial pass: initial %llu dirty %llu",
+	      (unsigned long long)info.initial_bytes, (unsigned long long)info.dirty_bytes);
+	CHECK(sys_write(src->sysfs, "dirty", "20") == 0, "dirty 20 pages while in PRE_COPY");
+	CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) == 0 && info.dirty_bytes > 0,
+	      "dirty_bytes after dirtying %llu", (unsigned long long)info.dirty_bytes);
+	printf("  after dirtying 20 pages: initial %llu dirty %llu\n",
+	       (unsigned long long)info.initial_bytes, (unsigned long long)info.dirty_bytes);
+	r = read_all(fd, &b);
+	CHECK(r == 1, "read dirty data until ENOMSG (%d)", r);
+	/* a dirty rate while running */
+	CHECK(sys_write(src->sysfs, "dirty_kib_per_s", "4096") == 0, "dirty rate 4 MiB/s");
+	usleep(300000);
+	CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) == 0 && info.dirty_bytes > 0,
+	      "dirty rate produced dirty_bytes %llu", (unsigned long long)info.dirty_bytes);
+	printf("  after 300 ms at 4 MiB/s: dirty %llu\n", (unsigned long long)info.dirty_bytes);
+	CHECK(set_state(src, VFIO_DEVICE_STATE_PRE_COPY_P2P, &fd2) == 0 && fd2 < 0, "-> PRE_COPY_P2P");
+	CHECK(set_state(src, VFIO_DEVICE_STATE_STOP_COPY, &fd2) == 0 && fd2 < 0,
+	      "PRE_COPY_P2P -> STOP_COPY keeps the fd");
+	CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) < 0 && errno == EINVAL,
+	      "PRECOPY_INFO in STOP_COPY is EINVAL");
+	r = read_all(fd, &b);
+	CHECK(r == 0, "read rest to EOF (%d)", r);
+	digest(src, ds, sizeof(ds));
+	CHECK(set_state(src, VFIO_DEVICE_STATE_STOP, NULL) == 0, "src -> STOP");
+	close(fd);
+	printf("  pre-copy stream %zu bytes, %d records\n", b.len, count_records(&b));
+	w = resume(dst, b.p, b.len, 1 << 20, &stop, NULL);
+	CHECK(w == 0 && stop == 0, "resume pre-copy stream (%d, %d)", w, stop);
+	digest(dst, dd, sizeof(dd));
+	CHECK(!strcmp(ds, dd), "pre-copy digests differ: %s vs %s", ds, dd);
+	printf("  pre-copy digests %s\n", strcmp(ds, dd) ? "DIFFER" : "equal");
+	CHECK(set_state(src, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "src -> RUNNING");
+	CHECK(set_state(dst, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "dst -> RUNNING");
+	sys_write(src->sysfs, "dirty_kib_per_s", "1024");
+	free(b.p);
+
+	/* PRE_COPY -> RUNNING kills the fd */
+	r = set_state(src, VFIO_DEVICE_STATE_PRE_COPY, &fd);
+	CHECK(r == 0 && fd >= 0, "-> PRE_COPY again");
+	CHECK(set_state(src, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "PRE_COPY -> RUNNING");
+	{
+		char x;
+
+		CHECK(read(fd, &x, 1) < 0 && errno == ENODEV, "fd dead after PRE_COPY -> RUNNING");
+		CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) < 0 && errno == ENODEV,
+		      "PRECOPY_INFO on a dead fd");
+	}
+	close(fd);
+}
+
+static void test_close_with_fd(struct dev *d)
+{
+	int fd = -1;
+	char x;
+
+	CHECK(set_state(d, VFIO_DEVICE_STATE_STOP_COPY, &fd) == 0 && fd >= 0, "-> STOP_COPY");
+	close(d->fd);
+	d->fd = -1;
+	CHECK(read(fd, &x, 1) < 0 && errno == ENODEV, "data fd dead after closing the device");
+	close(fd);
+	d->fd = ioctl(d->group, VFIO_GROUP_GET_DEVICE_FD, d->uuid);
+	CHECK(d->fd >= 0, "reopen device");
+	expect_state(d, VFIO_DEVICE_STATE_RUNNING);
+}
+
+/* Concurrent loads: all pairs resume at once; the parent's limit must hold. */
+struct pair_job {
+	struct dev *dst;
+	struct blob *b;
+	int w, stop;
+	double ms;
+};
+
+static void *pair_thread(void *arg)
+{
+	struct pair_job *j = arg;
+
+	j->w = resume(j->dst, j->b->p, j->b->len, 1 << 20, &j->stop, &j->ms);
+	return NULL;
+}
+
+static void test_concurrency(struct dev *devs, int n, const char *parent)
+{
+	int pairs = n / 2, i;
+	struct blob *blobs = calloc(pairs, sizeof(*blobs));
+	struct pair_job *jobs = calloc(pairs, sizeof(*jobs));
+	pthread_t *th = calloc(pairs, sizeof(*th));
+	char ds[128], dd[128], buf[64];
+	long long maxl;
+	double t0;
+
+	for (i = 0; i < pairs; i++)
+		CHECK(save_stop_copy(&devs[i], &blobs[i]) == 0, "save %d", i);
+	sys_write(parent, "peak_concurrent_loads", "0");
+	t0 = now_ms();
+	for (i = 0; i < pairs; i++) {
+		jobs[i].dst = &devs[pairs + i];
+		jobs[i].b = &blobs[i];
+		pthread_create(&th[i], NULL, pair_thread, &jobs[i]);
+	}
+	for (i = 0; i < pairs; i++)
+		pthread_join(th[i], NULL);
+	snprintf(buf, sizeof(buf), "%s/max_concurrent_loads", parent);
+	{
+		struct dev p = { 0 };
+
+		snprintf(p.sysfs, sizeof(p.sysfs), "%s", parent);
+		maxl = sys_num(&p, "max_concurrent_loads");
+		printf("  %d concurrent resumes in %.0f ms; parent peak_concurrent_loads %lld (limit %lld)\n",
+		       pairs, now_ms() - t0, sys_num(&p, "peak_concurrent_loads"), maxl);
+		CHECK(sys_num(&p, "peak_concurrent_loads") <= maxl, "limit exceeded");
+		CHECK(sys_num(&p, "peak_concurrent_loads") >= 1, "no loads seen");
+		CHECK(sys_num(&p, "active_loads") == 0, "active loads left");
+	}
+	for (i = 0; i < pairs; i++) {
+		CHECK(jobs[i].w == 0 && jobs[i].stop == 0, "pair %d: %d %d", i, jobs[i].w, jobs[i].stop);
+		digest(&devs[i], ds, sizeof(ds));
+		digest(&devs[pairs + i], dd, sizeof(dd));
+		CHECK(!strcmp(ds, dd), "pair %d digests differ", i);
+		printf("  pair %d: resume %.0f ms, digests %s\n", i, jobs[i].ms,
+		       strcmp(ds, dd) ? "DIFFER" : "equal");
+		set_state(&devs[i], VFIO_DEVICE_STATE_RUNNING, NULL);
+		set_state(&devs[pairs + i], VFIO_DEVICE_STATE_RUNNING, NULL);
+		free(blobs[i].p);
+	}
+	free(blobs);
+	free(jobs);
+	free(th);
+}
+
+int main(void)
+{
+	const char *env = getenv("VFIO_MIG_SIM_DEVICES");
+	const char *parent = getenv("VFIO_MIG_SIM_PARENT");
+	struct dev devs[32];
+	int n = 0, i, precopy;
+	char *list, *tok, *save = NULL;
+	uint64_t fl;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (!env || !*env) {
+		fprintf(stderr, "VFIO_MIG_SIM_DEVICES is not set (run me through run-in-guest.sh)\n");
+		return 2;
+	}
+	if (!parent)
+		parent = "/sys/class/vfio_mig_sim/vfio_mig_sim";
+	list = strdup(env);
+	for (tok = strtok_r(list, " ", &save); tok && n < 32; tok = strtok_r(NULL, " ", &save)) {
+		memset(&devs[n], 0, sizeof(devs[n]));
+		snprintf(devs[n].uuid, sizeof(devs[n].uuid), "%s", tok);
+		snprintf(devs[n].sysfs, sizeof(devs[n].sysfs), "/sys/bus/mdev/devices/%s", tok);
+		devs[n].fd = devs[n].group = devs[n].container = -1;
+		n++;
+	}
+	if (n < 2) {
+		fprintf(stderr, "need at least 2 devices\n");
+		return 2;
+	}
+	for (i = 0; i < n; i++) {
+		CHECK(open_dev(&devs[i]) == 0, "open %s", devs[i].uuid);
+		if (devs[i].fd < 0)
+			return 1;
+	}
+	printf("opened %d devices\n", n);
+
+	printf("[info] device info, regions, config space, BAR0\n");
+	test_info(&devs[0]);
+
+	fl = mig_flags(&devs[0]);
+	printf("[flags] migration flags 0x%llx\n", (unsigned long long)fl);
+	CHECK((fl & (VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P)) ==
+	      (VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P), "STOP_COPY|P2P");
+	precopy = !!(fl & VFIO_MIGRATION_PRE_COPY);
+	expect_state(&devs[0], VFIO_DEVICE_STATE_RUNNING);
+
+	printf("[fsm] state arcs and combination transitions (precopy %d)\n", precopy);
+	test_fsm(&devs[0], precopy);
+
+	printf("[save/resume] STOP_COPY save, resume into a second device, failures\n");
+	test_save_resume(&devs[0], &devs[1]);
+
+	if (precopy) {
+		printf("[precopy] PRE_COPY, PRECOPY_INFO, dirty tracking, MIG_DATA_SIZE\n");
+		test_precopy(&devs[0], &devs[1]);
+	}
+
+	printf("[close] closing the device disables the data fd\n");
+	test_close_with_fd(&devs[0]);
+
+	if (n >= 4) {
+		printf("[concurrency] %d pairs at once\n", n / 2);
+		test_concurrency(devs, n & ~1, parent);
+	}
+
+	for (i = 0; i < n; i++)
+		close_dev(&devs[i]);
+	printf("%s: %d checks, %d failures\n", failures ? "FAILED" : "PASSED", checks, failures);
+	return failures ? 1 : 0;
+}
