@@ -10,8 +10,9 @@ namespace Vfio;
 /// current or the target state is ERROR or is not offered by the flags (a device without STOP_COPY offers
 /// nothing); STOP_COPY to PRE_COPY or PRE_COPY_P2P is refused; otherwise the kernel walks the shortest
 /// path over the implemented arcs that never passes through a saving state (PRE_COPY, PRE_COPY_P2P,
-/// STOP_COPY) in the middle. With both P2P and PRE_COPY the driver implements PRE_COPY -> PRE_COPY_P2P
-/// -> STOP_COPY instead of the direct PRE_COPY -> STOP_COPY arc.
+/// STOP_COPY) in the middle, except that a transition from one saving state to another stays inside the
+/// saving group (its data session continues). With both P2P and PRE_COPY the driver implements PRE_COPY ->
+/// PRE_COPY_P2P -> STOP_COPY instead of a direct PRE_COPY -> STOP_COPY arc (the kernel never takes one).
 /// </remarks>
 public static class MigrationStateMachine
 {

@@ -121,7 +121,7 @@ public sealed unsafe class VfioGroup : IDisposable
     {
         var flags = GetStatusFlags();
         if ((flags & VfioUapi.VFIO_GROUP_FLAGS_VIABLE) == 0)
-            throw NotViable();
+            throw new VfioException($"VFIO_GROUP_GET_STATUS on group {Id}", 0, NotViableMessage(Id, Paths));
         if ((flags & VfioUapi.VFIO_GROUP_FLAGS_CONTAINER_SET) == 0)
         {
             int fd = container.Handle.Fd;
@@ -153,15 +153,15 @@ public sealed unsafe class VfioGroup : IDisposable
         };
     }
 
-    private VfioException NotViable()
+    /// <summary>Why a group is not viable, naming the devices of the group that are bound to a non-VFIO driver.</summary>
+    internal static string NotViableMessage(int id, VfioHostPaths paths)
     {
-        var members = VfioSysfs.GroupMembers(Id, Paths);
+        var members = VfioSysfs.GroupMembers(id, paths);
         var blockers = members.Where(m => m.Driver is not null && !VfioSysfs.IsVfioDriverName(m.Driver))
             .Select(m => $"{m.Name} (driver {m.Driver})").ToArray();
-        var detail = blockers.Length > 0
-            ? $"IOMMU group {Id} is not viable: every device in it must be bound to a VFIO driver or to none, but {string.Join(", ", blockers)} is not"
-            : $"IOMMU group {Id} is not viable: every device in it must be bound to a VFIO driver or to none";
-        return new VfioException($"VFIO_GROUP_GET_STATUS on group {Id}", 0, detail);
+        return blockers.Length > 0
+            ? $"IOMMU group {id} is not viable: every device in it must be bound to a VFIO driver or to none, but {string.Join(", ", blockers)} {(blockers.Length == 1 ? "is" : "are")} not"
+            : $"IOMMU group {id} is not viable: every device in it must be bound to a VFIO driver or to none";
     }
 
     public void Dispose() => Handle.Dispose();

@@ -124,8 +124,8 @@ public sealed unsafe class VfioDevice : IDisposable
         VfioGroup? group = null;
         try
         {
-            container = VfioContainer.Open(paths);
             group = VfioGroup.Open(groupId, paths);
+            container = VfioContainer.Open(paths);
             group.SetContainer(container);
             var handle = group.OpenDeviceFd(sysfs.Name);
             return new VfioDevice(sysfs.Name, handle, sysfs, VfioOpenMode.Group, group, container, null);

@@ -1,0 +1,137 @@
+using System.CommandLine;
+using System.Text.Json;
+using Vfio.Cli;
+using Xunit;
+
+namespace Vfio.Tests.Core;
+
+[CollectionDefinition("DeviceCommands paths", DisableParallelization = true)]
+public sealed class DeviceCommandsPathsCollection;
+
+/// <summary>`vfio-mig list` and `info` run in-process against fake trees (DeviceCommands.Paths is process-wide).</summary>
+[Collection("DeviceCommands paths")]
+public sealed class CliDeviceCommandsTests : IDisposable
+{
+    private readonly VfioHostPaths _saved = DeviceCommands.Paths;
+
+    public void Dispose() => DeviceCommands.Paths = _saved;
+
+    private static (int Code, string Out, string Err) Invoke(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        return (code, output.ToString(), error.ToString());
+    }
+
+    private static string[] Lines(string s) => s.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+
+    [Fact]
+    public void List_WithoutDevVfio_SaysSoInOneLineAndExitsZero()
+    {
+        using var fake = new FakeSysfs();
+        DeviceCommands.Paths = fake.Paths;
+        var (code, stdout, stderr) = Invoke("list");
+        Assert.Equal(0, code);
+        Assert.Equal("", stdout);
+        var line = Assert.Single(Lines(stderr));
+        Assert.Contains("no ", line);
+        Assert.Contains("VFIO is not available", line);
+    }
+
+    [Fact]
+    public void ListJson_WithoutDevVfio_PrintsAnEmptyArray()
+    {
+        using var fake = new FakeSysfs();
+        DeviceCommands.Paths = fake.Paths;
+        var (code, stdout, stderr) = Invoke("list", "--json");
+        Assert.Equal(0, code);
+        Assert.Equal("[]", stdout.Trim());
+        Assert.Single(Lines(stderr));
+    }
+
+    [Fact]
+    public void List_OnThisMachine_WorksWithTheRealPaths()
+    {
+        DeviceCommands.Paths = VfioHostPaths.Default;
+        var (code, stdout, _) = Invoke("list", "--json", "--no-probe");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.Equal(JsonValueKind.Array, doc.RootElement.ValueKind);
+        if (!VfioHostPaths.Default.HasVfio)
+            Assert.Equal(0, doc.RootElement.GetArrayLength());
+    }
+
+    [Fact]
+    public void ListJson_WithDevVfio_ListsTheVfioDevices()
+    {
+        using var fake = new FakeSysfs();
+        fake.CreateDevVfio();
+        DeviceCommands.Paths = fake.Paths;
+        var (code, stdout, _) = Invoke("list", "--json");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(stdout);
+        var items = doc.RootElement.EnumerateArray().ToList();
+        Assert.Equal(new[] { FakeSysfs.VfioPciNoCdev, FakeSysfs.MlxVf, FakeSysfs.Mdev }, items.Select(i => i.GetProperty("name").GetString()));
+        var mlx = items[1];
+        Assert.Equal("pci", mlx.GetProperty("kind").GetString());
+        Assert.Equal("mlx5_vfio_pci", mlx.GetProperty("driver").GetString());
+        Assert.Equal(77, mlx.GetProperty("iommu_group").GetInt32());
+        Assert.Equal("vfio3", mlx.GetProperty("cdev").GetString());
+        Assert.Equal(JsonValueKind.Null, mlx.GetProperty("migration_flags").ValueKind);
+        Assert.StartsWith("unknown: ", mlx.GetProperty("migration_status").GetString());
+        Assert.Equal("mvsim0", items[2].GetProperty("parent").GetString());
+    }
+
+    [Fact]
+    public void List_WithDevVfio_PrintsATable()
+    {
+        using var fake = new FakeSysfs();
+        fake.CreateDevVfio();
+        DeviceCommands.Paths = fake.Paths;
+        var (code, stdout, _) = Invoke("list", "--no-probe");
+        Assert.Equal(0, code);
+        var lines = Lines(stdout);
+        Assert.Equal(4, lines.Length);
+        Assert.StartsWith("DEVICE", lines[0]);
+        Assert.Contains("MIGRATION", lines[0]);
+        Assert.Contains("mlx5_vfio_pci", lines[2]);
+        Assert.Contains("77", lines[2]);
+        Assert.Contains("mdev", lines[3]);
+    }
+
+    [Fact]
+    public void Info_OfAMissingDevice_ExitsNonZeroWithOneLine()
+    {
+        using var fake = new FakeSysfs();
+        DeviceCommands.Paths = fake.Paths;
+        var (code, stdout, stderr) = Invoke("info", "0000:01:00.0");
+        Assert.NotEqual(0, code);
+        Assert.Equal("", stdout);
+        var line = Assert.Single(Lines(stderr));
+        Assert.Contains("no PCI device 0000:01:00.0", line);
+    }
+
+    [Fact]
+    public void Info_OfADeviceOnTheWrongDriver_SaysWhichDriver()
+    {
+        using var fake = new FakeSysfs();
+        fake.CreateDevVfio();
+        DeviceCommands.Paths = fake.Paths;
+        var (code, _, stderr) = Invoke("info", FakeSysfs.MlxVfCore, "--json");
+        Assert.Equal(1, code);
+        var line = Assert.Single(Lines(stderr));
+        Assert.Contains("mlx5_core", line);
+        Assert.Contains("mlx5_vfio_pci", line);
+    }
+
+    [Fact]
+    public void Info_WithoutDevVfio_ExitsNonZero()
+    {
+        using var fake = new FakeSysfs();
+        DeviceCommands.Paths = fake.Paths;
+        var (code, _, stderr) = Invoke("info", FakeSysfs.Mdev);
+        Assert.Equal(1, code);
+        Assert.Contains("VFIO is not available", Assert.Single(Lines(stderr)));
+    }
+}

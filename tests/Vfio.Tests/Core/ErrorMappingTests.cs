@@ -1,0 +1,87 @@
+using Vfio;
+using Vfio.Interop;
+using Xunit;
+
+namespace Vfio.Tests.Core;
+
+public class ErrorMappingTests
+{
+    [Fact]
+    public void Exception_KeepsOperationErrnoAndMessage()
+    {
+        var e = new VfioException("VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2", Libc.EINVAL, "the device is now in STOP");
+        Assert.Equal(Libc.EINVAL, e.Errno);
+        Assert.Equal("EINVAL", e.ErrnoName);
+        Assert.Equal("VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2", e.Operation);
+        Assert.Equal("VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2 failed: EINVAL (Invalid argument): the device is now in STOP", e.Message);
+    }
+
+    [Fact]
+    public void Exception_WithoutErrno_IsJustTheOperationAndDetail()
+    {
+        var e = new VfioException("open 0000:af:00.2", 0, "it must be bound to vfio-pci");
+        Assert.Equal("open 0000:af:00.2: it must be bound to vfio-pci", e.Message);
+    }
+
+    [Fact]
+    public void FromLastError_TakesTheErrnoOfTheFailedCall()
+    {
+        Assert.Equal(-1, Libc.Close(-1));
+        var e = VfioException.FromLastError("close(-1)");
+        Assert.Equal(Libc.EBADF, e.Errno);
+        Assert.Contains("EBADF", e.Message);
+        Assert.Contains("Bad file descriptor", e.Message);
+    }
+
+    [Theory]
+    [InlineData(Libc.EPERM, "EPERM")]
+    [InlineData(Libc.EBUSY, "EBUSY")]
+    [InlineData(Libc.ENODEV, "ENODEV")]
+    [InlineData(Libc.ENOTTY, "ENOTTY")]
+    [InlineData(Libc.ENOMSG, "ENOMSG")]
+    [InlineData(Libc.ESPIPE, "ESPIPE")]
+    [InlineData(1234, "errno 1234")]
+    public void ErrnoNames_AreSymbolic(int errno, string name) => Assert.Equal(name, ErrnoNames.Name(errno));
+
+    [Fact]
+    public void OpenErrors_SayPlainlyWhatIsWrong()
+    {
+        using var fake = new FakeSysfs();
+        var noVfio = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
+        Assert.Contains("no ", noVfio.Message);
+        Assert.Contains("VFIO is not available", noVfio.Message);
+
+        fake.CreateDevVfio();
+        var busy = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EBUSY, fake.Paths);
+        Assert.Equal(Libc.EBUSY, busy.Errno);
+        Assert.Contains("IOMMU group 7 is busy", busy.Message);
+        Assert.Contains("open /dev/vfio/7 failed: EBUSY", busy.Message);
+
+        var denied = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EACCES, fake.Paths);
+        Assert.Contains(Libc.GetEuid() == 0 ? "although running as root" : "not root", denied.Message);
+
+        var missing = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
+        Assert.Contains("has no device node", missing.Message);
+    }
+
+    [Fact]
+    public void FeatureNotSupported_IsEnottyOrEinval()
+    {
+        Assert.True(Native.IsNotSupported(Libc.ENOTTY));
+        Assert.True(Native.IsNotSupported(Libc.EINVAL));
+        Assert.False(Native.IsNotSupported(Libc.EBUSY));
+    }
+
+    [Fact]
+    public void Open_ARegularFileAsAGroup_ReportsTheIoctlErrno()
+    {
+        // A fake group node is a regular file: the group ioctls fail with ENOTTY, named after the ioctl.
+        using var fake = new FakeSysfs();
+        fake.CreateDevVfio();
+        File.WriteAllText(fake.Paths.GroupNode(77), "");
+        File.WriteAllText(fake.Paths.ContainerNode, "");
+        var e = Assert.Throws<VfioException>(() => VfioDevice.Open(FakeSysfs.MlxVf, fake.Paths));
+        Assert.Equal(Libc.ENOTTY, e.Errno);
+        Assert.Contains("VFIO_GET_API_VERSION", e.Message);
+    }
+}
