@@ -1,0 +1,31 @@
+namespace Vfio.Migration;
+
+/// <summary>
+/// Fixed-size buffers, reused: after warm-up a run allocates no buffer per packet. The number alive is bounded
+/// by the credit windows (at most devices x window buffers are in flight on either side), not by the pool.
+/// </summary>
+public sealed class BufferPool
+{
+    private readonly Stack<byte[]> _free = new();
+    private int _allocated;
+
+    public BufferPool(int bufferSize) => BufferSize = bufferSize;
+
+    public int BufferSize { get; }
+    /// <summary>How many buffers were ever allocated (the peak number alive).</summary>
+    public int Allocated => Volatile.Read(ref _allocated);
+
+    public byte[] Rent()
+    {
+        lock (_free)
+            if (_free.Count > 0) return _free.Pop();
+        Interlocked.Increment(ref _allocated);
+        return GC.AllocateUninitializedArray<byte>(BufferSize, pinned: true);
+    }
+
+    public void Return(byte[] buffer)
+    {
+        if (buffer.Length != BufferSize) return;
+        lock (_free) _free.Push(buffer);
+    }
+}

@@ -1,0 +1,144 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace Vfio.Migration;
+
+/// <summary>One TCP connection (main or data channel) in blocking mode, used only from dedicated threads.</summary>
+internal sealed class Connection : IDisposable
+{
+    public const int SocketBufferBytes = 8 << 20;
+    private readonly object _sendLock = new();
+    private byte[] _messageBuffer = new byte[4096];
+    private int _disposed;
+
+    public Connection(Socket socket, TimeSpan timeout, string name)
+    {
+        Socket = socket;
+        Name = name;
+        socket.NoDelay = true;
+        try
+        {
+            socket.SendBufferSize = SocketBufferBytes;
+            socket.ReceiveBufferSize = SocketBufferBytes;
+        }
+        catch (SocketException) { /* capped by net.core.[rw]mem_max: keep what the kernel gives */ }
+        socket.SendTimeout = (int)timeout.TotalMilliseconds;
+    }
+
+    public Socket Socket { get; }
+    public string Name { get; }
+
+    /// <summary>Receive timeout for this connection (0 = none; data channels rely on the main channel's heartbeats).</summary>
+    public TimeSpan ReceiveTimeout { set => Socket.ReceiveTimeout = (int)value.TotalMilliseconds; }
+
+    public static Connection Connect(IPEndPoint endpoint, TimeSpan timeout, string name)
+    {
+        var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            using var cts = new CancellationTokenSource(timeout);
+            socket.ConnectAsync(endpoint, cts.Token).AsTask().GetAwaiter().GetResult();
+        }
+        catch (OperationCanceledException)
+        {
+            socket.Dispose();
+            throw new MigrationException($"connect to {endpoint} ({name}): timed out after {timeout.TotalSeconds:0.#} s");
+        }
+        catch (SocketException e)
+        {
+            socket.Dispose();
+            throw new MigrationException($"connect to {endpoint} ({name}): {e.Message}");
+        }
+        return new Connection(socket, timeout, name);
+    }
+
+    /// <summary>Reads exactly dst.Length bytes. False on a clean EOF before the first byte; EOF in the middle is an error.</summary>
+    public bool ReadExact(Span<byte> dst)
+    {
+        int done = 0;
+        while (done < dst.Length)
+        {
+            int n;
+            try { n = Socket.Receive(dst[done..]); }
+            catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut || e.SocketErrorCode == SocketError.WouldBlock)
+            { throw new MigrationException($"{Name}: peer silent for longer than the timeout"); }
+            catch (SocketException e) { throw new MigrationException($"{Name}: receive failed: {e.Message}"); }
+            catch (ObjectDisposedException) { throw new MigrationException($"{Name}: closed"); }
+            if (n == 0)
+            {
+                if (done == 0) return false;
+                throw new ProtocolException($"{Name}: connection closed in the middle of a packet ({done} of {dst.Length} bytes)");
+            }
+            done += n;
+        }
+        return true;
+    }
+
+    public void WriteAll(ReadOnlySpan<byte> src)
+    {
+        try
+        {
+            while (!src.IsEmpty)
+            {
+                int n = Socket.Send(src);
+                src = src[n..];
+            }
+        }
+        catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut || e.SocketErrorCode == SocketError.WouldBlock)
+        { throw new MigrationException($"{Name}: peer stopped reading for longer than the timeout"); }
+        catch (SocketException e) { throw new MigrationException($"{Name}: send failed: {e.Message}"); }
+        catch (ObjectDisposedException) { throw new MigrationException($"{Name}: closed"); }
+    }
+
+    /// <summary>Sends one main-channel message; safe from several threads.</summary>
+    public void SendMessage(MessageType type, ReadOnlySpan<byte> body)
+    {
+        lock (_sendLock)
+        {
+            int total = Protocol.MessageHeaderSize + body.Length;
+            if (_messageBuffer.Length < total) _messageBuffer = new byte[total];
+            var b = _messageBuffer.AsSpan(0, total);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(b, (ushort)type);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(b[2..], 0);
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(b[4..], (uint)body.Length);
+            body.CopyTo(b[Protocol.MessageHeaderSize..]);
+            WriteAll(b);
+        }
+    }
+
+    /// <summary>Receives one main-channel message into a reused buffer; null on clean EOF.</summary>
+    public (MessageType Type, byte[] Body, int Length)? ReceiveMessage(byte[] scratch)
+    {
+        Span<byte> header = stackalloc byte[Protocol.MessageHeaderSize];
+        if (!ReadExact(header)) return null;
+        var type = (MessageType)System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(header);
+        uint length = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
+        if (!Enum.IsDefined(type))
+            throw new ProtocolException($"{Name}: unknown message type {(ushort)type}");
+        if (length > Protocol.MaxMessageBody)
+            throw new ProtocolException($"{Name}: message length {length} exceeds {Protocol.MaxMessageBody}");
+        var body = scratch.Length >= length ? scratch : new byte[length];
+        if (length > 0 && !ReadExact(body.AsSpan(0, (int)length)))
+            throw new ProtocolException($"{Name}: connection closed in the middle of a message");
+        return (type, body, (int)length);
+    }
+
+    /// <summary>Unblocks any thread in a send or receive on this connection.</summary>
+    public void Abort()
+    {
+        try { Socket.Shutdown(SocketShutdown.Both); } catch (Exception) { }
+        Dispose();
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0)
+            Socket.Dispose();
+    }
+}
+
+/// <summary>A failed migration: the message says which device (if any) and why; the CLI prints it as one line.</summary>
+public class MigrationException(string message, string? device = null) : Exception(message)
+{
+    public string? Device { get; } = device;
+}

@@ -1,0 +1,304 @@
+using System.IO.Hashing;
+
+namespace Vfio.Migration;
+
+/// <summary>What the source said about a device once it had queued all of it.</summary>
+internal sealed record DeviceDoneInfo(uint DataBuffers, ulong Bytes, ulong Checksum, uint ConfigLength, ulong? Digest);
+
+/// <summary>
+/// One destination device: its reorder queue (a ring of Window slots indexed by buffer index modulo Window,
+/// valid because the source never has more than Window buffers of a device in flight), its resuming data fd and
+/// its load accounting. Receive threads Offer buffers (never blocking); the loader (its own thread, or in coupled
+/// mode whichever receive thread completes the next buffer) writes them strictly in index order.
+/// </summary>
+internal sealed class DeviceSink
+{
+    private readonly object _lock = new();
+    private readonly Slot[] _ring;
+    private readonly int _window;
+    private readonly BufferPool _pool;
+    private readonly XxHash3 _hash = new();
+    private long _next;         // index of the next buffer to load
+    private long _endIndex = -1; // index of the config/end packet, once seen
+    private long _queuedBytes;
+    private long _offered;
+    private bool _coupledActive;
+    private bool _configLoaded;
+    private bool _finishing;
+    private DeviceDoneInfo? _done;
+    private byte[]? _config;
+
+    private struct Slot
+    {
+        public bool Used;
+        public long Index;
+        public PacketFlags Flags;
+        public byte[] Data;
+        public int Length;
+    }
+
+    public DeviceSink(int index, IMigrationDevice device, MigrationDataStream stream, int window, BufferPool pool, TimelineTrack track)
+    {
+        Index = index;
+        Device = device;
+        Stream = stream;
+        _window = window;
+        _pool = pool;
+        _ring = new Slot[window];
+        Track = track;
+        Report = new DeviceReport { Name = device.Name };
+    }
+
+    public int Index { get; }
+    public IMigrationDevice Device { get; }
+    public MigrationDataStream Stream { get; }
+    public TimelineTrack Track { get; }
+    public DeviceReport Report { get; }
+    public long LoadedBytes;
+    /// <summary>Credits to return to the source (buffers loaded since the last Credit message).</summary>
+    public long PendingCredits;
+    public long MaxQueuedBytes { get { lock (_lock) return Report.MaxQueuedBytes; } }
+    public bool Finished { get; set; }
+    public long LoadedIndex { get { lock (_lock) return _next; } }
+
+    /// <summary>Called by a receive thread with a verified packet; takes ownership of data. Violations throw ProtocolException.</summary>
+    public void Offer(uint index, PacketFlags flags, byte[] data, int length, int channel)
+    {
+        lock (_lock)
+        {
+            string where = $"{Device.Name}: buffer {index} on channel {channel}";
+            if (index < _next || (Finished && index >= _next))
+                throw new ProtocolException($"{where}: duplicate (already loaded)");
+            if (index >= _next + _window)
+                throw new ProtocolException($"{where}: outside the window [{_next}, {_next + _window}) the destination granted");
+            if (_endIndex >= 0 && index > _endIndex)
+                throw new ProtocolException($"{where}: after the device's end (config) buffer {_endIndex}");
+            ref var slot = ref _ring[index % _window];
+            if (slot.Used)
+                throw new ProtocolException($"{where}: duplicate (already queued)");
+            if (flags.HasFlag(PacketFlags.Config))
+            {
+                if (_endIndex >= 0) throw new ProtocolException($"{where}: second end (config) buffer");
+                foreach (var s in _ring)
+                    if (s.Used && s.Index > index)
+                        throw new ProtocolException($"{where}: end (config) buffer before data buffer {s.Index}");
+                _endIndex = index;
+            }
+            slot = new Slot { Used = true, Index = index, Flags = flags, Data = data, Length = length };
+            _offered++;
+            _queuedBytes += length;
+            if (_queuedBytes > Report.MaxQueuedBytes) Report.MaxQueuedBytes = _queuedBytes;
+            Monitor.PulseAll(_lock);
+        }
+    }
+
+    /// <summary>Decoupled loader: blocks until the next buffer in order is queued. False when cancelled.</summary>
+    private bool TakeNext(CancellationToken token, out Slot slot)
+    {
+        lock (_lock)
+        {
+            while (true)
+            {
+                if (token.IsCancellationRequested) { slot = default; return false; }
+                ref var s = ref _ring[_next % _window];
+                if (s.Used && s.Index == _next)
+                {
+                    slot = s;
+                    s = default;
+                    return true;
+                }
+                Monitor.Wait(_lock);
+            }
+        }
+    }
+
+    public void Wake()
+    {
+        lock (_lock) Monitor.PulseAll(_lock);
+    }
+
+    /// <summary>Writes one buffer into the device (the load) and returns its memory and credit. True if it was the config/end buffer.</summary>
+    private bool Load(in Slot s)
+    {
+        if (s.Flags.HasFlag(PacketFlags.Config))
+        {
+            _config = s.Data.AsSpan(0, s.Length).ToArray();
+            _pool.Return(s.Data);
+            lock (_lock) { _queuedBytes -= s.Length; _next++; _configLoaded = true; }
+            Interlocked.Increment(ref PendingCredits);
+            return true;
+        }
+        long t0 = MigrationClock.NowUs;
+        try
+        {
+            Stream.WriteAll(s.Data.AsSpan(0, s.Length));
+        }
+        catch (VfioException e)
+        {
+            _pool.Return(s.Data);
+            throw new MigrationException($"{Device.Name}: loading buffer {s.Index} failed: {e.Message}", Device.Name);
+        }
+        long t1 = MigrationClock.NowUs;
+        _hash.Append(s.Data.AsSpan(0, s.Length));
+        Track.Add(TraceKind.Load, t0, t1, s.Length, (int)s.Index);
+        Report.LoadUs += t1 - t0;
+        Report.Buffers++;
+        Report.Bytes += s.Length;
+        Volatile.Write(ref LoadedBytes, Report.Bytes);
+        _pool.Return(s.Data);
+        lock (_lock) { _queuedBytes -= s.Length; _next++; }
+        Interlocked.Increment(ref PendingCredits);
+        return false;
+    }
+
+    /// <summary>The decoupled loader thread's body: wait for the next buffer, load it, until the end buffer.</summary>
+    public void LoaderLoop(CancellationToken token, Action creditReady)
+    {
+        while (true)
+        {
+            long w0 = MigrationClock.NowUs;
+            if (!TakeNext(token, out var s)) return;
+            long w1 = MigrationClock.NowUs;
+            if (w1 > w0) { Track.Add(TraceKind.Wait, w0, w1, buffer: (int)s.Index); Report.WaitUs += w1 - w0; }
+            bool end = Load(s);
+            creditReady();
+            if (end) return;
+        }
+    }
+
+    /// <summary>Coupled mode: the calling receive thread loads every buffer that is ready in order. True if it loaded the end buffer.</summary>
+    public bool DrainCoupled(Action creditReady)
+    {
+        lock (_lock)
+        {
+            if (_coupledActive) return false;
+            _coupledActive = true;
+        }
+        bool sawEnd = false;
+        try
+        {
+            while (true)
+            {
+                Slot s;
+                lock (_lock)
+                {
+                    ref var r = ref _ring[_next % _window];
+                    if (!(r.Used && r.Index == _next)) { _coupledActive = false; return sawEnd; }
+                    s = r;
+                    r = default;
+                }
+                sawEnd |= Load(s);
+                creditReady();
+            }
+        }
+        catch
+        {
+            lock (_lock) _coupledActive = false;
+            throw;
+        }
+    }
+
+    /// <summary>Records the source's completion message; true if the device can now be finished.</summary>
+    public bool SetDone(DeviceDoneInfo info)
+    {
+        lock (_lock)
+        {
+            if (_done is not null) throw new ProtocolException($"{Device.Name}: second completion message");
+            _done = info;
+            Monitor.PulseAll(_lock);
+            return ClaimFinish();
+        }
+    }
+
+    /// <summary>After the end buffer was loaded: true if this caller should finish the device now.</summary>
+    public bool ConfigLoaded()
+    {
+        lock (_lock) return ClaimFinish();
+    }
+
+    private bool ClaimFinish()
+    {
+        if (_configLoaded && _done is not null && !_finishing) { _finishing = true; return true; }
+        return false;
+    }
+
+    /// <summary>Decoupled loader: waits for the source's completion message (counted as waiting).</summary>
+    public bool WaitDone(CancellationToken token)
+    {
+        long w0 = MigrationClock.NowUs;
+        lock (_lock)
+        {
+            while (_done is null)
+            {
+                if (token.IsCancellationRequested) return false;
+                Monitor.Wait(_lock);
+            }
+            _finishing = true;
+        }
+        long w1 = MigrationClock.NowUs;
+        if (w1 > w0 + 20) { Track.Add(TraceKind.Wait, w0, w1, detail: "completion message"); Report.WaitUs += w1 - w0; }
+        return true;
+    }
+
+    /// <summary>Verifies counts and checksum, leaves RESUMING, restores config, compares digests.</summary>
+    public void Finish()
+    {
+        var done = _done!;
+        string name = Device.Name;
+        if (Report.Buffers != done.DataBuffers || (ulong)Report.Bytes != done.Bytes)
+            throw new MigrationException($"{name}: loaded {Report.Bytes} bytes in {Report.Buffers} buffers, the source sent {done.Bytes} bytes in {done.DataBuffers}", name);
+        ulong checksum = _hash.GetCurrentHashAsUInt64();
+        Report.Checksum = checksum;
+        if (checksum != done.Checksum)
+            throw new MigrationException($"{name}: stream checksum {checksum:x16} differs from the source's {done.Checksum:x16}", name);
+        if (_config is null || _config.Length != done.ConfigLength)
+            throw new MigrationException($"{name}: config state length differs from the source's", name);
+        long t0 = MigrationClock.NowUs;
+        try
+        {
+            Device.SetState(MigrationState.Stop)?.Dispose();
+        }
+        catch (VfioException e)
+        {
+            throw new MigrationException($"{name}: the device refused the stream: {e.Message}", name);
+        }
+        Stream.Dispose();
+        long t1 = MigrationClock.NowUs;
+        Track.Add(TraceKind.Transition, t0, t1, detail: "RESUMING->STOP");
+        Report.LoadUs += t1 - t0;
+        Device.RestoreConfig(_config);
+        long t2 = MigrationClock.NowUs;
+        Track.Add(TraceKind.Config, t1, t2, _config.Length, detail: "restore config");
+        Report.ConfigUs += t2 - t1;
+        if (done.Digest is ulong expected)
+        {
+            var digest = Device.StateDigest();
+            Report.Digest = digest;
+            if (digest is ulong got && got != expected)
+                throw new MigrationException($"{name}: state digest {got:x16} differs from the source device's {expected:x16}", name);
+            Track.Add(TraceKind.Verify, t2, MigrationClock.NowUs, detail: "digest");
+        }
+        Report.EndUs = MigrationClock.NowUs;
+        Report.Verified = true;
+        Finished = true;
+    }
+
+    /// <summary>On abort: give queued buffers back to the pool.</summary>
+    public void Drain()
+    {
+        lock (_lock)
+            for (int i = 0; i < _ring.Length; i++)
+                if (_ring[i].Used) { _pool.Return(_ring[i].Data); _ring[i] = default; }
+    }
+
+    public bool MissingBuffers(out string what)
+    {
+        lock (_lock)
+        {
+            what = _endIndex < 0
+                ? $"{Device.Name}: the end (config) buffer never arrived (all channels ended)"
+                : $"{Device.Name}: {_endIndex + 1 - _offered} of its {_endIndex + 1} buffers never arrived (all channels ended)";
+            return _endIndex < 0 || _offered != _endIndex + 1;
+        }
+    }
+}

@@ -1,0 +1,39 @@
+namespace Vfio.Migration;
+
+/// <summary>
+/// A migratable device as the engine drives it: the real VFIO device (through the object model) or a simulated
+/// one. Every call is blocking and may be made from any engine thread, but never two at once on one device,
+/// except Reset, which the engine may call to abort a load that is in progress on another thread.
+/// </summary>
+public interface IMigrationDevice : IDisposable
+{
+    /// <summary>As the user named it: a PCI address, an mdev UUID, or "sim:NAME".</summary>
+    string Name { get; }
+
+    /// <summary>VFIO_DEVICE_FEATURE_MIGRATION flags (STOP_COPY is required; P2P decides the quiesce path).</summary>
+    MigrationFlags Flags { get; }
+
+    MigrationState GetState();
+
+    /// <summary>
+    /// Moves the device to <paramref name="target"/> (the device walks combination transitions itself). Returns the
+    /// data stream when the final step opens a session (STOP->STOP_COPY, STOP->RESUMING), else null. Throws
+    /// VfioException on failure; the device may then be in any state (GetState tells).
+    /// </summary>
+    MigrationDataStream? SetState(MigrationState target);
+
+    /// <summary>Estimated bytes of the STOP_COPY stream (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE), or null when the device cannot tell.</summary>
+    ulong? StopCopySizeEstimate();
+
+    /// <summary>The device's config state (sent last, after the data stream). Small: at most a few KiB.</summary>
+    byte[] SaveConfig();
+
+    /// <summary>Applies config state saved by the source's SaveConfig (called after RESUMING->STOP, before RUNNING).</summary>
+    void RestoreConfig(ReadOnlySpan<byte> config);
+
+    /// <summary>Returns the device to RUNNING with no migration session (VFIO_DEVICE_RESET); aborts a load in progress.</summary>
+    void Reset();
+
+    /// <summary>A digest of the device's whole state (stream and config) that source and destination can compare, or null if the device has none.</summary>
+    ulong? StateDigest();
+}

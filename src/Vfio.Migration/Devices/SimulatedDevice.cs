@@ -1,0 +1,442 @@
+using System.IO.Hashing;
+using Vfio.Interop;
+
+namespace Vfio.Migration;
+
+/// <summary>
+/// The simulated physical function: its VFs share one firmware command interface, so at most
+/// <see cref="ConcurrentLoads"/> record loads run at once across them (ConnectX-7: 4 VFs migrating per PF).
+/// </summary>
+public sealed class SimulatedPf
+{
+    public const int DefaultConcurrentLoads = 4;
+    private readonly SemaphoreSlim _slots;
+    private int _active;
+    private int _peak;
+
+    public SimulatedPf(string name = "sim-pf0", int concurrentLoads = DefaultConcurrentLoads)
+    {
+        if (concurrentLoads < 1) throw new ArgumentOutOfRangeException(nameof(concurrentLoads), "PF concurrency must be at least 1");
+        Name = name;
+        ConcurrentLoads = concurrentLoads;
+        _slots = new SemaphoreSlim(concurrentLoads, concurrentLoads);
+    }
+
+    public string Name { get; }
+    public int ConcurrentLoads { get; }
+    /// <summary>The most loads that ever ran at once on this PF.</summary>
+    public int PeakConcurrentLoads => Volatile.Read(ref _peak);
+
+    internal bool Enter(CancellationToken token)
+    {
+        try { _slots.Wait(token); }
+        catch (OperationCanceledException) { return false; }
+        int now = Interlocked.Increment(ref _active);
+        int peak;
+        while (now > (peak = Volatile.Read(ref _peak)) && Interlocked.CompareExchange(ref _peak, now, peak) != peak) { }
+        return true;
+    }
+
+    internal void Exit()
+    {
+        Interlocked.Decrement(ref _active);
+        _slots.Release();
+    }
+}
+
+/// <summary>Parameters of a simulated device. The defaults model one mlx5 VF in the seed thread (about 200 ms to load alone).</summary>
+public sealed record SimulatedDeviceOptions
+{
+    public const long DefaultStateSize = 64L << 20;
+    public const double DefaultLoadRate = 320.0 * (1 << 20);
+    public const int DefaultRecordDataSize = 4 << 20;
+
+    /// <summary>Bytes of the STOP_COPY stream (exactly). Default 64 MiB.</summary>
+    public long StateSize { get; init; } = DefaultStateSize;
+    /// <summary>Load rate in bytes/s: a record of B bytes keeps its write(2) busy B/rate seconds. Default 320 MiB/s; 0 = free.</summary>
+    public double LoadBytesPerSecond { get; init; } = DefaultLoadRate;
+    /// <summary>Save rate in bytes/s when producing the stream; 0 = as fast as it is read (default).</summary>
+    public double SaveBytesPerSecond { get; init; }
+    /// <summary>Data bytes per firmware record (the unit of a load). Default 4 MiB.</summary>
+    public int RecordDataSize { get; init; } = DefaultRecordDataSize;
+    /// <summary>Fault injection (tests): the source stream ends this many bytes early.</summary>
+    public long TruncateStreamBy { get; init; }
+    /// <summary>Fault injection (tests): one byte of this data record's data is flipped after its CRC was taken.</summary>
+    public int CorruptRecord { get; init; } = -1;
+
+    /// <summary>The simulated time to load <paramref name="bytes"/>, in seconds.</summary>
+    public double LoadSeconds(long bytes) => LoadBytesPerSecond <= 0 ? 0 : bytes / LoadBytesPerSecond;
+}
+
+/// <summary>
+/// A device that behaves, as far as the engine can tell, like an mlx5 VF bound to mlx5_vfio_pci.
+/// <para>Its data fd is one end of an AF_UNIX socketpair served by a device thread, so the engine makes real
+/// read(2)/write(2) calls. Saving, the thread writes the generated stream into the socket. Resuming, the thread
+/// parses records and, when a record is complete, "loads" it: it takes a slot of the PF's shared command
+/// interface and stops reading for size/rate seconds. The engine's end has the smallest SO_SNDBUF the kernel
+/// allows (a few KiB), so a write(2) that goes past the end of a record blocks until that record's load is over:
+/// the load happens inside the write that completes the record, as on mlx5, except when a record ends in the
+/// last few KiB of a write (then the next write, or RESUMING->STOP for the last record, waits for it).</para>
+/// <para>A wrong stream (order, size, checksum, extra data) poisons the session: the device closes its end, so
+/// the writer's write(2) fails (EPIPE), and RESUMING->STOP fails (EIO) leaving the device in ERROR until reset.
+/// An incomplete stream also fails RESUMING->STOP.</para>
+/// </summary>
+public sealed class SimulatedDevice : IMigrationDevice
+{
+    private readonly object _lock = new();
+    private readonly SimulatedDeviceOptions _options;
+    private readonly SimulatedPf _pf;
+    private readonly ulong _ownSeed;
+    private MigrationState _state = MigrationState.Running;
+    private Session? _session;
+    // current content: the stream it would save and the config state
+    private ulong _seed;
+    private long _stateSize;
+    private int _recordData;
+    private byte[] _config;
+    private ulong? _streamHash; // known hash of the current stream (computed lazily for own content)
+    private bool _disposed;
+
+    public SimulatedDevice(string name, SimulatedDeviceOptions? options = null, SimulatedPf? pf = null)
+    {
+        Name = name;
+        _options = options ?? new SimulatedDeviceOptions();
+        if (_options.RecordDataSize < 1) throw new ArgumentOutOfRangeException(nameof(options), "record size must be positive");
+        SimStream.Layout(_options.StateSize, _options.RecordDataSize); // validates the size
+        _pf = pf ?? new SimulatedPf();
+        string contentName = name.StartsWith("sim:", StringComparison.Ordinal) ? name[4..] : name;
+        _ownSeed = SimStream.SeedOf(contentName);
+        ResetContent();
+        _config = OwnConfig(contentName);
+    }
+
+    public string Name { get; }
+    public SimulatedDeviceOptions Options => _options;
+    public SimulatedPf Pf => _pf;
+    public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P;
+
+    /// <summary>Total simulated load time the last resume spent (sum over records), for the report's device bound.</summary>
+    public double LastLoadSeconds { get; private set; }
+
+    private void ResetContent()
+    {
+        _seed = _ownSeed;
+        _stateSize = _options.StateSize;
+        _recordData = _options.RecordDataSize;
+        _streamHash = null;
+    }
+
+    private static byte[] OwnConfig(string name)
+    {
+        // A PCI type-0 header of a ConnectX VF (15b3:101e) followed by bytes derived from the name.
+        var c = new byte[256];
+        SimStream.FillData(SimStream.SeedOf(name) ^ 0xC0F1, -1, 0, c);
+        c[0] = 0xb3; c[1] = 0x15; c[2] = 0x1e; c[3] = 0x10;
+        return c;
+    }
+
+    public MigrationState GetState()
+    {
+        lock (_lock) return _state;
+    }
+
+    public ulong? StopCopySizeEstimate()
+    {
+        lock (_lock) return (ulong)_stateSize;
+    }
+
+    public byte[] SaveConfig()
+    {
+        lock (_lock) return (byte[])_config.Clone();
+    }
+
+    public void RestoreConfig(ReadOnlySpan<byte> config)
+    {
+        lock (_lock)
+        {
+            if (_state != MigrationState.Stop)
+                throw new VfioException($"restore config state of {Name}", Libc.EINVAL, $"device is in {_state}, not STOP");
+            if (config.Length == 0 || config.Length > 4096)
+                throw new VfioException($"restore config state of {Name}", Libc.EINVAL, $"config state of {config.Length} bytes");
+            _config = config.ToArray();
+        }
+    }
+
+    public ulong? StateDigest()
+    {
+        ulong seed; long size; int rec; ulong? hash; byte[] config;
+        lock (_lock) { seed = _seed; size = _stateSize; rec = _recordData; hash = _streamHash; config = _config; }
+        if (hash is null)
+        {
+            var gen = new SimStreamGenerator(seed, size, rec);
+            var h = new XxHash3();
+            var buf = new byte[256 << 10];
+            int n;
+            while ((n = gen.Fill(buf)) > 0) h.Append(buf.AsSpan(0, n));
+            hash = h.GetCurrentHashAsUInt64();
+            lock (_lock) if (_seed == seed && _stateSize == size) _streamHash = hash;
+        }
+        return SimStream.Digest(hash.Value, config);
+    }
+
+    public MigrationDataStream? SetState(MigrationState target)
+    {
+        lock (_lock)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (target == _state) return null;
+            string op = $"VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE {_state}->{target}) on {Name}";
+            if (target is MigrationState.Error or MigrationState.PreCopy or MigrationState.PreCopyP2P || !Enum.IsDefined(target))
+                throw new VfioException(op, Libc.EINVAL, "not a valid target for this device");
+            if (_state == MigrationState.Error)
+                throw new VfioException(op, Libc.EINVAL, "device is in ERROR; reset it");
+            MigrationDataStream? stream = null;
+            while (_state != target)
+            {
+                var next = NextStep(_state, target);
+                stream = Step(next, op);
+            }
+            return stream;
+        }
+    }
+
+    private static MigrationState NextStep(MigrationState from, MigrationState to) => from switch
+    {
+        MigrationState.Running => MigrationState.RunningP2P,
+        MigrationState.RunningP2P => to == MigrationState.Running ? MigrationState.Running : MigrationState.Stop,
+        MigrationState.Stop => to is MigrationState.Running or MigrationState.RunningP2P ? MigrationState.RunningP2P : to,
+        _ => MigrationState.Stop, // STOP_COPY and RESUMING only lead to STOP
+    };
+
+    private MigrationDataStream? Step(MigrationState next, string op)
+    {
+        var from = _state;
+        if (from == MigrationState.StopCopy)
+        {
+            _session?.Close();
+            _session = null;
+        }
+        else if (from == MigrationState.Resuming)
+        {
+            var s = _session!;
+            _session = null;
+            string? error = s.FinishLoad();
+            if (error is not null)
+            {
+                _state = MigrationState.Error;
+                throw new VfioException(op, Libc.EIO, error);
+            }
+            var p = s.Parser!;
+            _seed = p.Seed;
+            _stateSize = p.TotalBytes;
+            _recordData = p.RecordDataSize;
+            _streamHash = p.StreamHash;
+            LastLoadSeconds = s.LoadSeconds;
+        }
+        _state = next;
+        if (from == MigrationState.Stop && next == MigrationState.StopCopy)
+        {
+            _session = Session.StartSave(this);
+            return _session.Stream;
+        }
+        if (from == MigrationState.Stop && next == MigrationState.Resuming)
+        {
+            _session = Session.StartLoad(this);
+            return _session.Stream;
+        }
+        return null;
+    }
+
+    public void Reset()
+    {
+        Session? s;
+        lock (_lock)
+        {
+            s = _session;
+            _session = null;
+            _state = MigrationState.Running;
+            ResetContent();
+            _config = OwnConfig(Name.StartsWith("sim:", StringComparison.Ordinal) ? Name[4..] : Name);
+        }
+        s?.Close();
+    }
+
+    public void Dispose()
+    {
+        Session? s;
+        lock (_lock) { _disposed = true; s = _session; _session = null; }
+        s?.Close();
+    }
+
+    public override string ToString() => Name;
+
+    /// <summary>One STOP_COPY or RESUMING session: the socketpair and the device thread serving it.</summary>
+    private sealed unsafe class Session
+    {
+        private readonly SimulatedDevice _device;
+        private readonly int _deviceFd;
+        private readonly FileDescriptorHandle _engineHandle;
+        private readonly CancellationTokenSource _cancel = new();
+        private Thread? _thread;
+        private int _closed;
+        private volatile string? _error;
+        private bool _engineRef;
+
+        private Session(SimulatedDevice device, int deviceFd, FileDescriptorHandle engine)
+        {
+            _device = device;
+            _deviceFd = deviceFd;
+            _engineHandle = engine;
+            Stream = new MigrationDataStream(engine, device.Name);
+            _engineHandle.DangerousAddRef(ref _engineRef);
+        }
+
+        public MigrationDataStream Stream { get; }
+        public SimStreamParser? Parser { get; private set; }
+        public double LoadSeconds { get; private set; }
+
+        private static (int Device, FileDescriptorHandle Engine) Pair(string name)
+        {
+            int* fds = stackalloc int[2];
+            if (Libc.SocketPair(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC, 0, fds) < 0)
+                throw VfioException.FromLastError($"socketpair for {name}");
+            return (fds[1], new FileDescriptorHandle(fds[0]));
+        }
+
+        public static Session StartSave(SimulatedDevice d)
+        {
+            var (dev, eng) = Pair(d.Name);
+            try { Native.SetSockOpt(dev, Native.SO_SNDBUF, 1 << 20); } catch (VfioException) { }
+            var s = new Session(d, dev, eng);
+            s._thread = new Thread(s.SaveLoop) { IsBackground = true, Name = $"sim save {d.Name}" };
+            s._thread.Start();
+            return s;
+        }
+
+        public static Session StartLoad(SimulatedDevice d)
+        {
+            var (dev, eng) = Pair(d.Name);
+            Native.SetSockOpt(eng.Fd, Native.SO_SNDBUF, 1);  // the kernel rounds up to its minimum
+            Native.SetSockOpt(dev, Native.SO_RCVBUF, 1);
+            var s = new Session(d, dev, eng) { Parser = new SimStreamParser() };
+            s._thread = new Thread(s.LoadLoop) { IsBackground = true, Name = $"sim load {d.Name}" };
+            s._thread.Start();
+            return s;
+        }
+
+        private void SaveLoop()
+        {
+            var o = _device._options;
+            var gen = new SimStreamGenerator(_device._seed, _device._stateSize, _device._recordData, o.TruncateStreamBy, o.CorruptRecord);
+            var buf = new byte[256 << 10];
+            double debt = 0;
+            var start = MigrationClock.NowUs;
+            long written = 0;
+            try
+            {
+                int n;
+                while ((n = gen.Fill(buf)) > 0 && !_cancel.IsCancellationRequested)
+                {
+                    fixed (byte* p = buf)
+                    {
+                        int off = 0;
+                        while (off < n)
+                        {
+                            nint w = Libc.Write(_deviceFd, p + off, (nuint)(n - off));
+                            if (w < 0)
+                            {
+                                if (System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == Libc.EINTR) continue;
+                                return; // the engine closed its end or the session was closed
+                            }
+                            off += (int)w;
+                        }
+                    }
+                    written += n;
+                    if (o.SaveBytesPerSecond > 0)
+                    {
+                        double due = written / o.SaveBytesPerSecond * 1e6 - (MigrationClock.NowUs - start) + debt;
+                        if (due > 1000) _cancel.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(Math.Floor(due / 1000)));
+                    }
+                }
+            }
+            finally
+            {
+                // end of stream: the engine's read returns 0
+                Native.Shutdown(_deviceFd, Native.SHUT_WR);
+            }
+        }
+
+        private void LoadLoop()
+        {
+            var parser = Parser!;
+            var buf = new byte[64 << 10];
+            var o = _device._options;
+            double debtUs = 0;
+            try
+            {
+                while (!_cancel.IsCancellationRequested)
+                {
+                    int want = (int)Math.Min(buf.Length, parser.UntilBoundary);
+                    nint n;
+                    fixed (byte* p = buf) n = Libc.Read(_deviceFd, p, (nuint)want);
+                    if (n < 0)
+                    {
+                        if (System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == Libc.EINTR) continue;
+                        return;
+                    }
+                    if (n == 0) return; // the engine's end was shut down (RESUMING->STOP) or closed
+                    long record = parser.Consume(buf.AsSpan(0, (int)n));
+                    if (record > 0 && o.LoadBytesPerSecond > 0)
+                    {
+                        double us = o.LoadSeconds(record) * 1e6;
+                        if (!_device._pf.Enter(_cancel.Token)) return;
+                        try
+                        {
+                            long t0 = MigrationClock.NowUs;
+                            double target = us + debtUs;
+                            if (target >= 1000)
+                                _cancel.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(Math.Floor(target / 1000)));
+                            debtUs = target - (MigrationClock.NowUs - t0);
+                            LoadSeconds += us / 1e6;
+                        }
+                        finally { _device._pf.Exit(); }
+                    }
+                }
+            }
+            catch (SimStreamException e)
+            {
+                _error = $"device refused the stream: {e.Message}";
+                // poison: the writer's write fails, later writes too
+                Native.Shutdown(_deviceFd, Native.SHUT_RDWR);
+            }
+        }
+
+        /// <summary>RESUMING->STOP: let the device finish what was written, then judge the stream. Null = accepted.</summary>
+        public string? FinishLoad()
+        {
+            if (_engineRef) Native.Shutdown(_engineHandle.Fd, Native.SHUT_WR); // the device sees EOF after the last byte
+            _thread!.Join();
+            string? error = _error;
+            if (error is null && !Parser!.Complete)
+                error = $"incomplete stream: {Parser.Progress}";
+            Close();
+            return error;
+        }
+
+        public void Close()
+        {
+            if (Interlocked.Exchange(ref _closed, 1) != 0) return;
+            _cancel.Cancel();
+            Native.Shutdown(_deviceFd, Native.SHUT_RDWR);
+            if (_thread is not null && Thread.CurrentThread != _thread) _thread.Join();
+            Libc.Close(_deviceFd);
+            if (_engineRef)
+            {
+                // the engine's fd is disabled from now on, like a VFIO data fd after its session ends
+                Native.Shutdown(_engineHandle.Fd, Native.SHUT_RDWR);
+                _engineHandle.DangerousRelease();
+                _engineRef = false;
+            }
+        }
+    }
+}

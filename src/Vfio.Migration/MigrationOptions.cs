@@ -1,0 +1,59 @@
+namespace Vfio.Migration;
+
+public enum LoadingMode
+{
+    /// <summary>One loading thread per device; receive threads only queue buffers (QEMU's design).</summary>
+    Decoupled,
+    /// <summary>Receive threads load the buffers they complete themselves (the seed thread's alternative), under the same credits.</summary>
+    Coupled,
+}
+
+public sealed record MigrationOptions
+{
+    public const int DefaultBufferSize = 1 << 20;
+    public const int DefaultWindow = 8;
+
+    /// <summary>Data channels (TCP connections besides the main channel).</summary>
+    public int Channels { get; init; } = 6;
+    /// <summary>Bytes per data buffer the source reads from a device (the packet payload).</summary>
+    public int BufferSize { get; init; } = DefaultBufferSize;
+    public LoadingMode Loading { get; init; } = LoadingMode.Decoupled;
+    /// <summary>Buffers per device the destination lets the source have in flight (received or on the wire, not yet loaded).</summary>
+    public int Window { get; init; } = DefaultWindow;
+    /// <summary>How long a peer may stay silent (heartbeats every second on the main channel) or refuse to read.</summary>
+    public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>How long `receive` waits for a source to connect.</summary>
+    public TimeSpan AcceptTimeout { get; init; } = TimeSpan.FromMinutes(10);
+    /// <summary>Test hook: how the source distributes packets over channels (default: the next idle channel).</summary>
+    internal Func<int, IPacketScheduler>? SchedulerFactory { get; init; }
+    /// <summary>Test hook: faults the source injects on the wire.</summary>
+    internal WireFault? Fault { get; init; }
+
+    public void Validate()
+    {
+        if (Channels < 1 || Channels > Protocol.MaxChannels)
+            throw new ArgumentException($"--channels must be between 1 and {Protocol.MaxChannels}");
+        if (BufferSize < Protocol.MinBufferSize || BufferSize > Protocol.MaxBufferSize)
+            throw new ArgumentException($"--buffer-size must be between {Protocol.MinBufferSize} and {Protocol.MaxBufferSize} bytes");
+        if (Window < 2 || Window > 4096)
+            throw new ArgumentException("--window must be between 2 and 4096 buffers");
+        if (Timeout <= TimeSpan.Zero)
+            throw new ArgumentException("--timeout must be positive");
+    }
+}
+
+internal enum WireFaultKind
+{
+    /// <summary>Flip a payload byte after the CRC was computed.</summary>
+    CorruptPayload,
+    /// <summary>Send the packet twice.</summary>
+    Duplicate,
+    /// <summary>Never send the packet.</summary>
+    Drop,
+    /// <summary>Send half of the payload and close the channel.</summary>
+    Truncate,
+    /// <summary>Use another session id in the handshake of data channel 1.</summary>
+    WrongSession,
+}
+
+internal sealed record WireFault(WireFaultKind Kind, int Device = 0, int Buffer = 0);

@@ -1,0 +1,182 @@
+using System.Buffers.Binary;
+using System.Text;
+
+namespace Vfio.Migration;
+
+/// <summary>A violation of the wire protocol by the peer (bad magic, CRC, index...): the run fails with this message.</summary>
+public sealed class ProtocolException(string message) : Exception(message);
+
+/// <summary>Constants and encodings of the wire protocol; docs/protocol.md is the prose version. All integers little-endian.</summary>
+public static class Protocol
+{
+    public const uint HandshakeMagic = 0x47494D56;      // "VMIG"
+    public const uint HandshakeReplyMagic = 0x41494D56; // "VMIA"
+    public const uint PacketMagic = 0x50444D56;         // "VMDP"
+    public const ushort Version = 1;
+    public const int HandshakeSize = 32;
+    public const int HandshakeReplySize = 16;
+    public const int PacketHeaderSize = 32;
+    public const int MessageHeaderSize = 8;
+    public const int MaxMessageBody = 1 << 20;
+    public const int MaxChannels = 64;
+    public const int MaxDevices = 256;
+    public const int MinBufferSize = 4096;
+    public const int MaxBufferSize = 64 << 20;
+    public const ushort ChannelEndDevice = 0xFFFF;
+}
+
+/// <summary>Status in a handshake reply.</summary>
+public enum HandshakeStatus : ushort
+{
+    Ok = 0,
+    BadMagicOrVersion = 1,
+    UnknownSession = 2,
+    BadChannelIndex = 3,
+    DuplicateChannel = 4,
+}
+
+/// <summary>The first 32 bytes on every connection: magic, version, channel index (0 = main), session id, channel count, CRC32C.</summary>
+public readonly record struct Handshake(ushort ChannelIndex, ulong SessionId, ushort DataChannels)
+{
+    public void Write(Span<byte> b)
+    {
+        b[..Protocol.HandshakeSize].Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(b, Protocol.HandshakeMagic);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[4..], Protocol.Version);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[6..], ChannelIndex);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[8..], SessionId);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[16..], DataChannels);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[28..], Crc32C.Compute(b[..28]));
+    }
+
+    /// <summary>Parses and validates; a wrong magic, version or CRC is a ProtocolException.</summary>
+    public static Handshake Read(ReadOnlySpan<byte> b)
+    {
+        uint magic = BinaryPrimitives.ReadUInt32LittleEndian(b);
+        if (magic != Protocol.HandshakeMagic)
+            throw new ProtocolException($"handshake: bad magic 0x{magic:x8} (not a vfio-mig peer)");
+        ushort version = BinaryPrimitives.ReadUInt16LittleEndian(b[4..]);
+        if (version != Protocol.Version)
+            throw new ProtocolException($"handshake: protocol version {version}, this side speaks {Protocol.Version}");
+        if (BinaryPrimitives.ReadUInt32LittleEndian(b[28..]) != Crc32C.Compute(b[..28]))
+            throw new ProtocolException("handshake: CRC mismatch");
+        return new Handshake(BinaryPrimitives.ReadUInt16LittleEndian(b[6..]), BinaryPrimitives.ReadUInt64LittleEndian(b[8..]),
+            BinaryPrimitives.ReadUInt16LittleEndian(b[16..]));
+    }
+
+    public static void WriteReply(Span<byte> b, HandshakeStatus status, ulong sessionId)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(b, Protocol.HandshakeReplyMagic);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[4..], Protocol.Version);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[6..], (ushort)status);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[8..], sessionId);
+    }
+
+    public static (HandshakeStatus Status, ulong SessionId) ReadReply(ReadOnlySpan<byte> b)
+    {
+        if (BinaryPrimitives.ReadUInt32LittleEndian(b) != Protocol.HandshakeReplyMagic || BinaryPrimitives.ReadUInt16LittleEndian(b[4..]) != Protocol.Version)
+            throw new ProtocolException("handshake reply: bad magic or version (not a vfio-mig peer)");
+        return ((HandshakeStatus)BinaryPrimitives.ReadUInt16LittleEndian(b[6..]), BinaryPrimitives.ReadUInt64LittleEndian(b[8..]));
+    }
+}
+
+[Flags]
+public enum PacketFlags : ushort
+{
+    None = 0,
+    Data = 1,
+    Config = 2,
+    End = 4,
+    ChannelEnd = 8,
+}
+
+/// <summary>Data packet header (32 bytes): magic, device, flags, buffer index, payload length, payload CRC32C, header CRC32C.</summary>
+public readonly record struct PacketHeader(ushort Device, PacketFlags Flags, uint Buffer, int Length, uint PayloadCrc)
+{
+    public void Write(Span<byte> b)
+    {
+        b[..Protocol.PacketHeaderSize].Clear();
+        BinaryPrimitives.WriteUInt32LittleEndian(b, Protocol.PacketMagic);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[4..], Device);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[6..], (ushort)Flags);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[8..], Buffer);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[12..], (uint)Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[16..], PayloadCrc);
+        BinaryPrimitives.WriteUInt32LittleEndian(b[28..], Crc32C.Compute(b[..28]));
+    }
+
+    /// <summary>Parses and validates what can be checked without session context (magic, header CRC, flags).</summary>
+    public static PacketHeader Read(ReadOnlySpan<byte> b, int channel)
+    {
+        uint magic = BinaryPrimitives.ReadUInt32LittleEndian(b);
+        if (magic != Protocol.PacketMagic)
+            throw new ProtocolException($"channel {channel}: bad packet magic 0x{magic:x8}");
+        if (BinaryPrimitives.ReadUInt32LittleEndian(b[28..]) != Crc32C.Compute(b[..28]))
+            throw new ProtocolException($"channel {channel}: packet header CRC mismatch");
+        var flags = (PacketFlags)BinaryPrimitives.ReadUInt16LittleEndian(b[6..]);
+        if (flags != PacketFlags.Data && flags != (PacketFlags.Config | PacketFlags.End) && flags != PacketFlags.ChannelEnd)
+            throw new ProtocolException($"channel {channel}: invalid packet flags 0x{(ushort)flags:x}");
+        uint length = BinaryPrimitives.ReadUInt32LittleEndian(b[12..]);
+        if (length > Protocol.MaxBufferSize)
+            throw new ProtocolException($"channel {channel}: packet length {length} exceeds the protocol maximum");
+        return new PacketHeader(BinaryPrimitives.ReadUInt16LittleEndian(b[4..]), flags, BinaryPrimitives.ReadUInt32LittleEndian(b[8..]),
+            (int)length, BinaryPrimitives.ReadUInt32LittleEndian(b[16..]));
+    }
+}
+
+public enum MessageType : ushort
+{
+    DeviceList = 1,
+    Accept = 2,
+    Switchover = 3,
+    Credit = 4,
+    DeviceDone = 5,
+    DeviceResult = 6,
+    Result = 7,
+    Error = 8,
+    Heartbeat = 9,
+}
+
+/// <summary>Little-endian writer for main-channel message bodies.</summary>
+public ref struct MessageWriter(Span<byte> buffer)
+{
+    private readonly Span<byte> _b = buffer;
+    private int _pos = 0;
+    public readonly int Length => _pos;
+    public void U16(ushort v) { BinaryPrimitives.WriteUInt16LittleEndian(_b[_pos..], v); _pos += 2; }
+    public void U32(uint v) { BinaryPrimitives.WriteUInt32LittleEndian(_b[_pos..], v); _pos += 4; }
+    public void U64(ulong v) { BinaryPrimitives.WriteUInt64LittleEndian(_b[_pos..], v); _pos += 8; }
+    public void I64(long v) { BinaryPrimitives.WriteInt64LittleEndian(_b[_pos..], v); _pos += 8; }
+    public void Str(string s)
+    {
+        int n = Encoding.UTF8.GetBytes(s.AsSpan(), _b[(_pos + 2)..]);
+        if (n > ushort.MaxValue) throw new ArgumentException("string too long");
+        U16((ushort)n);
+        _pos += n;
+    }
+}
+
+/// <summary>Little-endian reader with bounds checks: a short or malformed body is a ProtocolException, never an index exception.</summary>
+public ref struct MessageReader(ReadOnlySpan<byte> body, MessageType type)
+{
+    private readonly ReadOnlySpan<byte> _b = body;
+    private readonly MessageType _type = type;
+    private int _pos = 0;
+    private ReadOnlySpan<byte> Take(int n)
+    {
+        if (_pos + n > _b.Length) throw new ProtocolException($"main channel: {_type} message truncated");
+        var s = _b.Slice(_pos, n);
+        _pos += n;
+        return s;
+    }
+    public ushort U16() => BinaryPrimitives.ReadUInt16LittleEndian(Take(2));
+    public uint U32() => BinaryPrimitives.ReadUInt32LittleEndian(Take(4));
+    public ulong U64() => BinaryPrimitives.ReadUInt64LittleEndian(Take(8));
+    public long I64() => BinaryPrimitives.ReadInt64LittleEndian(Take(8));
+    public string Str()
+    {
+        int n = U16();
+        try { return new UTF8Encoding(false, true).GetString(Take(n)); }
+        catch (DecoderFallbackException) { throw new ProtocolException($"main channel: {_type} message has invalid UTF-8"); }
+    }
+}

@@ -1,0 +1,139 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace Vfio.Migration;
+
+/// <summary>Per-device figures of a run (destination side: the loader's view). Times in microseconds of MigrationClock.</summary>
+public sealed class DeviceReport
+{
+    public required string Name { get; init; }
+    public string? SourceName { get; set; }
+    public long Bytes { get; set; }
+    public int Buffers { get; set; }
+    /// <summary>Time the loader waited for its next buffer (and for the source's completion message).</summary>
+    public long WaitUs { get; set; }
+    /// <summary>Time in write(2) into the resuming data fd, plus RESUMING->STOP (where a device finishes its last load).</summary>
+    public long LoadUs { get; set; }
+    /// <summary>Config state restore.</summary>
+    public long ConfigUs { get; set; }
+    public long StartUs { get; set; }
+    public long EndUs { get; set; }
+    public long TotalUs => EndUs > StartUs ? EndUs - StartUs : 0;
+    public bool Verified { get; set; }
+    public string? Error { get; set; }
+    /// <summary>Most bytes this device ever had queued at the destination (received, not yet loaded).</summary>
+    public long MaxQueuedBytes { get; set; }
+    public long ExpectedBytes { get; set; }
+    public ulong Checksum { get; set; }
+    public ulong? Digest { get; set; }
+    /// <summary>Simulated devices: the load time the device's parameters imply for this stream (for issue 5's device bound).</summary>
+    public double? SimLoadMs { get; set; }
+
+    public string SummaryLine() => string.Create(CultureInfo.InvariantCulture,
+        $"{Name} total loading time {TotalUs / 1000} ms, wait {WaitUs / 1000} ms load {LoadUs / 1000} ms ({Bytes} bytes, {Buffers} buffers{(Verified ? ", verified" : Error is null ? "" : ", FAILED: " + Error)})");
+}
+
+/// <summary>The outcome of a run, as printed and as written by --json.</summary>
+public sealed class RunReport
+{
+    public bool Ok { get; set; }
+    public required string Role { get; init; }
+    public LoadingMode Mode { get; init; }
+    public int Channels { get; init; }
+    public int BufferSize { get; init; }
+    public int Window { get; set; }
+    public List<DeviceReport> Devices { get; init; } = new();
+    public string? Error { get; set; }
+    public string? FailedDevice { get; set; }
+    /// <summary>First source device leaving RUNNING (source clock).</summary>
+    public long FirstStopUs { get; set; }
+    /// <summary>Last destination device reaching RUNNING (destination clock).</summary>
+    public long LastRunningUs { get; set; }
+    /// <summary>When the last device finished loading (destination clock).</summary>
+    public long LoadEndUs { get; set; }
+    public RunTimeline Timeline { get; init; } = new();
+    public int PoolBuffers { get; set; }
+
+    public long TotalBytes => Devices.Sum(d => d.Bytes);
+    public double DowntimeMs => Ok && LastRunningUs > FirstStopUs && FirstStopUs > 0 ? (LastRunningUs - FirstStopUs) / 1000.0 : 0;
+
+    /// <summary>Megabits per second (10^6 bits): all stream bytes over the time from the first source stop to the last device loaded.</summary>
+    public double ThroughputMbps => LoadEndUs > FirstStopUs && FirstStopUs > 0 ? TotalBytes * 8.0 / (LoadEndUs - FirstStopUs) : 0;
+
+    public string ModeName => Mode == LoadingMode.Coupled ? "coupled" : "decoupled";
+
+    public IEnumerable<string> SummaryLines()
+    {
+        foreach (var d in Devices) yield return d.SummaryLine();
+        if (Ok)
+            yield return string.Create(CultureInfo.InvariantCulture,
+                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms, {ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
+        else
+            yield return $"result FAILED{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: {Error}";
+    }
+
+    public void WriteJson(Stream output)
+    {
+        using var j = new Utf8JsonWriter(output, new JsonWriterOptions { Indented = true });
+        j.WriteStartObject();
+        j.WriteString("result", Ok ? "ok" : "failed");
+        j.WriteString("mode", ModeName);
+        j.WriteNumber("channels", Channels);
+        j.WriteNumber("downtime_ms", Math.Round(DowntimeMs, 3));
+        j.WriteNumber("throughput_mbps", Math.Round(ThroughputMbps, 1));
+        j.WriteString("role", Role);
+        j.WriteNumber("buffer_size", BufferSize);
+        j.WriteNumber("window", Window);
+        j.WriteNumber("total_bytes", TotalBytes);
+        if (Error is not null) j.WriteString("error", Error);
+        if (FailedDevice is not null) j.WriteString("failed_device", FailedDevice);
+        j.WriteNumber("first_stop_us", FirstStopUs);
+        j.WriteNumber("last_running_us", LastRunningUs);
+        j.WriteStartArray("devices");
+        foreach (var d in Devices)
+        {
+            j.WriteStartObject();
+            j.WriteString("name", d.Name);
+            if (d.SourceName is not null) j.WriteString("source", d.SourceName);
+            j.WriteNumber("bytes", d.Bytes);
+            j.WriteNumber("buffers", d.Buffers);
+            j.WriteNumber("wait_ms", Math.Round(d.WaitUs / 1000.0, 3));
+            j.WriteNumber("load_ms", Math.Round(d.LoadUs / 1000.0, 3));
+            j.WriteNumber("total_ms", Math.Round(d.TotalUs / 1000.0, 3));
+            j.WriteBoolean("verified", d.Verified);
+            j.WriteNumber("config_ms", Math.Round(d.ConfigUs / 1000.0, 3));
+            j.WriteNumber("start_us", d.StartUs);
+            j.WriteNumber("end_us", d.EndUs);
+            j.WriteNumber("max_queued_bytes", d.MaxQueuedBytes);
+            if (d.SimLoadMs is double s) j.WriteNumber("sim_load_ms", Math.Round(s, 3));
+            if (d.Error is not null) j.WriteString("error", d.Error);
+            j.WriteEndObject();
+        }
+        j.WriteEndArray();
+        j.WriteEndObject();
+    }
+
+    public string ToJson()
+    {
+        using var ms = new MemoryStream();
+        WriteJson(ms);
+        return Encoding.UTF8.GetString(ms.ToArray());
+    }
+}
+
+/// <summary>Live counters for a progress display: bytes loaded per device at the destination, or sent at the source.</summary>
+public sealed class MigrationProgress
+{
+    public MigrationProgress(IReadOnlyList<string> names, long[] expected)
+    {
+        Names = names;
+        Expected = expected;
+        Bytes = new long[names.Count];
+    }
+
+    public IReadOnlyList<string> Names { get; }
+    public long[] Expected { get; }
+    public long[] Bytes { get; }
+    public long Total { get { long t = 0; for (int i = 0; i < Bytes.Length; i++) t += Volatile.Read(ref Bytes[i]); return t; } }
+}

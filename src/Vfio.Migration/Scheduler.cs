@@ -1,0 +1,157 @@
+namespace Vfio.Migration;
+
+/// <summary>A buffer queued for sending: the pooled array, the bytes in it, and where it belongs.</summary>
+internal readonly record struct OutPacket(int Device, uint Buffer, PacketFlags Flags, byte[] Data, int Length, uint Crc);
+
+/// <summary>Decides which data channel sends which packet, and in what order.</summary>
+internal interface IPacketScheduler
+{
+    void Enqueue(OutPacket packet);
+    /// <summary>Blocks until a packet for this channel is ready; false once completed and drained, or cancelled.</summary>
+    bool TryTake(int channel, CancellationToken token, out OutPacket packet);
+    /// <summary>No more packets will be queued.</summary>
+    void Complete();
+}
+
+/// <summary>The default: one queue, taken by whichever channel is idle first (QEMU's "next idle channel").</summary>
+internal sealed class NextIdleScheduler : IPacketScheduler
+{
+    private readonly Queue<OutPacket> _queue = new(256);
+    private bool _completed;
+
+    public void Enqueue(OutPacket packet)
+    {
+        lock (_queue)
+        {
+            _queue.Enqueue(packet);
+            Monitor.Pulse(_queue);
+        }
+    }
+
+    public bool TryTake(int channel, CancellationToken token, out OutPacket packet)
+    {
+        using var reg = token.Register(() => { lock (_queue) Monitor.PulseAll(_queue); });
+        lock (_queue)
+        {
+            while (true)
+            {
+                if (token.IsCancellationRequested) { packet = default; return false; }
+                if (_queue.Count > 0) { packet = _queue.Dequeue(); return true; }
+                if (_completed) { packet = default; return false; }
+                Monitor.Wait(_queue);
+            }
+        }
+    }
+
+    public void Complete()
+    {
+        lock (_queue)
+        {
+            _completed = true;
+            Monitor.PulseAll(_queue);
+        }
+    }
+
+    /// <summary>Packets left in the queue (on abort, so their buffers go back to the pool).</summary>
+    public void Drain(BufferPool pool)
+    {
+        lock (_queue)
+            while (_queue.Count > 0) pool.Return(_queue.Dequeue().Data);
+    }
+}
+
+/// <summary>
+/// Test scheduler: the packets named in the script go to the given channels in the given order; the script's
+/// first round (one packet per channel) is released together, the rest only after <see cref="Gap"/>, so the
+/// destination receives the first round before the second. Packets not in the script go to channel 0 afterwards.
+/// </summary>
+internal sealed class ScriptedScheduler : IPacketScheduler
+{
+    private readonly List<(int Channel, int Device, uint Buffer)> _script;
+    private readonly Dictionary<(int, uint), OutPacket> _held = new();
+    private readonly Queue<OutPacket>[] _queues;
+    private readonly List<OutPacket> _unscripted = new();
+    private bool _released;
+    private bool _completed;
+
+    public ScriptedScheduler(int channels, IEnumerable<(int Channel, int Device, uint Buffer)> script)
+    {
+        _script = script.ToList();
+        _queues = Enumerable.Range(0, channels).Select(_ => new Queue<OutPacket>()).ToArray();
+    }
+
+    public TimeSpan Gap { get; init; } = TimeSpan.FromMilliseconds(100);
+
+    public void Enqueue(OutPacket packet)
+    {
+        lock (_queues)
+        {
+            if (_script.Any(s => s.Device == packet.Device && s.Buffer == packet.Buffer))
+                _held[(packet.Device, packet.Buffer)] = packet;
+            else
+                _unscripted.Add(packet);
+            if (!_released && _held.Count == _script.Count)
+            {
+                _released = true;
+                var script = _script;
+                new Thread(() => Release(script)) { IsBackground = true, Name = "scripted scheduler" }.Start();
+            }
+            else if (_released)
+                Flush();
+        }
+    }
+
+    private void Release(List<(int Channel, int Device, uint Buffer)> script)
+    {
+        var firstRound = new HashSet<int>();
+        var later = new List<(int Channel, int Device, uint Buffer)>();
+        lock (_queues)
+        {
+            foreach (var s in script)
+                if (firstRound.Add(s.Channel)) _queues[s.Channel].Enqueue(_held[(s.Device, s.Buffer)]);
+                else later.Add(s);
+            Monitor.PulseAll(_queues);
+        }
+        Thread.Sleep(Gap);
+        lock (_queues)
+        {
+            foreach (var s in later) _queues[s.Channel].Enqueue(_held[(s.Device, s.Buffer)]);
+            _held.Clear();
+            _script.Clear();
+            Flush();
+            Monitor.PulseAll(_queues);
+        }
+    }
+
+    private void Flush()
+    {
+        if (_script.Count > 0) return;
+        foreach (var p in _unscripted) _queues[0].Enqueue(p);
+        _unscripted.Clear();
+        Monitor.PulseAll(_queues);
+    }
+
+    public bool TryTake(int channel, CancellationToken token, out OutPacket packet)
+    {
+        using var reg = token.Register(() => { lock (_queues) Monitor.PulseAll(_queues); });
+        lock (_queues)
+        {
+            while (true)
+            {
+                if (token.IsCancellationRequested) { packet = default; return false; }
+                if (_queues[channel].Count > 0) { packet = _queues[channel].Dequeue(); return true; }
+                if (_completed && _script.Count == 0 && _unscripted.Count == 0) { packet = default; return false; }
+                Monitor.Wait(_queues);
+            }
+        }
+    }
+
+    public void Complete()
+    {
+        lock (_queues)
+        {
+            _completed = true;
+            Monitor.PulseAll(_queues);
+        }
+    }
+}
