@@ -77,6 +77,12 @@ public sealed unsafe class VfioDevice : IDisposable
     /// <summary>The group the device was opened through (group path only).</summary>
     public VfioGroup? Group { get; }
 
+    /// <summary>The container the device's group was attached to, when the device owns it (group path only).</summary>
+    public VfioContainer? Container => _ownedContainer;
+
+    /// <summary>The iommufd the device is bound to (cdev path only).</summary>
+    public Iommufd? Iommufd => _ownedIommufd;
+
     /// <summary>The iommufd device id (cdev path only).</summary>
     public uint? IommufdDeviceId { get; private set; }
 
