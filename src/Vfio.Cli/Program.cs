@@ -13,6 +13,7 @@ public static class Program
         // Each area of the tool adds its own commands.
         foreach (var command in DeviceCommands.Create())
             root.Subcommands.Add(command);
+        foreach (var command in MigrationCommands.Create()) root.Subcommands.Add(command);
         return root;
     }
 }

@@ -22,3 +22,20 @@ public static class Crc32C
         return crc;
     }
 }
+
+/// <summary>
+/// The per-device stream checksum carried in the completion message: XxHash3 over (u32 index, u32 length, u32 CRC32C)
+/// of every data buffer in index order. Each buffer's bytes are covered by its CRC32C (checked on receipt), so this
+/// detects missing, extra, reordered or altered buffers without another pass over the data.
+/// </summary>
+public static class StreamChecksum
+{
+    public static void Append(System.IO.Hashing.XxHash3 hash, uint index, int length, uint crc)
+    {
+        Span<byte> b = stackalloc byte[12];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(b, index);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(b[4..], (uint)length);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(b[8..], crc);
+        hash.Append(b);
+    }
+}

@@ -35,6 +35,7 @@ internal sealed class DeviceSink
         public PacketFlags Flags;
         public byte[] Data;
         public int Length;
+        public uint Crc;
     }
 
     public DeviceSink(int index, IMigrationDevice device, MigrationDataStream stream, int window, BufferPool pool, TimelineTrack track)
@@ -62,7 +63,7 @@ internal sealed class DeviceSink
     public long LoadedIndex { get { lock (_lock) return _next; } }
 
     /// <summary>Called by a receive thread with a verified packet; takes ownership of data. Violations throw ProtocolException.</summary>
-    public void Offer(uint index, PacketFlags flags, byte[] data, int length, int channel)
+    public void Offer(uint index, PacketFlags flags, byte[] data, int length, uint crc, int channel)
     {
         lock (_lock)
         {
@@ -84,7 +85,7 @@ internal sealed class DeviceSink
                         throw new ProtocolException($"{where}: end (config) buffer before data buffer {s.Index}");
                 _endIndex = index;
             }
-            slot = new Slot { Used = true, Index = index, Flags = flags, Data = data, Length = length };
+            slot = new Slot { Used = true, Index = index, Flags = flags, Data = data, Length = length, Crc = crc };
             _offered++;
             _queuedBytes += length;
             if (_queuedBytes > Report.MaxQueuedBytes) Report.MaxQueuedBytes = _queuedBytes;
@@ -139,7 +140,7 @@ internal sealed class DeviceSink
             throw new MigrationException($"{Device.Name}: loading buffer {s.Index} failed: {e.Message}", Device.Name);
         }
         long t1 = MigrationClock.NowUs;
-        _hash.Append(s.Data.AsSpan(0, s.Length));
+        StreamChecksum.Append(_hash, (uint)s.Index, s.Length, s.Crc);
         Track.Add(TraceKind.Load, t0, t1, s.Length, (int)s.Index);
         Report.LoadUs += t1 - t0;
         Report.Buffers++;

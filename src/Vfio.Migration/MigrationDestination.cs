@@ -345,7 +345,7 @@ public sealed class MigrationDestination
                 uint crc = Crc32C.Compute(buf.AsSpan(0, h.Length));
                 if (crc != h.PayloadCrc)
                     throw new ProtocolException($"{sink.Device.Name}: buffer {h.Buffer} on channel {channel}: payload CRC32C mismatch (corrupt data)");
-                sink.Offer(h.Buffer, h.Flags, buf, h.Length, channel);
+                sink.Offer(h.Buffer, h.Flags, buf, h.Length, crc, channel);
                 handedOver = true;
             }
             finally

@@ -247,7 +247,7 @@ public sealed class MigrationSource
                 break; // the credit taken is used by the config packet
             }
             uint crc = Crc32C.Compute(buf.AsSpan(0, n));
-            hash.Append(buf.AsSpan(0, n));
+            StreamChecksum.Append(hash, index, n, crc);
             track.Add(TraceKind.Save, w1, r1, n, (int)index);
             Interlocked.Increment(ref _sent[dev]);
             scheduler.Enqueue(new OutPacket(dev, index++, PacketFlags.Data, buf, n, crc));

@@ -1,10 +1,81 @@
 namespace Vfio.Migration;
 
-/// <summary>The engine's view of a real VFIO device, through the object model in Vfio.Core.</summary>
-public static class RealDeviceAdapter
+/// <summary>
+/// The engine's view of a real VFIO device, through the object model (Vfio.Core's VfioDevice): the kernel
+/// walks combination transitions, MIG_DATA_SIZE gives the estimate, VFIO_DEVICE_RESET resets.
+/// Config state is the device's standard PCI config header (256 bytes) read through the config region; on the
+/// destination, RestoreConfig checks that vendor and device id match and restores only the command register
+/// (memory/IO decode and bus mastering): vfio-pci virtualizes BARs and MSI state, which belong to the VMM.
+/// Real devices report no digest (the checksum of the stream is still verified).
+/// </summary>
+public sealed class RealDeviceAdapter : IMigrationDevice
 {
+    public const int ConfigBytes = 256;
+    private readonly VfioDevice _device;
+
+    private RealDeviceAdapter(VfioDevice device, MigrationFlags flags)
+    {
+        _device = device;
+        Flags = flags;
+    }
+
     public static IMigrationDevice Open(string spec)
     {
-        throw new MigrationException($"{spec}: real VFIO devices are not available in this build yet (use sim:NAME)");
+        VfioDevice? device = null;
+        try
+        {
+            device = VfioDevice.Open(spec);
+            var flags = device.RequireMigrationFlags();
+            if (!flags.HasFlag(MigrationFlags.StopCopy))
+                throw new MigrationException($"{spec}: the device does not offer STOP_COPY migration", spec);
+            return new RealDeviceAdapter(device, flags);
+        }
+        catch (Exception e) when (e is VfioException or IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            device?.Dispose();
+            throw new MigrationException($"{spec}: {e.Message}", spec);
+        }
+        catch
+        {
+            device?.Dispose();
+            throw;
+        }
     }
+
+    public string Name => _device.Name;
+    public MigrationFlags Flags { get; }
+
+    public MigrationState GetState() => _device.GetMigrationState();
+
+    public MigrationDataStream? SetState(MigrationState target) => _device.SetMigrationState(target);
+
+    public ulong? StopCopySizeEstimate() => _device.TryGetMigrationDataSize(out ulong size, out _) ? size : null;
+
+    public byte[] SaveConfig()
+    {
+        var config = new byte[ConfigBytes];
+        _device.ReadConfig(0, config);
+        return config;
+    }
+
+    public void RestoreConfig(ReadOnlySpan<byte> config)
+    {
+        if (config.Length < 8)
+            throw new VfioException($"restore config state of {Name}", Vfio.Interop.Libc.EINVAL, $"config state of {config.Length} bytes");
+        Span<byte> ids = stackalloc byte[4];
+        _device.ReadConfig(0, ids);
+        if (!ids.SequenceEqual(config[..4]))
+            throw new VfioException($"restore config state of {Name}", Vfio.Interop.Libc.EINVAL,
+                $"source device is {config[1]:x2}{config[0]:x2}:{config[3]:x2}{config[2]:x2}, this one {ids[1]:x2}{ids[0]:x2}:{ids[3]:x2}{ids[2]:x2}");
+        ushort command = (ushort)(config[4] | config[5] << 8);
+        _device.WriteConfigUInt16(4, (ushort)(command & 0x0007)); // IO, memory, bus master
+    }
+
+    public void Reset() => _device.Reset();
+
+    public ulong? StateDigest() => null;
+
+    public void Dispose() => _device.Dispose();
+
+    public override string ToString() => Name;
 }

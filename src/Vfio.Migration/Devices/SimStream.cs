@@ -234,7 +234,30 @@ public sealed class SimStreamParser
 
     public bool Complete => DataRecords >= 0 && DataRecordsDone == DataRecords && Consumed == TotalBytes && _phase == 0 && _headerFill == 0;
 
+    /// <summary>
+    /// The content digest of what was parsed: XxHash3 over every record header, the small records' payloads and each
+    /// data record's sub-header and CRC32C trailer (checked against the data). Cheap: the data bytes are hashed only by the CRC.
+    /// </summary>
     public ulong StreamHash => _hash.GetCurrentHashAsUInt64();
+
+    /// <summary>Parses a whole generated stream (the source device's own digest).</summary>
+    public static ulong HashOf(SimStreamGenerator generator)
+    {
+        var parser = new SimStreamParser();
+        var buf = new byte[256 << 10];
+        int n;
+        while ((n = generator.Fill(buf)) > 0)
+        {
+            var span = buf.AsSpan(0, n);
+            while (!span.IsEmpty)
+            {
+                int k = (int)Math.Min(span.Length, parser.UntilBoundary);
+                parser.Consume(span[..k]);
+                span = span[k..];
+            }
+        }
+        return parser.StreamHash;
+    }
 
     /// <summary>Bytes that may be read before a record boundary (the device reads no further before loading).</summary>
     public long UntilBoundary => _phase == 0 ? SimStream.HeaderSize - _headerFill : _recordSize - _payloadOffset;
@@ -245,10 +268,10 @@ public sealed class SimStreamParser
         if (data.Length > UntilBoundary) throw new InvalidOperationException("read across a record boundary");
         if (TotalBytes >= 0 && Consumed + data.Length > TotalBytes)
             throw new SimStreamException($"data beyond the end of the stream ({TotalBytes} bytes announced)");
-        _hash.Append(data);
         Consumed += data.Length;
         if (_phase == 0)
         {
+            _hash.Append(data);
             data.CopyTo(_header.AsSpan(_headerFill));
             _headerFill += data.Length;
             if (_headerFill < SimStream.HeaderSize) return 0;
@@ -340,6 +363,7 @@ public sealed class SimStreamParser
     private void FinishRecord()
     {
         var p = _header.AsSpan(SimStream.HeaderSize);
+        if (_recordIndex < 2) _hash.Append(p[..(int)_recordSize]);
         switch (_recordIndex)
         {
             case 0:
@@ -367,6 +391,8 @@ public sealed class SimStreamParser
                     throw new SimStreamException($"data record {_recordIndex - 2}: bad trailer");
                 if (crc != ~_crc)
                     throw new SimStreamException($"data record {_recordIndex - 2}: checksum mismatch (corrupt data)");
+                _hash.Append(_header.AsSpan(SimStream.HeaderSize, 16));
+                _hash.Append(_trailer);
                 DataRecordsDone++;
                 break;
         }

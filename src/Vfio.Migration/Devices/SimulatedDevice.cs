@@ -1,4 +1,3 @@
-using System.IO.Hashing;
 using Vfio.Interop;
 
 namespace Vfio.Migration;
@@ -110,6 +109,10 @@ public sealed class SimulatedDevice : IMigrationDevice
         _config = OwnConfig(contentName);
     }
 
+    /// <summary>SO_SNDBUF of the engine's end of a resuming socketpair (the kernel doubles it): small enough that a write
+    /// blocks during a load, large enough that the kernel moves data in big skbs rather than a wakeup every few KiB.</summary>
+    public static int LoadSocketBuffer { get; set; } = 64 << 10;
+
     public string Name { get; }
     public SimulatedDeviceOptions Options => _options;
     public SimulatedPf Pf => _pf;
@@ -168,12 +171,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         lock (_lock) { seed = _seed; size = _stateSize; rec = _recordData; hash = _streamHash; config = _config; }
         if (hash is null)
         {
-            var gen = new SimStreamGenerator(seed, size, rec);
-            var h = new XxHash3();
-            var buf = new byte[256 << 10];
-            int n;
-            while ((n = gen.Fill(buf)) > 0) h.Append(buf.AsSpan(0, n));
-            hash = h.GetCurrentHashAsUInt64();
+            hash = SimStreamParser.HashOf(new SimStreamGenerator(seed, size, rec));
             lock (_lock) if (_seed == seed && _stateSize == size) _streamHash = hash;
         }
         return SimStream.Digest(hash.Value, config);
@@ -316,7 +314,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         public static Session StartLoad(SimulatedDevice d)
         {
             var (dev, eng) = Pair(d.Name);
-            Native.SetSockOpt(eng.Fd, Native.SO_SNDBUF, 1);  // the kernel rounds up to its minimum
+            Native.SetSockOpt(eng.Fd, Native.SO_SNDBUF, SimulatedDevice.LoadSocketBuffer);
             Native.SetSockOpt(dev, Native.SO_RCVBUF, 1);
             var s = new Session(d, dev, eng) { Parser = new SimStreamParser() };
             s._thread = new Thread(s.LoadLoop) { IsBackground = true, Name = $"sim load {d.Name}" };
@@ -369,9 +367,10 @@ public sealed class SimulatedDevice : IMigrationDevice
         private void LoadLoop()
         {
             var parser = Parser!;
-            var buf = new byte[64 << 10];
+            var buf = new byte[256 << 10];
             var o = _device._options;
             double debtUs = 0;
+            long busyUs = 0;
             try
             {
                 while (!_cancel.IsCancellationRequested)
@@ -385,10 +384,17 @@ public sealed class SimulatedDevice : IMigrationDevice
                         return;
                     }
                     if (n == 0) return; // the engine's end was shut down (RESUMING->STOP) or closed
+                    long r0 = MigrationClock.NowUs;
                     long record = parser.Consume(buf.AsSpan(0, (int)n));
+                    busyUs += MigrationClock.NowUs - r0;
                     if (record > 0 && o.LoadBytesPerSecond > 0)
                     {
+                        // The record's load costs size/rate in all; the device's own copying and checking of the
+                        // record's bytes (busyUs) is part of that cost, the rest is spent after the record is complete.
                         double us = o.LoadSeconds(record) * 1e6;
+                        LoadSeconds += us / 1e6;
+                        us = Math.Max(0, us - busyUs);
+                        busyUs = 0;
                         if (!_device._pf.Enter(_cancel.Token)) return;
                         try
                         {
@@ -397,7 +403,6 @@ public sealed class SimulatedDevice : IMigrationDevice
                             if (target >= 1000)
                                 _cancel.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(Math.Floor(target / 1000)));
                             debtUs = target - (MigrationClock.NowUs - t0);
-                            LoadSeconds += us / 1e6;
                         }
                         finally { _device._pf.Exit(); }
                     }
