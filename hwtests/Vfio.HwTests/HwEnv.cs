@@ -1,6 +1,9 @@
 using Vfio;
 using Xunit;
 
+// The tests share the configured devices (a VFIO group opens once): run them one at a time.
+[assembly: CollectionBehavior(DisableTestParallelization = true)]
+
 namespace Vfio.HwTests;
 
 /// <summary>
