@@ -69,20 +69,20 @@ internal sealed class DeviceSink
         {
             string where = $"{Device.Name}: buffer {index} on channel {channel}";
             if (index < _next || (Finished && index >= _next))
-                throw new ProtocolException($"{where}: duplicate (already loaded)");
+                throw new ProtocolException($"{where}: duplicate (already loaded)", Device.Name);
             if (index >= _next + _window)
-                throw new ProtocolException($"{where}: outside the window [{_next}, {_next + _window}) the destination granted");
+                throw new ProtocolException($"{where}: outside the window [{_next}, {_next + _window}) the destination granted", Device.Name);
             if (_endIndex >= 0 && index > _endIndex)
-                throw new ProtocolException($"{where}: after the device's end (config) buffer {_endIndex}");
+                throw new ProtocolException($"{where}: after the device's end (config) buffer {_endIndex}", Device.Name);
             ref var slot = ref _ring[index % _window];
             if (slot.Used)
-                throw new ProtocolException($"{where}: duplicate (already queued)");
+                throw new ProtocolException($"{where}: duplicate (already queued)", Device.Name);
             if (flags.HasFlag(PacketFlags.Config))
             {
-                if (_endIndex >= 0) throw new ProtocolException($"{where}: second end (config) buffer");
+                if (_endIndex >= 0) throw new ProtocolException($"{where}: second end (config) buffer", Device.Name);
                 foreach (var s in _ring)
                     if (s.Used && s.Index > index)
-                        throw new ProtocolException($"{where}: end (config) buffer before data buffer {s.Index}");
+                        throw new ProtocolException($"{where}: end (config) buffer before data buffer {s.Index}", Device.Name);
                 _endIndex = index;
             }
             slot = new Slot { Used = true, Index = index, Flags = flags, Data = data, Length = length, Crc = crc };
@@ -204,7 +204,7 @@ internal sealed class DeviceSink
     {
         lock (_lock)
         {
-            if (_done is not null) throw new ProtocolException($"{Device.Name}: second completion message");
+            if (_done is not null) throw new ProtocolException($"{Device.Name}: second completion message", Device.Name);
             _done = info;
             Monitor.PulseAll(_lock);
             return ClaimFinish();
@@ -282,6 +282,28 @@ internal sealed class DeviceSink
         Report.EndUs = MigrationClock.NowUs;
         Report.Verified = true;
         Finished = true;
+    }
+
+    private long _gapSinceUs;
+
+    /// <summary>
+    /// Watchdog (called about once a second): true when buffers after the next one have been queued for longer than
+    /// <paramref name="timeoutUs"/> while the next one has not arrived (it was lost: the source waits for credits
+    /// that only its load would return, so nothing else would end the run).
+    /// </summary>
+    public bool Stalled(long nowUs, long timeoutUs, out string what)
+    {
+        lock (_lock)
+        {
+            what = $"{Device.Name}: buffer {_next} did not arrive within {timeoutUs / 1_000_000.0:0.#} s although later buffers did";
+            if (_coupledActive || Finished || _configLoaded) { _gapSinceUs = 0; return false; }
+            ref var next = ref _ring[_next % _window];
+            bool later = false;
+            foreach (var s in _ring) later |= s.Used && s.Index > _next;
+            if ((next.Used && next.Index == _next) || !later) { _gapSinceUs = 0; return false; }
+            if (_gapSinceUs == 0) { _gapSinceUs = nowUs; return false; }
+            return nowUs - _gapSinceUs > timeoutUs;
+        }
     }
 
     /// <summary>On abort: give queued buffers back to the pool.</summary>

@@ -70,13 +70,14 @@ public sealed class MigrationDestination
             prepared = true;
             PrepareDevices();
             SendAccept(main);
+            // The main channel is watched from now on (a source that gives up while channels connect ends the run).
+            threads.Add(ctl.Start("dst main receive", () => MainReceive(main, ctl)));
+            threads.Add(ctl.Start("dst main send", () => MainSend(main, ctl)));
             var data = AcceptDataChannels(listener, session, channels, ctl);
             ChannelCount = channels;
             _log.LogInformation("session {Session:x16}: {Devices} devices, {Channels} data channels, {Mode} loading, window {Window} x {Buffer} bytes",
                 session, _devices.Count, channels, _options.Loading == LoadingMode.Coupled ? "coupled" : "decoupled", _options.Window, bufferSize);
 
-            threads.Add(ctl.Start("dst main receive", () => MainReceive(main, ctl)));
-            threads.Add(ctl.Start("dst main send", () => MainSend(main, ctl)));
             for (int c = 0; c < data.Length; c++)
             {
                 int ch = c;
@@ -335,7 +336,7 @@ public sealed class MigrationDestination
                 throw new ProtocolException($"data channel {channel}: packet for device {h.Device}, the session has {_sinks.Length}");
             var sink = _sinks[h.Device];
             if (h.Length > bufferSize || (h.Flags == PacketFlags.Data && h.Length == 0))
-                throw new ProtocolException($"{sink.Device.Name}: buffer {h.Buffer} on channel {channel}: payload length {h.Length} (buffer size {bufferSize})");
+                throw new ProtocolException($"{sink.Device.Name}: buffer {h.Buffer} on channel {channel}: payload length {h.Length} (buffer size {bufferSize})", sink.Device.Name);
             var buf = _pool!.Rent();
             bool handedOver = false;
             try
@@ -344,7 +345,7 @@ public sealed class MigrationDestination
                     throw new ProtocolException($"data channel {channel}: closed in the middle of a packet");
                 uint crc = Crc32C.Compute(buf.AsSpan(0, h.Length));
                 if (crc != h.PayloadCrc)
-                    throw new ProtocolException($"{sink.Device.Name}: buffer {h.Buffer} on channel {channel}: payload CRC32C mismatch (corrupt data)");
+                    throw new ProtocolException($"{sink.Device.Name}: buffer {h.Buffer} on channel {channel}: payload CRC32C mismatch (corrupt data)", sink.Device.Name);
                 sink.Offer(h.Buffer, h.Flags, buf, h.Length, crc, channel);
                 handedOver = true;
             }
@@ -457,10 +458,19 @@ public sealed class MigrationDestination
     {
         Span<byte> body = stackalloc byte[8];
         var handles = new WaitHandle[] { _creditSignal, ctl.Token.WaitHandle, _allFinished.WaitHandle };
+        long lastCheck = MigrationClock.NowUs;
+        long timeoutUs = (long)_options.Timeout.TotalMicroseconds;
         while (!ctl.Token.IsCancellationRequested && !_allFinished.IsSet)
         {
             int which = WaitHandle.WaitAny(handles, TimeSpan.FromSeconds(1));
             if (which is 1 or 2) return;
+            long now = MigrationClock.NowUs;
+            if (now - lastCheck >= 1_000_000)
+            {
+                lastCheck = now;
+                foreach (var s in _sinks)
+                    if (s.Stalled(now, timeoutUs, out var what)) { ctl.Fail(what, s.Device.Name); return; }
+            }
             bool any = false;
             foreach (var s in _sinks)
             {

@@ -4,7 +4,11 @@ using System.Text;
 namespace Vfio.Migration;
 
 /// <summary>A violation of the wire protocol by the peer (bad magic, CRC, index...): the run fails with this message.</summary>
-public sealed class ProtocolException(string message) : Exception(message);
+public sealed class ProtocolException(string message, string? device = null) : Exception(message)
+{
+    /// <summary>The device the offending packet belonged to, when known.</summary>
+    public string? Device { get; } = device;
+}
 
 /// <summary>Constants and encodings of the wire protocol; docs/protocol.md is the prose version. All integers little-endian.</summary>
 public static class Protocol

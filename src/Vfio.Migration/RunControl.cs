@@ -56,6 +56,7 @@ internal sealed class RunControl
             _ => $"{e.GetType().Name}: {e.Message}",
         };
         if (e is MigrationException { Device: not null } me) device ??= me.Device;
+        if (e is ProtocolException { Device: not null } pe) device ??= pe.Device;
         Fail(device is null || message.Contains(device, StringComparison.Ordinal) ? message : $"{device}: {message}", device);
     }
 

@@ -437,8 +437,11 @@ public sealed class SimulatedDevice : IMigrationDevice
             Libc.Close(_deviceFd);
             if (_engineRef)
             {
-                // the engine's fd is disabled from now on, like a VFIO data fd after its session ends
+                // the engine's fd is disabled from now on, like a VFIO data fd after its session ends:
+                // shut down both ways and discard what the device had queued, so reads end at once
                 Native.Shutdown(_engineHandle.Fd, Native.SHUT_RDWR);
+                byte* scratch = stackalloc byte[4096];
+                while (Libc.Read(_engineHandle.Fd, scratch, 4096) > 0) { }
                 _engineHandle.DangerousRelease();
                 _engineRef = false;
             }

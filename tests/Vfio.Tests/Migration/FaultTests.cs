@@ -1,0 +1,191 @@
+using System.Net;
+using System.Net.Sockets;
+using Vfio.Migration;
+
+namespace Vfio.Tests.Migration;
+
+/// <summary>Corrupt, duplicate, lost, truncated or foreign input is refused with a clear error; nothing is left half-done.</summary>
+public class FaultTests
+{
+    private static RunReport RunWithFault(WireFault? fault, SimulatedDevice[] src, SimulatedDevice[] dst, LoadingMode mode = LoadingMode.Decoupled)
+    {
+        var options = TestDevices.Options(2, mode) with { Fault = fault, Timeout = TimeSpan.FromSeconds(3) };
+        return Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken);
+    }
+
+    private static void AssertFailedCleanly(RunReport report, SimulatedDevice[] src, SimulatedDevice[] dst, string expected, string? device)
+    {
+        Assert.False(report.Ok);
+        Assert.NotNull(report.Error);
+        Assert.Contains(expected, report.Error, StringComparison.OrdinalIgnoreCase);
+        if (device is not null)
+            Assert.Contains(device, report.Error);
+        Assert.All(report.Devices, d => Assert.False(d.Verified));
+        // Source devices run again; destination devices were reset: running, with their own (not a partial) state.
+        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
+        foreach (var d in dst)
+        {
+            Assert.Equal(MigrationState.Running, d.GetState());
+            Assert.Equal(new SimulatedDevice(d.Name, d.Options).StateDigest(), d.StateDigest());
+        }
+    }
+
+    [Theory]
+    [InlineData(LoadingMode.Decoupled)]
+    [InlineData(LoadingMode.Coupled)]
+    public void Corrupt_payload_is_refused_by_crc(LoadingMode mode)
+    {
+        var (src, dst) = TestDevices.Pairs(2);
+        var report = RunWithFault(new WireFault(WireFaultKind.CorruptPayload, Device: 1, Buffer: 3), src, dst, mode);
+        AssertFailedCleanly(report, src, dst, "CRC32C mismatch", "sim:dst1");
+        Assert.Equal("sim:dst1", report.FailedDevice);
+    }
+
+    [Fact]
+    public void Duplicate_buffer_is_refused()
+    {
+        var (src, dst) = TestDevices.Pairs(2);
+        var report = RunWithFault(new WireFault(WireFaultKind.Duplicate, Device: 0, Buffer: 2), src, dst);
+        AssertFailedCleanly(report, src, dst, "duplicate", "sim:dst0");
+    }
+
+    [Fact]
+    public void Lost_buffer_is_detected_not_waited_for_forever()
+    {
+        var (src, dst) = TestDevices.Pairs(2);
+        var report = RunWithFault(new WireFault(WireFaultKind.Drop, Device: 1, Buffer: 1), src, dst);
+        AssertFailedCleanly(report, src, dst, "buffer 1", "sim:dst1");
+    }
+
+    [Fact]
+    public void Lost_end_buffer_is_detected_when_all_channels_end()
+    {
+        var (src, dst) = TestDevices.Pairs(1);
+        // 256 KiB in 32 KiB buffers: 8 data buffers, the config/end buffer is index 8.
+        var report = RunWithFault(new WireFault(WireFaultKind.Drop, Device: 0, Buffer: 8), src, dst);
+        AssertFailedCleanly(report, src, dst, "never arrived", "sim:dst0");
+    }
+
+    [Fact]
+    public void Connection_cut_in_the_middle_of_a_packet_is_refused()
+    {
+        var (src, dst) = TestDevices.Pairs(2);
+        var report = RunWithFault(new WireFault(WireFaultKind.Truncate, Device: 0, Buffer: 2), src, dst);
+        AssertFailedCleanly(report, src, dst, "middle of a packet", null);
+    }
+
+    [Fact]
+    public void Data_channel_of_another_session_is_refused()
+    {
+        var (src, dst) = TestDevices.Pairs(1);
+        var report = RunWithFault(new WireFault(WireFaultKind.WrongSession), src, dst);
+        AssertFailedCleanly(report, src, dst, "UnknownSession", null);
+    }
+
+    [Fact]
+    public void Device_refuses_a_corrupt_stream_and_the_run_names_it()
+    {
+        // The source device's stream is corrupt (data altered after the record's CRC): transport checks pass,
+        // the destination device refuses it (its write fails or RESUMING->STOP fails).
+        var (src, dst) = TestDevices.Pairs(2, perDevice: i => i == 1 ? TestDevices.Fast() with { CorruptRecord = 2 } : TestDevices.Fast());
+        var report = RunWithFault(null, src, dst);
+        Assert.False(report.Ok);
+        Assert.Equal("sim:dst1", report.FailedDevice);
+        Assert.Contains("sim:dst1", report.Error);
+        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
+        Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
+    }
+
+    [Fact]
+    public void Device_refuses_a_truncated_stream()
+    {
+        var (src, dst) = TestDevices.Pairs(1, perDevice: _ => TestDevices.Fast() with { TruncateStreamBy = 1000 });
+        var report = RunWithFault(null, src, dst);
+        Assert.False(report.Ok);
+        Assert.Contains("incomplete stream", report.Error);
+        Assert.Contains("sim:dst0", report.Error);
+        Assert.Equal(MigrationState.Running, src[0].GetState());
+        Assert.Equal(MigrationState.Running, dst[0].GetState());
+    }
+
+    [Fact]
+    public void Stray_connections_are_refused_and_a_real_source_still_succeeds()
+    {
+        var (src, dst) = TestDevices.Pairs(2);
+        var options = TestDevices.Options(2);
+        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 16);
+        var ep = (IPEndPoint)listener.LocalEndPoint!;
+        var destination = new MigrationDestination(dst, options with { AcceptTimeout = TimeSpan.FromSeconds(20) });
+        RunReport? dreport = null;
+        var t = new Thread(() => dreport = destination.Run(listener)) { IsBackground = true };
+        t.Start();
+
+        // Garbage, a wrong protocol version, and a data channel of a session that does not exist.
+        using (var junk = new TcpClient())
+        {
+            junk.Connect(ep);
+            junk.GetStream().Write(new byte[Protocol.HandshakeSize].Select((_, i) => (byte)(i * 7 + 1)).ToArray());
+            Assert.Equal(0, ReadToEnd(junk) % Protocol.HandshakeReplySize);
+        }
+        using (var old = new TcpClient())
+        {
+            old.Connect(ep);
+            var hs = new byte[Protocol.HandshakeSize];
+            new Handshake(0, 42, 2).Write(hs);
+            hs[4] = 99; // version 99 (the CRC no longer matches either)
+            old.GetStream().Write(hs);
+            ReadToEnd(old);
+        }
+        using (var foreign = new TcpClient())
+        {
+            foreign.Connect(ep);
+            var hs = new byte[Protocol.HandshakeSize];
+            new Handshake(1, 42, 2).Write(hs);
+            foreign.GetStream().Write(hs);
+            var reply = new byte[Protocol.HandshakeReplySize];
+            foreign.GetStream().ReadExactly(reply);
+            Assert.Equal(HandshakeStatus.BadChannelIndex, Handshake.ReadReply(reply).Status);
+        }
+
+        var sreport = new MigrationSource(src, options).Run(ep, TestContext.Current.CancellationToken);
+        t.Join();
+        Assert.True(sreport.Ok, sreport.Error);
+        Assert.True(dreport!.Ok, dreport.Error);
+        TestDevices.AssertSameState(src, dst);
+    }
+
+    [Fact]
+    public void Silent_peer_times_out()
+    {
+        // A "destination" that completes the handshake and then says nothing.
+        var (src, _) = TestDevices.Pairs(1);
+        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 4);
+        var ep = (IPEndPoint)listener.LocalEndPoint!;
+        var t = new Thread(() =>
+        {
+            using var s = listener.Accept();
+            var hs = new byte[Protocol.HandshakeSize];
+            s.Receive(hs);
+            var reply = new byte[Protocol.HandshakeReplySize];
+            Handshake.WriteReply(reply, HandshakeStatus.Ok, Handshake.Read(hs).SessionId);
+            s.Send(reply);
+            Thread.Sleep(4000);
+        }) { IsBackground = true };
+        t.Start();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var report = new MigrationSource(src, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(1) }).Run(ep, TestContext.Current.CancellationToken);
+        Assert.False(report.Ok);
+        Assert.Contains("timeout", report.Error, StringComparison.OrdinalIgnoreCase);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(3.5));
+        Assert.Equal(MigrationState.Running, src[0].GetState());
+    }
+
+    private static int ReadToEnd(TcpClient c)
+    {
+        c.ReceiveTimeout = 5000;
+        var buf = new byte[256];
+        int total = 0, n;
+        while ((n = c.GetStream().Read(buf)) > 0) total += n;
+        return total;
+    }
+}
