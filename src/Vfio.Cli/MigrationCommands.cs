@@ -216,9 +216,14 @@ public static class MigrationCommands
         bool terminal = !Console.IsOutputRedirected && ReferenceEquals(output, Console.Out);
         RunReport report;
         ProgressDisplay? display = null;
-        var loggerFactory = LoggerFactory.Create(b => b
-            .AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; })
-            .SetMinimumLevel(r.GetValue(common.Verbose) ? LogLevel.Debug : terminal ? LogLevel.Warning : LogLevel.Information));
+        // Log lines go to the console (plain lines when redirected; warnings only under the progress display).
+        // When the command runs in-process with other writers (tests), there is no console logging.
+        bool console = ReferenceEquals(output, Console.Out);
+        var loggerFactory = LoggerFactory.Create(b =>
+        {
+            if (console) b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
+            b.SetMinimumLevel(r.GetValue(common.Verbose) ? LogLevel.Debug : terminal ? LogLevel.Warning : LogLevel.Information);
+        });
         try
         {
             var options = common.Options(r);

@@ -52,7 +52,7 @@ public sealed class MigrationSource
         var report = new RunReport
         {
             Role = "source", Mode = _options.Loading, Channels = _options.Channels, BufferSize = _options.BufferSize,
-            Timeline = _timeline, Devices = _results.ToList(),
+            Timeline = _timeline,
         };
         var threads = new List<Thread>();
         var scheduler = _options.SchedulerFactory?.Invoke(_options.Channels) ?? new NextIdleScheduler();
@@ -144,6 +144,8 @@ public sealed class MigrationSource
         report.LastRunningUs = _lastRunningUs;
         report.LoadEndUs = _loadEndUs;
         report.PoolBuffers = _pool.Allocated;
+        report.Devices.AddRange(_results);
+        if (!report.Ok) foreach (var d in report.Devices) d.Verified = false;
         if (report.Ok) _timeline.Mark("destination_last_running", _lastRunningUs);
         return report;
     }

@@ -1,0 +1,167 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using Vfio.Cli;
+
+namespace Vfio.Tests.Migration;
+
+/// <summary>vfio-mig loopback/send/receive: exit codes, one-line errors, the JSON report, two real processes.</summary>
+public class CliTests
+{
+    private const string Small = "--state-size=256KiB --buffer-size=32KiB --sim-record-size=48KiB --sim-load-rate=1GiB";
+
+    private static (int Code, string Out, string Err) Invoke(string args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.BuildRoot().Parse(args.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        return (code, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public void Loopback_with_simulated_devices_prints_the_seed_style_summary_and_writes_json()
+    {
+        string json = Path.Combine(Path.GetTempPath(), $"vfio-mig-{Guid.NewGuid():N}.json");
+        try
+        {
+            var (code, stdout, stderr) = Invoke($"loopback --sim 3 --channels 2 {Small} --json {json}");
+            Assert.True(code == 0, stderr + stdout);
+            Assert.Matches(@"sim:vf0 total loading time \d+ ms, wait \d+ ms load \d+ ms", stdout);
+            Assert.Contains("result ok: 3 devices", stdout);
+            using var doc = JsonDocument.Parse(File.ReadAllText(json));
+            Assert.Equal("ok", doc.RootElement.GetProperty("result").GetString());
+            Assert.Equal(2, doc.RootElement.GetProperty("channels").GetInt32());
+            Assert.Equal(3, doc.RootElement.GetProperty("devices").GetArrayLength());
+        }
+        finally { File.Delete(json); }
+    }
+
+    [Fact]
+    public void Loopback_coupled_and_explicit_sim_pairs()
+    {
+        var (code, stdout, stderr) = Invoke($"loopback --device sim:a=sim:b --device sim:c=sim:d --loading coupled --channels 3 {Small}");
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Contains("sim:b total loading time", stdout);
+        Assert.Contains("coupled loading", stdout);
+    }
+
+    [Theory]
+    [InlineData("loopback --state-size 12XB", "--state-size")]
+    [InlineData("loopback --state-size 10", "--state-size")]
+    [InlineData("loopback --buffer-size lots", "--buffer-size")]
+    [InlineData("loopback --channels 0", "--channels")]
+    [InlineData("loopback --loading sideways", "--loading")]
+    [InlineData("loopback --window 1", "--window")]
+    [InlineData("loopback --device sim:a", "SRC=DST")]
+    [InlineData("loopback --sim 2 --device sim:a=sim:b", "either")]
+    [InlineData("send --to nowhere --device sim:a", "ADDR:PORT")]
+    [InlineData("send --to 127.0.0.1:99999 --device sim:a", "ADDR:PORT")]
+    [InlineData("receive --listen 127.0.0.1:0", "--device")]
+    [InlineData("receive --listen foo.example:5000 --device sim:a", "IP address")]
+    [InlineData("send --to 127.0.0.1:5000 --device sim:", "sim:NAME")]
+    [InlineData("send --to 127.0.0.1:5000 --device sim:a --device sim:a", "twice")]
+    public void Bad_input_gives_one_line_and_a_nonzero_exit(string args, string mention)
+    {
+        var (code, stdout, stderr) = Invoke(args);
+        Assert.NotEqual(0, code);
+        string line = stderr.Trim();
+        Assert.DoesNotContain("\n", line);
+        Assert.StartsWith("vfio-mig: ", line);
+        Assert.Contains(mention, line);
+        Assert.DoesNotContain("   at ", stderr + stdout);
+    }
+
+    [Fact]
+    public void Unknown_real_device_is_a_one_line_error()
+    {
+        var (code, stdout, stderr) = Invoke("loopback --device 0000:ff:1f.7=sim:b");
+        Assert.NotEqual(0, code);
+        Assert.StartsWith("vfio-mig: 0000:ff:1f.7", stderr.Trim());
+        Assert.DoesNotContain("\n", stderr.Trim());
+        Assert.DoesNotContain("   at ", stderr + stdout);
+    }
+
+    [Fact]
+    public void Send_to_a_closed_port_fails_with_one_line()
+    {
+        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        var (code, _, stderr) = Invoke($"send --to 127.0.0.1:{port} --device sim:a {Small} --timeout 2");
+        Assert.Equal(1, code);
+        Assert.Contains("connect to 127.0.0.1", stderr);
+        Assert.DoesNotContain("   at ", stderr);
+    }
+
+    /// <summary>send and receive as two separate processes of the built vfio-mig, over TCP.</summary>
+    [Fact]
+    public void Send_and_receive_as_two_processes()
+    {
+        string dll = Path.Combine(AppContext.BaseDirectory, "vfio-mig.dll");
+        Assert.True(File.Exists(dll), dll);
+        string json = Path.Combine(Path.GetTempPath(), $"vfio-mig-rx-{Guid.NewGuid():N}.json");
+        string sjson = Path.Combine(Path.GetTempPath(), $"vfio-mig-tx-{Guid.NewGuid():N}.json");
+        using var rx = Start(dll, $"receive --listen 127.0.0.1:0 --device sim:dst0 --device sim:dst1 --channels 3 {Small} --json {json} --timeout 20");
+        try
+        {
+            string? first = rx.StandardOutput.ReadLine();
+            Assert.NotNull(first);
+            Assert.StartsWith("listening on 127.0.0.1:", first);
+            string port = first!["listening on 127.0.0.1:".Length..].Trim();
+            using var tx = Start(dll, $"send --to 127.0.0.1:{port} --device sim:vf0 --device sim:vf1 --channels 3 {Small} --json {sjson} --timeout 20");
+            string txOut = tx.StandardOutput.ReadToEnd() + tx.StandardError.ReadToEnd();
+            Assert.True(tx.WaitForExit(60_000), "sender did not exit");
+            string rxOut = rx.StandardOutput.ReadToEnd() + rx.StandardError.ReadToEnd();
+            Assert.True(rx.WaitForExit(60_000), "receiver did not exit");
+            Assert.True(tx.ExitCode == 0, "send: " + txOut);
+            Assert.True(rx.ExitCode == 0, "receive: " + rxOut);
+            Assert.Contains("sim:dst1 total loading time", rxOut);
+            Assert.Contains("sim:dst1 total loading time", txOut); // the source prints the destination's figures
+            using var doc = JsonDocument.Parse(File.ReadAllText(json));
+            Assert.Equal("ok", doc.RootElement.GetProperty("result").GetString());
+            Assert.True(doc.RootElement.GetProperty("downtime_ms").GetDouble() > 0);
+            Assert.All(doc.RootElement.GetProperty("devices").EnumerateArray(), d => Assert.True(d.GetProperty("verified").GetBoolean()));
+            using var sdoc = JsonDocument.Parse(File.ReadAllText(sjson));
+            Assert.Equal("ok", sdoc.RootElement.GetProperty("result").GetString());
+        }
+        finally
+        {
+            if (!rx.HasExited) rx.Kill();
+            File.Delete(json);
+            File.Delete(sjson);
+        }
+    }
+
+    [Fact]
+    public void Receive_fails_non_zero_when_the_source_sends_the_wrong_number_of_devices()
+    {
+        string dll = Path.Combine(AppContext.BaseDirectory, "vfio-mig.dll");
+        using var rx = Start(dll, $"receive --listen 127.0.0.1:0 --device sim:dst0 {Small} --timeout 10");
+        try
+        {
+            string port = rx.StandardOutput.ReadLine()!["listening on 127.0.0.1:".Length..].Trim();
+            using var tx = Start(dll, $"send --to 127.0.0.1:{port} --device sim:vf0 --device sim:vf1 {Small} --timeout 10");
+            string txErr = tx.StandardError.ReadToEnd();
+            Assert.True(tx.WaitForExit(30_000));
+            string rxErr = rx.StandardError.ReadToEnd();
+            Assert.True(rx.WaitForExit(30_000));
+            Assert.Equal(1, tx.ExitCode);
+            Assert.Equal(1, rx.ExitCode);
+            Assert.Contains("2 devices", txErr);
+            Assert.Contains("2 devices", rxErr);
+        }
+        finally
+        {
+            if (!rx.HasExited) rx.Kill();
+        }
+    }
+
+    private static Process Start(string dll, string args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(dll);
+        foreach (var a in args.Split(' ', StringSplitOptions.RemoveEmptyEntries)) psi.ArgumentList.Add(a);
+        return Process.Start(psi)!;
+    }
+}
