@@ -113,6 +113,7 @@ internal sealed class DeviceSink
         }
     }
 
+    /// <summary>Wakes a waiting loader (on abort; it then sees its token cancelled).</summary>
     public void Wake()
     {
         lock (_lock) Monitor.PulseAll(_lock);

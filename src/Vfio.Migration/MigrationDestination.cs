@@ -69,6 +69,8 @@ public sealed class MigrationDestination
             _pool = new BufferPool(bufferSize);
             prepared = true;
             PrepareDevices();
+            // One registration wakes every waiting loader on abort (no registration per wait).
+            ctl.Token.Register(() => { foreach (var s in _sinks) s.Wake(); _switchover.Set(); });
             SendAccept(main);
             // The main channel is watched from now on (a source that gives up while channels connect ends the run).
             threads.Add(ctl.Start("dst main receive", () => MainReceive(main, ctl)));
@@ -353,7 +355,7 @@ public sealed class MigrationDestination
             {
                 if (!handedOver) _pool.Return(buf);
             }
-            track.Add(TraceKind.Receive, t0, MigrationClock.NowUs, h.Length, (int)h.Buffer, sink.Device.Name);
+            track.Add(TraceKind.Receive, t0, MigrationClock.NowUs, h.Length, (int)h.Buffer, device: h.Device);
             if (coupled)
             {
                 try
@@ -379,7 +381,8 @@ public sealed class MigrationDestination
 
     private void LoaderThread(DeviceSink sink, RunControl ctl)
     {
-        _switchover.Wait(ctl.Token);
+        _switchover.Wait();
+        if (ctl.Token.IsCancellationRequested) return;
         sink.Report.StartUs = MigrationClock.NowUs;
         sink.LoaderLoop(ctl.Token, () => { _creditSignal.Set(); Volatile.Write(ref Progress.Bytes[sink.Index], Volatile.Read(ref sink.LoadedBytes)); });
         if (ctl.Token.IsCancellationRequested) return;

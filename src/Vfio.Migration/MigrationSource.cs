@@ -58,6 +58,7 @@ public sealed class MigrationSource
         var scheduler = _options.SchedulerFactory?.Invoke(_options.Channels) ?? new NextIdleScheduler();
         bool stopped = false;
         Connection? main = null;
+        CancellationTokenRegistration cancelRegistration = default;
         var mainTrack = _timeline.AddTrack("src main", "main", "source");
         try
         {
@@ -77,6 +78,12 @@ public sealed class MigrationSource
                 data[c] = Connect(destination, (ushort)(c + 1), s, ctl);
             }
             for (int i = 0; i < _credits.Length; i++) _credits[i] = new CreditGate(_window);
+            // One registration wakes every waiter on abort (no registration per wait: the data path allocates nothing).
+            cancelRegistration = ctl.Token.Register(() =>
+            {
+                scheduler.Cancel();
+                foreach (var g in _credits) g?.Cancel();
+            });
 
             threads.Add(ctl.Start("src main receive", () => MainReceive(main, ctl)));
             threads.Add(ctl.Start("src heartbeat", () => Heartbeat(main, ctl)));
@@ -137,6 +144,7 @@ public sealed class MigrationSource
                 foreach (var t in threads) t.Join(_options.Timeout);
             }
         }
+        cancelRegistration.Dispose();
         report.Ok = !ctl.Failed;
         report.Error = ctl.Error;
         report.FailedDevice = ctl.Device;
@@ -329,7 +337,7 @@ public sealed class MigrationSource
                 conn.WriteAll(header);
                 conn.WriteAll(p.Data.AsSpan(0, p.Length));
             }
-            track.Add(TraceKind.Send, t0, MigrationClock.NowUs, p.Length, (int)p.Buffer, $"dev {p.Device}");
+            track.Add(TraceKind.Send, t0, MigrationClock.NowUs, p.Length, (int)p.Buffer, device: p.Device);
             _pool.Return(p.Data);
         }
         if (ctl.Token.IsCancellationRequested) return;

@@ -92,7 +92,6 @@ internal sealed class CreditGate
     /// <summary>Blocks until a credit is available; false if cancelled.</summary>
     public bool Take(CancellationToken token)
     {
-        using var reg = token.Register(() => { lock (_lock) Monitor.PulseAll(_lock); });
         lock (_lock)
         {
             while (_available == 0)
@@ -103,6 +102,12 @@ internal sealed class CreditGate
             _available--;
             return true;
         }
+    }
+
+    /// <summary>Wakes a waiting Take (which then sees its token cancelled).</summary>
+    public void Cancel()
+    {
+        lock (_lock) Monitor.PulseAll(_lock);
     }
 
     public void Add(long n)

@@ -11,6 +11,8 @@ internal interface IPacketScheduler
     bool TryTake(int channel, CancellationToken token, out OutPacket packet);
     /// <summary>No more packets will be queued.</summary>
     void Complete();
+    /// <summary>Wakes every waiting channel (the run was aborted; TryTake then sees its token cancelled).</summary>
+    void Cancel();
 }
 
 /// <summary>The default: one queue, taken by whichever channel is idle first (QEMU's "next idle channel").</summary>
@@ -30,7 +32,6 @@ internal sealed class NextIdleScheduler : IPacketScheduler
 
     public bool TryTake(int channel, CancellationToken token, out OutPacket packet)
     {
-        using var reg = token.Register(() => { lock (_queue) Monitor.PulseAll(_queue); });
         lock (_queue)
         {
             while (true)
@@ -50,6 +51,11 @@ internal sealed class NextIdleScheduler : IPacketScheduler
             _completed = true;
             Monitor.PulseAll(_queue);
         }
+    }
+
+    public void Cancel()
+    {
+        lock (_queue) Monitor.PulseAll(_queue);
     }
 
     /// <summary>Packets left in the queue (on abort, so their buffers go back to the pool).</summary>
@@ -133,7 +139,6 @@ internal sealed class ScriptedScheduler : IPacketScheduler
 
     public bool TryTake(int channel, CancellationToken token, out OutPacket packet)
     {
-        using var reg = token.Register(() => { lock (_queues) Monitor.PulseAll(_queues); });
         lock (_queues)
         {
             while (true)
@@ -144,6 +149,11 @@ internal sealed class ScriptedScheduler : IPacketScheduler
                 Monitor.Wait(_queues);
             }
         }
+    }
+
+    public void Cancel()
+    {
+        lock (_queues) Monitor.PulseAll(_queues);
     }
 
     public void Complete()

@@ -38,8 +38,8 @@ public enum TraceKind
     Verify,
 }
 
-/// <summary>One interval of activity, absolute microseconds (MigrationClock). Buffer is -1 when not about a buffer.</summary>
-public readonly record struct TraceSpan(TraceKind Kind, long StartUs, long EndUs, long Bytes = 0, int Buffer = -1, string? Detail = null)
+/// <summary>One interval of activity, absolute microseconds (MigrationClock). Buffer and Device are -1 when not about one.</summary>
+public readonly record struct TraceSpan(TraceKind Kind, long StartUs, long EndUs, long Bytes = 0, int Buffer = -1, int Device = -1, string? Detail = null)
 {
     public long DurationUs => EndUs - StartUs;
 }
@@ -70,8 +70,8 @@ public sealed class TimelineTrack
     public int Device { get; }
     public IReadOnlyList<TraceSpan> Spans => _spans;
 
-    public void Add(TraceKind kind, long startUs, long endUs, long bytes = 0, int buffer = -1, string? detail = null) =>
-        _spans.Add(new TraceSpan(kind, startUs, endUs, bytes, buffer, detail));
+    public void Add(TraceKind kind, long startUs, long endUs, long bytes = 0, int buffer = -1, string? detail = null, int device = -1) =>
+        _spans.Add(new TraceSpan(kind, startUs, endUs, bytes, buffer, device < 0 ? Device : device, detail));
 }
 
 /// <summary>A named instant (switchover, first source stop, last destination running, failure).</summary>

@@ -33,10 +33,10 @@ public class SchedulingTests
 
         // The destination really received the adversarial order.
         var receive = report.Timeline.Tracks.Where(t => t.Category == "receive").OrderBy(t => t.Name).ToArray();
-        var ch1 = receive[0].Spans.Take(2).Select(s => (s.Detail, s.Buffer)).ToArray();
-        var ch2 = receive[1].Spans.Take(2).Select(s => (s.Detail, s.Buffer)).ToArray();
-        Assert.Equal(new (string?, int)[] { ("sim:dst0", 1), ("sim:dst1", 0) }, ch1);
-        Assert.Equal(new (string?, int)[] { ("sim:dst1", 1), ("sim:dst0", 0) }, ch2);
+        var ch1 = receive[0].Spans.Take(2).Select(s => (s.Device, s.Buffer)).ToArray();
+        var ch2 = receive[1].Spans.Take(2).Select(s => (s.Device, s.Buffer)).ToArray();
+        Assert.Equal(new[] { (0, 1), (1, 0) }, ch1);
+        Assert.Equal(new[] { (1, 1), (0, 0) }, ch2);
         long firstBuffer0 = receive.SelectMany(t => t.Spans).Where(s => s.Buffer == 0).Min(s => s.StartUs);
         long lastBuffer1 = receive.SelectMany(t => t.Spans).Where(s => s.Buffer == 1).Max(s => s.EndUs);
         Assert.True(lastBuffer1 < firstBuffer0, "both second buffers arrived before any first buffer");
