@@ -82,6 +82,7 @@ public sealed record SimulatedDeviceOptions
 /// </summary>
 public sealed class SimulatedDevice : IMigrationDevice
 {
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(ulong Seed, long Size, int Record), ulong> s_hashCache = new();
     private readonly object _lock = new();
     private readonly SimulatedDeviceOptions _options;
     private readonly SimulatedPf _pf;
@@ -171,7 +172,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         lock (_lock) { seed = _seed; size = _stateSize; rec = _recordData; hash = _streamHash; config = _config; }
         if (hash is null)
         {
-            hash = SimStreamParser.HashOf(new SimStreamGenerator(seed, size, rec));
+            hash = s_hashCache.GetOrAdd((seed, size, rec), k => SimStreamParser.HashOf(new SimStreamGenerator(k.Seed, k.Size, k.Record)));
             lock (_lock) if (_seed == seed && _stateSize == size) _streamHash = hash;
         }
         return SimStream.Digest(hash.Value, config);
