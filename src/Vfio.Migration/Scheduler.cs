@@ -87,6 +87,8 @@ internal sealed class ScriptedScheduler : IPacketScheduler
     }
 
     public TimeSpan Gap { get; init; } = TimeSpan.FromMilliseconds(100);
+    /// <summary>If set, the rest of the script is released only once this is true (polled after Gap, for at most 10 s).</summary>
+    public Func<bool>? ReleaseWhen { get; init; }
 
     public void Enqueue(OutPacket packet)
     {
@@ -119,6 +121,9 @@ internal sealed class ScriptedScheduler : IPacketScheduler
             Monitor.PulseAll(_queues);
         }
         Thread.Sleep(Gap);
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (ReleaseWhen is not null && !ReleaseWhen() && DateTime.UtcNow < deadline)
+            Thread.Sleep(5);
         lock (_queues)
         {
             foreach (var s in later) _queues[s.Channel].Enqueue(_held[(s.Device, s.Buffer)]);
