@@ -6,7 +6,10 @@ namespace Vfio.Migration;
 /// Config state is the device's standard PCI config header (256 bytes) read through the config region; on the
 /// destination, RestoreConfig checks that vendor and device id match and restores only the command register
 /// (memory/IO decode and bus mastering): vfio-pci virtualizes BARs and MSI state, which belong to the VMM.
-/// Real devices report no digest (the checksum of the stream is still verified).
+/// Devices that are not PCI functions (no config region) send an empty config state.
+/// Digest: a device that publishes a "digest" sysfs attribute (the project's vfio_mig_sim kernel module:
+/// SHA-256 of its state, hex) reports its first 64 bits; other real devices report none (the stream
+/// checksum is still verified).
 /// </summary>
 public sealed class RealDeviceAdapter : IMigrationDevice
 {
@@ -53,6 +56,7 @@ public sealed class RealDeviceAdapter : IMigrationDevice
 
     public byte[] SaveConfig()
     {
+        if (!_device.Info.IsPci) return [];
         var config = new byte[ConfigBytes];
         _device.ReadConfig(0, config);
         return config;
@@ -60,6 +64,7 @@ public sealed class RealDeviceAdapter : IMigrationDevice
 
     public void RestoreConfig(ReadOnlySpan<byte> config)
     {
+        if (config.Length == 0 && !_device.Info.IsPci) return;
         if (config.Length < 8)
             throw new VfioException($"restore config state of {Name}", Vfio.Interop.Libc.EINVAL, $"config state of {config.Length} bytes");
         Span<byte> ids = stackalloc byte[4];
@@ -73,7 +78,12 @@ public sealed class RealDeviceAdapter : IMigrationDevice
 
     public void Reset() => _device.Reset();
 
-    public ulong? StateDigest() => null;
+    public ulong? StateDigest()
+    {
+        if (_device.Sysfs is not { } sysfs) return null;
+        string? text = VfioSysfs.ReadAttribute(Path.Combine(sysfs.SysfsPath, "digest"));
+        return text is { Length: >= 16 } && ulong.TryParse(text.AsSpan(0, 16), System.Globalization.NumberStyles.HexNumber, null, out ulong d) ? d : null;
+    }
 
     public void Dispose() => _device.Dispose();
 
