@@ -280,6 +280,7 @@ internal sealed class DeviceSink
                 throw new MigrationException($"{name}: state digest {got:x16} differs from the source device's {expected:x16}", name);
             Track.Add(TraceKind.Verify, t2, MigrationClock.NowUs, detail: "digest");
         }
+        if (Device is SimulatedDevice sim) Report.SimLoadMs = sim.LastLoadSeconds * 1000; // the model's cost, for issue 5's device bound
         Report.EndUs = MigrationClock.NowUs;
         Report.Verified = true;
         Finished = true;

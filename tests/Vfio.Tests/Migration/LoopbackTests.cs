@@ -65,6 +65,8 @@ public class LoopbackTests
             Assert.True(d.WaitUs + d.LoadUs <= d.TotalUs + 1000);
             Assert.StartsWith("sim:dst", d.Name);
             Assert.StartsWith("sim:vf", d.SourceName);
+            // 256 KiB at 1 GiB/s: the model's own load time is about 0.24 ms.
+            Assert.InRange(d.SimLoadMs ?? -1, 0.2, 0.3);
         }
         Assert.True(report.DowntimeMs > 0);
         Assert.True(report.ThroughputMbps > 0);
