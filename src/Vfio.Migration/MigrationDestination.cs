@@ -128,7 +128,11 @@ public sealed class MigrationDestination
                         catch (Exception e) { _log.LogError("{Device}: reset failed: {Error}", d.Name, e.Message); }
                     }
                 foreach (var t in threads) t.Join(_options.Timeout);
-                foreach (var s in _sinks) s.Drain();
+                foreach (var s in _sinks)
+                {
+                    s.Drain();
+                    s.Stream.Dispose();
+                }
             }
             main?.Abort();
         }

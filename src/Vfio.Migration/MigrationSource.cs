@@ -264,6 +264,8 @@ public sealed class MigrationSource
             bytes += n;
             Volatile.Write(ref Progress.Bytes[dev], bytes);
         }
+        // A stream cut short by an abort must not be finished (the device goes back to RUNNING instead).
+        token.ThrowIfCancellationRequested();
         long c0 = MigrationClock.NowUs;
         var config = d.SaveConfig();
         if (config.Length > _options.BufferSize)
