@@ -189,3 +189,21 @@ public class FaultTests
         return total;
     }
 }
+
+public class CancellationTests
+{
+    [Fact]
+    public void Cancelling_mid_transfer_ends_both_sides_cleanly()
+    {
+        // Slow loads (1 MiB at 4 MiB/s per device) so the run is surely in flight when cancelled.
+        var (src, dst) = TestDevices.Pairs(2, TestDevices.Fast(1 << 20) with { LoadBytesPerSecond = 4 << 20, RecordDataSize = 64 << 10 });
+        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(120));
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var report = Loopback.Run(src, dst, TestDevices.Options(2), cancel: cts.Token);
+        Assert.False(report.Ok);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"took {sw.Elapsed}");
+        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
+        Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
+        Assert.All(report.Devices, d => Assert.False(d.Verified));
+    }
+}
