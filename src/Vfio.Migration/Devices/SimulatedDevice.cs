@@ -72,10 +72,13 @@ public sealed record SimulatedDeviceOptions
 /// <para>Its data fd is one end of an AF_UNIX socketpair served by a device thread, so the engine makes real
 /// read(2)/write(2) calls. Saving, the thread writes the generated stream into the socket. Resuming, the thread
 /// parses records and, when a record is complete, "loads" it: it takes a slot of the PF's shared command
-/// interface and stops reading for size/rate seconds. The engine's end has the smallest SO_SNDBUF the kernel
-/// allows (a few KiB), so a write(2) that goes past the end of a record blocks until that record's load is over:
-/// the load happens inside the write that completes the record, as on mlx5, except when a record ends in the
-/// last few KiB of a write (then the next write, or RESUMING->STOP for the last record, waits for it).</para>
+/// interface and stops reading until size/rate seconds (minus the time it already spent copying and checking
+/// the record) have passed. The engine's end has a small SO_SNDBUF (<see cref="LoadSocketBuffer"/>, 64 KiB,
+/// doubled by the kernel), so a write(2) that goes past the end of a record blocks until that record's load is
+/// over: the load happens inside the write that completes the record, as on mlx5, except when a record ends in
+/// the last ~128 KiB of a write (then the next write, or RESUMING->STOP for the last record, waits for it).
+/// A minimal SO_SNDBUF would be more exact but makes the kernel move the data in 2 KiB pieces with a wakeup
+/// every 4 KiB, which costs more CPU than the whole transfer.</para>
 /// <para>A wrong stream (order, size, checksum, extra data) poisons the session: the device closes its end, so
 /// the writer's write(2) fails (EPIPE), and RESUMING->STOP fails (EIO) leaving the device in ERROR until reset.
 /// An incomplete stream also fails RESUMING->STOP.</para>
