@@ -16,6 +16,7 @@
 #   --mem MIB           guest RAM (default 3072)     --cpus N   guest vCPUs (default 2)
 #   --timeout SECONDS   whole guest run (default 1500)
 #   --kernel auto|bpo|stable   6.12 from bookworm-backports (default, falls back) or 6.1
+#   --kernel-args ARGS  extra kernel command line, e.g. "loglevel=7 softlockup_panic=1"
 #   --check             only report whether the tier can run, and why not
 #   --smoke             COMMAND := the native/guest-smoke binary (built here)
 #   -q                  do not echo the guest console
@@ -43,6 +44,7 @@ MEM=3072
 CPUS=2
 TIMEOUT=1500
 KERNEL_PREF=auto
+KERNEL_ARGS=${VFIO_MIG_SIM_KERNEL_ARGS:-}
 MODULE_ARGS=""
 RESULTS=""
 CHECK=0
@@ -67,6 +69,7 @@ while [ $# -gt 0 ]; do
         --cpus) CPUS=$2; shift ;;
         --timeout) TIMEOUT=$2; shift ;;
         --kernel) KERNEL_PREF=$2; shift ;;
+        --kernel-args) KERNEL_ARGS=$2; shift ;;
         -q) QUIET=1 ;;
         -h|--help) usage ;;
         --) shift; break ;;
@@ -307,7 +310,7 @@ T0=$(date +%s)
 QEMU=(qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp "$CPUS" -m "$MEM"
       -display none -monitor none -serial stdio -no-reboot -nic none
       -kernel "$KDIR/boot/vmlinuz-$KREL" -initrd "$BUILD/initramfs.cpio.gz"
-      -append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init hung_task_timeout_secs=600"
+      -append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init hung_task_timeout_secs=600 softlockup_panic=1 $KERNEL_ARGS"
       -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
       -virtfs "local,path=$RESULTS,mount_tag=results,security_model=none,multidevs=remap")
 if [ $QUIET -eq 1 ]; then
@@ -322,6 +325,11 @@ say "guest finished in $((T1 - T0)) s (qemu exit $QRC)"
 
 if [ "$QRC" -eq 124 ] || [ "$QRC" -eq 137 ]; then
     say "guest timed out after ${TIMEOUT}s"; exit 124
+fi
+if grep -qE 'Kernel panic|soft lockup' "$RESULTS/guest-console.log"; then
+    say "the guest kernel panicked or locked up:"
+    grep -m1 -B2 -A40 -E 'soft lockup|Kernel panic|BUG:' "$RESULTS/guest-console.log" | grep -E 'BUG|panic|RIP|\] [a-z_0-9.]+\+0x' | head -25 >&2
+    exit 125
 fi
 if [ ! -s "$RESULTS/guest-status" ]; then
     say "guest produced no result (failed to boot or set up): see $RESULTS/guest-console.log"; tail -30 "$RESULTS/guest-console.log" >&2; exit 125

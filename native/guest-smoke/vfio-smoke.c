@@ -367,7 +367,14 @@ static void test_fsm(struct dev *d, int precopy)
 				close(fd);
 			expect_state(d, pw[i].to);
 		}
-		/* STOP -> PRE_COPY is not reachable without going through RUNNING */
+		/* blocked arcs: STOP_COPY -> PRE_COPY(_P2P) (the unfixed core helper spins on them) */
+		CHECK(set_state(d, VFIO_DEVICE_STATE_STOP_COPY, NULL) == 0, "-> STOP_COPY");
+		r = set_state(d, VFIO_DEVICE_STATE_PRE_COPY, NULL);
+		CHECK(r == -EINVAL, "STOP_COPY -> PRE_COPY gives %d, want -EINVAL", r);
+		r = set_state(d, VFIO_DEVICE_STATE_PRE_COPY_P2P, NULL);
+		CHECK(r == -EINVAL, "STOP_COPY -> PRE_COPY_P2P gives %d, want -EINVAL", r);
+		expect_state(d, VFIO_DEVICE_STATE_STOP_COPY);
+		/* STOP -> PRE_COPY is a combination through RUNNING_P2P */
 		CHECK(set_state(d, VFIO_DEVICE_STATE_STOP, NULL) == 0, "-> STOP");
 		r = set_state(d, VFIO_DEVICE_STATE_PRE_COPY, &fd);
 		CHECK(r == 0 && fd >= 0, "STOP -> PRE_COPY (combination) %d", r);
@@ -696,6 +703,197 @@ static void test_concurrency(struct dev *devs, int n, const char *parent)
 	free(th);
 }
 
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+
+static uint64_t rnd(void)
+{
+	uint64_t x = rng_state;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	rng_state = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* A resized state travels with the stream: the destination adopts the size. */
+static void test_resize(struct dev *src, struct dev *dst)
+{
+	struct blob b = { 0 };
+	char ds[128], dd[128];
+	int w, stop;
+
+	CHECK(sys_write(src->sysfs, "state_size", "1048699") == 0, "state_size 1 MiB + 123");
+	CHECK(sys_num(src, "state_size") == 1052672, "rounded up to 4 KiB: %lld", sys_num(src, "state_size"));
+	CHECK(sys_write(src->sysfs, "state_size", "0") < 0 && errno == EINVAL, "state_size 0 refused");
+	CHECK(sys_write(src->sysfs, "state_size", "99999999999999") < 0 && errno == EINVAL, "huge state_size refused");
+	CHECK(sys_write(src->sysfs, "state_size", "banana") < 0 && errno == EINVAL, "non-number refused");
+	digest(src, ds, sizeof(ds));
+	CHECK(save_stop_copy(src, &b) == 0, "save resized");
+	w = resume(dst, b.p, b.len, 65536, &stop, NULL);
+	CHECK(w == 0 && stop == 0, "resume resized (%d %d)", w, stop);
+	CHECK(sys_num(dst, "state_size") == 1052672, "dst adopted the size: %lld", sys_num(dst, "state_size"));
+	digest(dst, dd, sizeof(dd));
+	CHECK(!strcmp(ds, dd), "resized digests differ");
+	printf("  1 MiB state: %zu-byte stream, digests %s\n", b.len, strcmp(ds, dd) ? "DIFFER" : "equal");
+	CHECK(set_state(src, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "src -> RUNNING");
+	CHECK(set_state(dst, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "dst -> RUNNING");
+	CHECK(sys_write(src->sysfs, "state_size", "8388608") == 0, "state_size back to 8 MiB");
+	CHECK(sys_write(dst->sysfs, "state_size", "8388608") == 0, "dst state_size back to 8 MiB");
+	free(b.p);
+}
+
+/* Random, mostly invalid input through every entry point; the kernel must survive it
+ * and the device must work afterwards. */
+static void test_fuzz(struct dev *d, struct dev *peer, int iters)
+{
+	static uint8_t buf[65536];
+	int data_fd = -1, i, j, ops[8] = { 0 };
+	char attr[64];
+
+	sys_write(d->sysfs, "load_us_per_mib", "0");
+	for (i = 0; i < iters; i++) {
+		int op = rnd() % 8;
+
+		ops[op]++;
+		switch (op) {
+		case 0: { /* migration state, valid or not */
+			int fd = -1;
+			uint32_t st = rnd() % 12;
+
+			if (set_state(d, st, &fd) == 0 && fd >= 0) {
+				if (data_fd >= 0)
+					close(data_fd);
+				data_fd = fd;
+			}
+			if (get_state(d) == VFIO_DEVICE_STATE_ERROR && rnd() % 2)
+				ioctl(d->fd, VFIO_DEVICE_RESET);
+			break;
+		}
+		case 1: /* data fd: read, write garbage or near-valid records, precopy info */
+			if (data_fd < 0)
+				break;
+			for (j = 0; j < (int)(rnd() % 4); j++) {
+				size_t n = rnd() % sizeof(buf);
+				uint64_t r = rnd();
+
+				if (r % 3 == 0) {
+					(void)!read(data_fd, buf, n);
+				} else {
+					size_t k;
+
+					for (k = 0; k < n; k++)
+						buf[k] = rnd();
+					if (r % 3 == 1 && n >= 16) { /* plausible header */
+						uint64_t sz = rnd() % 70000;
+						uint32_t fl = rnd() % 3, tag = rnd() % 6;
+
+						memcpy(buf, &sz, 8);
+						memcpy(buf + 8, &fl, 4);
+						memcpy(buf + 12, &tag, 4);
+					}
+					(void)!write(data_fd, buf, n);
+				}
+			}
+			{
+				struct vfio_precopy_info info = { .argsz = rnd() % 40 };
+
+				ioctl(data_fd, VFIO_MIG_GET_PRECOPY_INFO, &info);
+				ioctl(data_fd, rnd(), buf);
+				(void)!pread(data_fd, buf, 16, 0);
+			}
+			if (rnd() % 4 == 0) {
+				close(data_fd);
+				data_fd = -1;
+			}
+			break;
+		case 2: { /* region access at random places */
+			uint64_t idx = rnd() % 11, off = rnd() % 6000, n = rnd() % 9000;
+
+			if (rnd() % 8 == 0)
+				off = rnd();
+			if (rnd() % 2)
+				(void)!pread(d->fd, buf, n, (idx << 40) + off);
+			else
+				(void)!pwrite(d->fd, buf, n, (idx << 40) + off);
+			break;
+		}
+		case 3: { /* info ioctls with random argsz / index */
+			struct vfio_region_info r = { .argsz = rnd() % 64, .index = rnd() % 12 };
+			struct vfio_irq_info q = { .argsz = rnd() % 32, .index = rnd() % 8 };
+			struct vfio_device_info inf = { .argsz = rnd() % 40 };
+
+			ioctl(d->fd, VFIO_DEVICE_GET_REGION_INFO, &r);
+			ioctl(d->fd, VFIO_DEVICE_GET_IRQ_INFO, &q);
+			ioctl(d->fd, VFIO_DEVICE_GET_INFO, &inf);
+			ioctl(d->fd, VFIO_DEVICE_SET_IRQS, buf);
+			ioctl(d->fd, VFIO_BASE + VFIO_TYPE + (rnd() % 40), buf);
+			break;
+		}
+		case 4: { /* features with random flags and argsz */
+			struct vfio_device_feature *f = (void *)buf;
+
+			memset(buf, 0, 64);
+			f->argsz = rnd() % 64;
+			f->flags = (rnd() % 16) | ((rnd() % 8) << 16);
+			if (ioctl(d->fd, VFIO_DEVICE_FEATURE, f) == 0 &&
+			    (f->flags & 0xffff) == VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE &&
+			    (f->flags & VFIO_DEVICE_FEATURE_SET)) {
+				int fd = ((struct vfio_device_feature_mig_state *)f->data)->data_fd;
+
+				if (fd > 2)
+					close(fd);
+			}
+			break;
+		}
+		case 5: /* sysfs knobs */
+			snprintf(attr, sizeof(attr), "%llu", (unsigned long long)(rnd() % 50));
+			sys_write(d->sysfs, rnd() % 2 ? "dirty" : "seed", attr);
+			if (rnd() % 4 == 0) {
+				snprintf(attr, sizeof(attr), "%llu", (unsigned long long)(rnd() % (3 << 20)));
+				sys_write(d->sysfs, "state_size", attr);
+			}
+			break;
+		case 6:
+			if (rnd() % 4 == 0)
+				ioctl(d->fd, VFIO_DEVICE_RESET);
+			break;
+		case 7: /* close and reopen the device with a live data fd */
+			if (rnd() % 8 == 0) {
+				close(d->fd);
+				d->fd = ioctl(d->group, VFIO_GROUP_GET_DEVICE_FD, d->uuid);
+			}
+			break;
+		}
+	}
+	if (data_fd >= 0)
+		close(data_fd);
+	printf("  %d random operations (state %d, data fd %d, region %d, info %d, feature %d, sysfs %d, reset %d, reopen %d)\n",
+	       iters, ops[0], ops[1], ops[2], ops[3], ops[4], ops[5], ops[6], ops[7]);
+	CHECK(d->fd >= 0, "device reopened");
+	CHECK(ioctl(d->fd, VFIO_DEVICE_RESET) == 0, "reset after fuzz");
+	CHECK(get_state(d) == VFIO_DEVICE_STATE_RUNNING, "RUNNING after fuzz");
+	sys_write(d->sysfs, "load_us_per_mib", "25000");
+	sys_write(d->sysfs, "state_size", "8388608");
+	{
+		struct blob b = { 0 };
+		char ds[128], dd[128];
+		int w, stop;
+
+		digest(d, ds, sizeof(ds));
+		CHECK(save_stop_copy(d, &b) == 0, "save after fuzz");
+		w = resume(peer, b.p, b.len, 1 << 20, &stop, NULL);
+		CHECK(w == 0 && stop == 0, "resume after fuzz (%d %d)", w, stop);
+		digest(peer, dd, sizeof(dd));
+		CHECK(!strcmp(ds, dd), "digests after fuzz differ");
+		printf("  save/resume after fuzz: digests %s\n", strcmp(ds, dd) ? "DIFFER" : "equal");
+		set_state(d, VFIO_DEVICE_STATE_RUNNING, NULL);
+		set_state(peer, VFIO_DEVICE_STATE_RUNNING, NULL);
+		free(b.p);
+	}
+}
+
 int main(void)
 {
 	const char *env = getenv("VFIO_MIG_SIM_DEVICES");
@@ -758,6 +956,17 @@ int main(void)
 	if (n >= 4) {
 		printf("[concurrency] %d pairs at once\n", n / 2);
 		test_concurrency(devs, n & ~1, parent);
+	}
+
+	printf("[resize] state size travels with the stream\n");
+	test_resize(&devs[0], &devs[1]);
+
+	{
+		const char *it = getenv("VFIO_SMOKE_FUZZ");
+		int iters = it ? atoi(it) : 3000;
+
+		printf("[fuzz] random input\n");
+		test_fuzz(&devs[n - 1], &devs[0], iters);
 	}
 
 	for (i = 0; i < n; i++)

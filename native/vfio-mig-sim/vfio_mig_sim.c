@@ -403,33 +403,26 @@ static void sim_apply_dirty_rate(struct sim_migf *m)
 	mutex_unlock(&sd->data_lock);
 }
 
-static void sim_delay_us(u64 us)
-{
-	/* bounded: callers clamp the inputs */
-	if (!us)
-		return;
-	if (us < 20000)
-		usleep_range(us, us + us / 8 + 10);
-	else
-		msleep(div_u64(us + 999, 1000));
-}
-
-/* Interruptible wait; returns -EINTR on a signal. */
+/*
+ * Sleeps until t.  Killable, not interruptible: the delays model firmware that
+ * finishes what it started, and ordinary signals (e.g. the .NET runtime's thread
+ * suspension) must not fail a migration.  The hung-task detector ignores
+ * killable sleeps.  Returns -EINTR only for a fatal signal.
+ */
 static int sim_wait_until(ktime_t t)
 {
-	while (ktime_before(ktime_get(), t)) {
+	for (;;) {
 		s64 us = ktime_us_delta(t, ktime_get());
 
-		if (signal_pending(current))
-			return -EINTR;
 		if (us <= 0)
-			break;
-		if (us < 20000)
+			return 0;
+		if (fatal_signal_pending(current))
+			return -EINTR;
+		if (us < 2000)
 			usleep_range(us, us + 50);
 		else
-			msleep_interruptible(min_t(s64, (us + 999) / 1000, 200));
+			schedule_timeout_killable(usecs_to_jiffies(min_t(s64, us, 100000)));
 	}
-	return 0;
 }
 
 static u64 sim_scaled_us(u64 bytes, u32 us_per_mib)
@@ -917,7 +910,7 @@ static int sim_load_chunk(struct sim_migf *m, const struct sim_chunk *c, const u
 	if ((~crc32_le(~0U, data, len)) != le32_to_cpu(c->crc))
 		return -EIO;
 
-	ret = down_interruptible(&par->load_sem);
+	ret = down_killable(&par->load_sem);
 	if (ret)
 		return -EINTR;
 	active = atomic_inc_return(&par->active_loads);
@@ -931,7 +924,12 @@ static int sim_load_chunk(struct sim_migf *m, const struct sim_chunk *c, const u
 
 	t0 = ktime_get();
 	us = sim_scaled_us(len, min(sd->load_us_per_mib, SIM_MAX_DELAY_US_PER_MIB));
-	sim_delay_us(us);
+	ret = sim_wait_until(ktime_add_us(t0, us));
+	if (ret) {
+		atomic_dec(&par->active_loads);
+		up(&par->load_sem);
+		return ret;
+	}
 	mutex_lock(&sd->data_lock);
 	if (region == 0)
 		memcpy(sd->state + off, data, len);
@@ -1194,6 +1192,19 @@ static struct file *sim_set_state(struct vfio_device *vdev, enum vfio_device_mig
 		mutex_unlock(&sd->state_mutex);
 		return ERR_PTR(-EINVAL);
 	}
+#if SIM_HAVE_PRECOPY
+	/*
+	 * STOP_COPY -> PRE_COPY(_P2P) is a blocked arc.  vfio_mig_get_next_state()
+	 * of kernels without the upstream fix ("vfio: Terminate the skip loop on
+	 * the ERROR sentinel") spins forever on it for a PRE_COPY capable device:
+	 * refuse it before asking the helper.
+	 */
+	if (sd->mig_state == VFIO_DEVICE_STATE_STOP_COPY &&
+	    (new == VFIO_DEVICE_STATE_PRE_COPY || new == VFIO_DEVICE_STATE_PRE_COPY_P2P)) {
+		mutex_unlock(&sd->state_mutex);
+		return ERR_PTR(-EINVAL);
+	}
+#endif
 	while (new != sd->mig_state) {
 		ret = vfio_mig_get_next_state(vdev, sd->mig_state, new, &next);
 		if (ret) {
