@@ -96,8 +96,14 @@ command -v apt-get >/dev/null && [ -r /etc/os-release ] || cannot "needs a Debia
 avail_mib=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
 [ "$avail_mib" -ge $((MEM + 512)) ] || cannot "needs $((MEM + 512)) MiB of free memory for a ${MEM} MiB guest, have ${avail_mib} MiB"
 mkdir -p "$CACHE" || cannot "cannot create cache $CACHE"
-exec 9>"$CACHE/.lock"
-flock -w 1800 9 || cannot "another run holds $CACHE/.lock"
+# One guest run at a time on this machine (they are CPU heavy); --check does not wait.
+take_lock() {
+    exec 9>"$CACHE/.lock"
+    if ! flock -n 9; then
+        say "waiting for another guest run to finish (lock $CACHE/.lock)"
+        flock -w "${VFIO_MIG_SIM_LOCK_WAIT:-1800}" 9 || cannot "another guest run still holds $CACHE/.lock"
+    fi
+}
 
 APT_UPDATED=0
 apt_update() {
@@ -197,6 +203,13 @@ fetch_kernel() {
 }
 
 # ------------------------------------------------------------------ set up
+missing=$(need_pkgs)
+if [ $CHECK -eq 1 ] && [ -z "$missing" ] && [ -s "$CACHE/kernel.current" ] &&
+   [ -f "$CACHE/kernels/$(cat "$CACHE/kernel.current")/.done" ] && [ "$KERNEL_PREF" = auto ]; then
+    echo "ok: kernel-in-the-loop tier can run (kernel $(cat "$CACHE/kernel.current"), cached; QEMU TCG, $CPUS vCPUs, $MEM MiB)"
+    exit 0
+fi
+take_lock
 missing=$(need_pkgs)
 if [ -n "$missing" ]; then
     apt_update || cannot "apt-get update failed (no package mirror reachable?)"
