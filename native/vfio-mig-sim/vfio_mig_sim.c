@@ -390,8 +390,9 @@ static void sim_apply_dirty_rate(struct sim_migf *m)
 	m->dirty_stamp = now;
 	if (!sd->dirty_kib_per_s)
 		return;
-	if (ns > 60ULL * NSEC_PER_SEC)
-		ns = 60ULL * NSEC_PER_SEC;
+	/* at most one second's worth per call: keeps the product below 2^64 */
+	if (ns > NSEC_PER_SEC)
+		ns = NSEC_PER_SEC;
 	/* bytes scaled by 1e9 to keep the fraction between calls */
 	m->dirty_carry += ns * (u64)sd->dirty_kib_per_s * 1024ULL;
 	bytes = div64_u64(m->dirty_carry, NSEC_PER_SEC);
