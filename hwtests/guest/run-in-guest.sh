@@ -204,9 +204,9 @@ fetch_kernel() {
 
 # ------------------------------------------------------------------ set up
 missing=$(need_pkgs)
-if [ $CHECK -eq 1 ] && [ -z "$missing" ] && [ -s "$CACHE/kernel.current" ] &&
-   [ -f "$CACHE/kernels/$(cat "$CACHE/kernel.current")/.done" ] && [ "$KERNEL_PREF" = auto ]; then
-    echo "ok: kernel-in-the-loop tier can run (kernel $(cat "$CACHE/kernel.current"), cached; QEMU TCG, $CPUS vCPUs, $MEM MiB)"
+KFILE=$CACHE/kernel.$KERNEL_PREF
+if [ $CHECK -eq 1 ] && [ -z "$missing" ] && [ -s "$KFILE" ] && [ -f "$CACHE/kernels/$(cat "$KFILE")/.done" ]; then
+    echo "ok: kernel-in-the-loop tier can run (kernel $(cat "$KFILE"), cached; QEMU TCG, $CPUS vCPUs, $MEM MiB)"
     exit 0
 fi
 take_lock
@@ -217,18 +217,23 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends $missing >"$CACHE/apt-install.log" 2>&1 ||
         { tail -5 "$CACHE/apt-install.log" >&2; cannot "apt-get install $missing failed"; }
 fi
-if [ -s "$CACHE/kernel.current" ] && [ -f "$CACHE/kernels/$(cat "$CACHE/kernel.current")/.done" ] && [ "$KERNEL_PREF" = auto ]; then
-    KREL=$(cat "$CACHE/kernel.current")
+if [ -s "$KFILE" ] && [ -f "$CACHE/kernels/$(cat "$KFILE")/.done" ]; then
+    KREL=$(cat "$KFILE")
 else
+    FELL_BACK=0
     [ "$KERNEL_PREF" = stable ] || ensure_backports_source || say "no Debian bookworm source found to derive bookworm-backports from"
     apt_update || cannot "apt-get update failed (no package mirror reachable?)"
     KREL=$(pick_kernel) || cannot "no Debian kernel package (linux-image-amd64) available from the configured sources"
+    if [ "$KERNEL_PREF" = auto ] && ! apt-cache madison linux-image-amd64 2>/dev/null | grep bookworm-backports >/dev/null; then
+        FELL_BACK=1
+    fi
     fetch_kernel "$KREL" || {
         [ "$KERNEL_PREF" = auto ] || cannot "downloading kernel $KREL failed"
         say "kernel $KREL could not be fetched; trying bookworm's"
-        KERNEL_PREF=stable; KREL=$(pick_kernel) && fetch_kernel "$KREL" || cannot "downloading a kernel failed"
+        FELL_BACK=1; KERNEL_PREF=stable; KREL=$(pick_kernel) && fetch_kernel "$KREL" || cannot "downloading a kernel failed"
     }
-    echo "$KREL" >"$CACHE/kernel.current"
+    # remember the choice (not a fallback: next time backports may be reachable again)
+    [ $FELL_BACK -eq 1 ] || echo "$KREL" >"$KFILE"
 fi
 KDIR=$CACHE/kernels/$KREL/root
 [ -f "$KDIR/boot/vmlinuz-$KREL" ] || cannot "kernel image missing in $KDIR"
@@ -273,7 +278,7 @@ add_mod() { # name as in modules.dep (path relative to MODDIR)
     ORDER+=("$rel")
 }
 find_mod() { awk -F: -v n="$1" '{ b = $1; sub(/.*\//, "", b); sub(/\.ko(\.xz|\.zst|\.gz)?$/, "", b); gsub(/-/, "_", b); if (b == n) { print $1; exit } }' "$MODDIR/modules.dep"; }
-for m in 9pnet_virtio 9p vfio vfio_iommu_type1 mdev; do
+for m in virtio_pci 9pnet_virtio 9p vfio vfio_iommu_type1 mdev; do
     rel=$(find_mod "$m")
     if [ -z "$rel" ]; then
         grep -qE "/$m\.ko" "$MODDIR/modules.builtin" 2>/dev/null && continue
