@@ -894,6 +894,136 @@ static void test_fuzz(struct dev *d, struct dev *peer, int iters)
 	}
 }
 
+/* Several threads race transitions, resets and data fd I/O on one device. */
+struct stress_ctx {
+	struct dev *d;
+	volatile int data_fd;
+	volatile int stop;
+	pthread_mutex_t lock;
+	long ops;
+};
+
+static uint64_t trnd(uint64_t *s)
+{
+	uint64_t x = *s;
+
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*s = x;
+	return x * 0x2545F4914F6CDD1DULL;
+}
+
+static void *stress_ctl(void *arg)
+{
+	struct stress_ctx *c = arg;
+	uint64_t s = 0x1234567 + (uintptr_t)arg;
+
+	while (!c->stop) {
+		uint64_t r = trnd(&s);
+		int fd = -1, old;
+
+		if (r % 10 == 0) {
+			ioctl(c->d->fd, VFIO_DEVICE_RESET);
+		} else if (set_state(c->d, 1 + r % 7, &fd) == 0 && fd >= 0) {
+			pthread_mutex_lock(&c->lock);
+			old = c->data_fd;
+			c->data_fd = fd;
+			pthread_mutex_unlock(&c->lock);
+			if (old >= 0)
+				close(old);
+		}
+		__atomic_add_fetch(&c->ops, 1, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+static void *stress_io(void *arg)
+{
+	struct stress_ctx *c = arg;
+	uint64_t s = 0x9876543 + (uintptr_t)&s;
+	uint8_t *buf = malloc(1 << 20);
+
+	while (!c->stop) {
+		uint64_t r = trnd(&s);
+		int fd;
+		struct vfio_precopy_info info = { .argsz = sizeof(info) };
+
+		pthread_mutex_lock(&c->lock);
+		fd = c->data_fd >= 0 ? dup(c->data_fd) : -1;
+		pthread_mutex_unlock(&c->lock);
+		if (fd < 0) {
+			usleep(1000);
+			continue;
+		}
+		switch (r % 4) {
+		case 0:
+		case 1:
+			(void)!read(fd, buf, 1 + r % (1 << 20));
+			break;
+		case 2:
+			memset(buf, (int)r, 4096);
+			(void)!write(fd, buf, 1 + r % 4096);
+			break;
+		case 3:
+			ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info);
+			break;
+		}
+		close(fd);
+		if (r % 7 == 0)
+			sys_write(c->d->sysfs, "dirty", "3");
+		if (r % 13 == 0) {
+			char dg[128];
+
+			digest(c->d, dg, sizeof(dg));
+		}
+		__atomic_add_fetch(&c->ops, 1, __ATOMIC_RELAXED);
+	}
+	free(buf);
+	return NULL;
+}
+
+static void test_stress(struct dev *d, struct dev *peer, int seconds)
+{
+	struct stress_ctx c = { .d = d, .data_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
+	pthread_t th[4];
+	int i;
+
+	sys_write(d->sysfs, "load_us_per_mib", "1000");
+	sys_write(d->sysfs, "save_us_per_mib", "1000");
+	pthread_create(&th[0], NULL, stress_ctl, &c);
+	pthread_create(&th[1], NULL, stress_ctl, &c);
+	pthread_create(&th[2], NULL, stress_io, &c);
+	pthread_create(&th[3], NULL, stress_io, &c);
+	sleep(seconds);
+	c.stop = 1;
+	for (i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	if (c.data_fd >= 0)
+		close(c.data_fd);
+	printf("  %ld racing operations in %d s\n", c.ops, seconds);
+	CHECK(ioctl(d->fd, VFIO_DEVICE_RESET) == 0, "reset after stress");
+	CHECK(get_state(d) == VFIO_DEVICE_STATE_RUNNING, "RUNNING after stress");
+	sys_write(d->sysfs, "load_us_per_mib", "25000");
+	sys_write(d->sysfs, "save_us_per_mib", "2000");
+	{
+		struct blob b = { 0 };
+		char ds[128], dd[128];
+		int w, stop;
+
+		digest(d, ds, sizeof(ds));
+		CHECK(save_stop_copy(d, &b) == 0, "save after stress");
+		w = resume(peer, b.p, b.len, 1 << 20, &stop, NULL);
+		CHECK(w == 0 && stop == 0, "resume after stress (%d %d)", w, stop);
+		digest(peer, dd, sizeof(dd));
+		CHECK(!strcmp(ds, dd), "digests after stress differ");
+		printf("  save/resume after stress: digests %s\n", strcmp(ds, dd) ? "DIFFER" : "equal");
+		set_state(d, VFIO_DEVICE_STATE_RUNNING, NULL);
+		set_state(peer, VFIO_DEVICE_STATE_RUNNING, NULL);
+		free(b.p);
+	}
+}
+
 int main(void)
 {
 	const char *env = getenv("VFIO_MIG_SIM_DEVICES");
@@ -965,8 +1095,15 @@ int main(void)
 		const char *it = getenv("VFIO_SMOKE_FUZZ");
 		int iters = it ? atoi(it) : 3000;
 
+		const char *seed = getenv("VFIO_SMOKE_SEED");
+		const char *st = getenv("VFIO_SMOKE_STRESS_S");
+
+		if (seed)
+			rng_state = strtoull(seed, NULL, 0) | 1;
 		printf("[fuzz] random input\n");
 		test_fuzz(&devs[n - 1], &devs[0], iters);
+		printf("[stress] racing threads on one device\n");
+		test_stress(&devs[n - 1], &devs[0], st ? atoi(st) : 5);
 	}
 
 	for (i = 0; i < n; i++)
