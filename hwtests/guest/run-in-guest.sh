@@ -55,7 +55,7 @@ TYPE_NAME=vfio_mig_sim-mig
 
 say() { printf '[run-in-guest] %s\n' "$*" >&2; }
 cannot() { echo "cannot run the kernel-in-the-loop tier: $*"; exit 77; }
-usage() { sed -n '2,36p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "${BASH_SOURCE[0]}"; exit 2; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
