@@ -94,6 +94,8 @@ public sealed class MigrationDestination
 
             WaitHandle.WaitAny(new[] { _allFinished.WaitHandle, ctl.Token.WaitHandle });
             ctl.ThrowIfFailed();
+            if (!_allFinished.IsSet || _sinks.Any(s => !s.Report.Verified))
+                throw new MigrationException("internal error: the run ended before every device was verified");
 
             // Every device loaded and verified: resume them all, P2P first (mirror of the source's quiesce).
             var track = _timeline.AddTrack("dst main", "main", "destination");
@@ -136,8 +138,8 @@ public sealed class MigrationDestination
             }
             main?.Abort();
         }
-        report.Ok = !ctl.Failed;
-        report.Error = ctl.Error;
+        report.Ok = !ctl.Failed && _sinks.Length == _devices.Count && _sinks.All(s => s.Report.Verified);
+        report.Error = ctl.Error ?? (report.Ok ? null : "not every device was verified");
         report.FailedDevice = ctl.Device;
         report.PoolBuffers = _pool?.Allocated ?? 0;
         if (_sinks.Length > 0) report.Devices.AddRange(_sinks.Select(s => s.Report));

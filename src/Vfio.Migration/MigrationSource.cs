@@ -122,8 +122,11 @@ public sealed class MigrationSource
             threads.AddRange(senders);
             WaitHandle.WaitAny(new[] { _resultArrived.WaitHandle, ctl.Token.WaitHandle });
             ctl.ThrowIfFailed();
+            // Ok only with the destination's word that every device was loaded and verified.
             if (!_resultOk)
                 ctl.Fail(_resultError ?? "destination reported failure");
+            else if (_results.FirstOrDefault(d => !d.Verified) is { } unverified)
+                ctl.Fail($"{unverified.Name}: the destination reported success without verifying it", unverified.Name);
         }
         catch (Exception e)
         {

@@ -10,7 +10,14 @@ internal sealed class RunControl
     private readonly List<Connection> _connections = new();
     private readonly object _lock = new();
 
-    public RunControl(CancellationToken outer) => _cts = CancellationTokenSource.CreateLinkedTokenSource(outer);
+    public RunControl(CancellationToken outer)
+    {
+        _cts = new CancellationTokenSource();
+        // Cancellation from outside is a failure of the run like any other (never a silent stop).
+        _outer = outer.Register(() => Fail("cancelled"));
+    }
+
+    private readonly CancellationTokenRegistration _outer;
 
     public CancellationToken Token => _cts.Token;
     public string? Error { get; private set; }

@@ -16,6 +16,20 @@ public class UnitTests
     }
 
     [Fact]
+    public void Crc32C_interleaved_lanes_agree_with_one_lane_for_every_length_and_offset()
+    {
+        var data = new byte[70_000];
+        new Random(7).NextBytes(data);
+        foreach (int len in new[] { 0, 1, 7, 8, 12_287, 12_288, 12_289, 24_576, 30_001, 65_536, 69_999 })
+            foreach (int off in new[] { 0, 1, 3 })
+            {
+                var span = data.AsSpan(off, Math.Min(len, data.Length - off));
+                Assert.Equal(Crc32C.AppendSimple(0xFFFFFFFF, span), Crc32C.Append(0xFFFFFFFF, span));
+                Assert.Equal(Crc32C.AppendSimple(0x12345678, span), Crc32C.Append(0x12345678, span));
+            }
+    }
+
+    [Fact]
     public void Packet_header_round_trips_and_bad_ones_are_refused()
     {
         var b = new byte[Protocol.PacketHeaderSize];
