@@ -298,7 +298,7 @@ public sealed unsafe class VfioDevice : IDisposable
     // ---- VFIO_DEVICE_FEATURE ----------------------------------------------------------------------
 
     /// <summary>
-    /// One VFIO_DEVICE_FEATURE call: header {argsz, flags} followed by the payload, copied back after GET.
+    /// One VFIO_DEVICE_FEATURE call: header {argsz, flags} followed by the payload, copied back afterwards.
     /// Returns the errno (0 on success) so callers can treat "not supported" themselves.
     /// </summary>
     private int Feature(uint flags, void* payload, int payloadSize)
@@ -313,7 +313,8 @@ public sealed unsafe class VfioDevice : IDisposable
             Buffer.MemoryCopy(payload, data, payloadSize, payloadSize);
         if (Native.Ioctl(Handle, VfioUapi.VFIO_DEVICE_FEATURE, buffer, out int errno) < 0)
             return errno;
-        if (payloadSize > 0 && (flags & VfioUapi.VFIO_DEVICE_FEATURE_GET) != 0)
+        // Copied back after SET too: SET MIG_DEVICE_STATE returns the data fd in the payload.
+        if (payloadSize > 0)
             Buffer.MemoryCopy(data, payload, payloadSize, payloadSize);
         return 0;
     }
@@ -376,8 +377,21 @@ public sealed unsafe class VfioDevice : IDisposable
     /// session (->STOP_COPY from STOP, ->RESUMING, ->PRE_COPY, ->PRE_COPY_P2P), else null. On failure the
     /// exception says which state the device is in afterwards (it may have stopped part way).
     /// </summary>
+    /// <remarks>
+    /// Two requests are refused here with EINVAL without reaching the kernel, which mishandles them: from
+    /// ERROR (the core helper WARNs; only <see cref="Reset"/> leads out), and STOP_COPY -> PRE_COPY or
+    /// PRE_COPY_P2P (not permitted by the uAPI; the core helper of unfixed kernels, 6.12 included, loops
+    /// forever on it and locks up a CPU).
+    /// </remarks>
     public MigrationDataStream? SetMigrationState(MigrationState target)
     {
+        var current = GetMigrationState();
+        if (current == MigrationState.Error && target != MigrationState.Error)
+            throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), Libc.EINVAL,
+                "the device is in ERROR: only VFIO_DEVICE_RESET leads out (to RUNNING); the device is now in ERROR");
+        if (current == MigrationState.StopCopy && target is MigrationState.PreCopy or MigrationState.PreCopyP2P)
+            throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), Libc.EINVAL,
+                "STOP_COPY -> PRE_COPY is not permitted (refused before the kernel, whose helper can loop forever on it); the device is now in STOP_COPY");
         var st = new VfioDeviceFeatureMigState { DeviceState = (uint)target, DataFd = -1 };
         int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_SET, &st, sizeof(VfioDeviceFeatureMigState));
         if (errno != 0)
