@@ -79,7 +79,6 @@ mount -t tmpfs -o mode=1777 shm $R/dev/shm
 mount -t devpts devpts $R/dev/pts 2>/dev/null
 mount -t tmpfs -o mode=1777 tmp $R/tmp
 mount -t tmpfs -o mode=0755 run $R/run
-[ -d $R/var/tmp ] && mount -t tmpfs -o mode=1777 vartmp $R/var/tmp
 mount --bind /results $R/results
 
 cat >$R/run/vfio-mig-sim.env <<EOF
@@ -105,7 +104,7 @@ PAT='WARNING:|BUG:|Oops|Call Trace|general protection|UBSAN|KASAN|circular locki
 grep -qE "$PAT" /results/guest-dmesg-boot.txt /results/guest-dmesg.txt && STATUS="dmesg-warning"
 
 # tear down: the chroot's mounts, the devices, the module
-umount $R/results $R/var/tmp $R/run $R/tmp $R/dev/pts $R/dev/shm $R/dev $R/sys $R/proc 2>/dev/null
+umount $R/results $R/run $R/tmp $R/dev/pts $R/dev/shm $R/dev $R/sys $R/proc 2>/dev/null
 for u in $UUIDS; do
     echo 1 >/sys/bus/mdev/devices/$u/remove || { [ $STATUS = ok ] && STATUS="unload-failed: removing $u"; }
 done

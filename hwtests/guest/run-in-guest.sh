@@ -301,6 +301,12 @@ cp "$BUILD/mod/vfio_mig_sim.ko" "$IR/modules/"
 cp "$SELF_DIR/guest-init.sh" "$IR/init"; chmod +x "$IR/init"
 (cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) >"$BUILD/initramfs.cpio.gz"
 
+for p in "${CMD[0]:-}" "$PWD"; do
+    case "$p" in /tmp|/tmp/*|/run|/run/*)
+        say "warning: $p is on the host's /tmp or /run, which the guest replaces with an empty tmpfs" ;;
+    esac
+done
+
 # ------------------------------------------------------------------ results dir + command
 RESULTS=${RESULTS:-$REPO/artifacts/guest}
 mkdir -p "$RESULTS"; RESULTS=$(cd "$RESULTS" && pwd)
