@@ -21,6 +21,9 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo 1 >/proc/sys/kernel/sysrq 2>/dev/null
+# loopback networking (no NIC): the migration engine talks TCP over 127.0.0.1
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+hostname vfio-guest
 
 for m in $(cat /modules/order); do
     insmod /modules/$m || die "insmod $m failed"
