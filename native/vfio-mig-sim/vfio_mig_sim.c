@@ -753,6 +753,10 @@ static ssize_t sim_save_read(struct file *filp, char __user *buf, size_t len, lo
 		if (ktime_before(ktime_get(), m->rec_ready)) {
 			if (done)
 				break;	/* hand out what we have; don't block again */
+			if (filp->f_flags & O_NONBLOCK) {
+				ret = -EAGAIN;
+				break;
+			}
 			ret = sim_wait_until(m->rec_ready);
 			if (ret)
 				break;
@@ -767,7 +771,7 @@ static ssize_t sim_save_read(struct file *filp, char __user *buf, size_t len, lo
 		len -= n;
 		done += n;
 	}
-	if (ret < 0 && ret != -ENOMSG && ret != -EINTR && ret != -EFAULT)
+	if (ret < 0 && ret != -ENOMSG && ret != -EINTR && ret != -EFAULT && ret != -EAGAIN)
 		m->poisoned = true;
 out:
 	mutex_unlock(&m->lock);
