@@ -532,6 +532,28 @@ static void test_save_resume(struct dev *src, struct dev *dst)
 		reset_dev(dst);
 	}
 
+	/* injected firmware failures */
+	CHECK(sys_write(dst->sysfs, "inject_load_errors", "1") == 0, "inject a load error");
+	w = resume(dst, b.p, b.len, 1 << 20, &stop, NULL);
+	CHECK(w == -EIO, "injected load error fails the write with EIO (%d)", w);
+	CHECK(stop == -EIO, "and RESUMING -> STOP (%d)", stop);
+	CHECK(sys_num(dst, "inject_load_errors") == 0, "injection consumed");
+	reset_dev(dst);
+	CHECK(sys_write(src->sysfs, "inject_save_errors", "1") == 0, "inject a save error");
+	{
+		struct blob e = { 0 };
+		int fd = -1, r;
+		char x;
+
+		CHECK(set_state(src, VFIO_DEVICE_STATE_STOP_COPY, &fd) == 0 && fd >= 0, "src -> STOP_COPY");
+		r = read_all(fd, &e);
+		CHECK(r == -EIO, "injected save error: read gives EIO (%d)", r);
+		CHECK(read(fd, &x, 1) < 0 && errno == EIO, "save fd stays failed");
+		CHECK(set_state(src, VFIO_DEVICE_STATE_STOP, NULL) == 0, "STOP_COPY -> STOP after a failed save");
+		close(fd);
+		free(e.p);
+	}
+
 	/* and the good stream still works afterwards */
 	w = resume(dst, b.p, b.len, 1 << 20, &stop, NULL);
 	CHECK(w == 0 && stop == 0, "good stream after failures (%d, %d)", w, stop);

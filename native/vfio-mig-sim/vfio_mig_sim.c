@@ -247,6 +247,10 @@ struct sim_dev {
 	atomic64_t dirtied_pages;
 	atomic_t peak_concurrent_loads;
 	atomic64_t load_us_total;
+
+	/* fault injection: the next N loads / saved chunks fail with -EIO */
+	atomic_t inject_load_errors;
+	atomic_t inject_save_errors;
 };
 
 static struct sim_parent *sim_parent;
@@ -654,6 +658,9 @@ static int sim_next_record(struct sim_migf *m)
 		u8 *data = r + sizeof(struct sim_rec_hdr) + sizeof(c);
 		u64 off, len;
 
+		if (atomic_add_unless(&sd->inject_save_errors, -1, 0))
+			return -EIO;	/* the "firmware" failed to save: poisons the fd */
+
 		mutex_lock(&sd->data_lock);
 		if (m->init_left || m->dirty_left) {
 			unsigned long *bm = m->init_left ? m->init_bm : m->dirty_bm;
@@ -934,6 +941,12 @@ static int sim_load_chunk(struct sim_migf *m, const struct sim_chunk *c, const u
 		atomic_dec(&par->active_loads);
 		up(&par->load_sem);
 		return ret;
+	}
+	if (atomic_add_unless(&sd->inject_load_errors, -1, 0)) {
+		/* the "firmware" rejects the image after working on it */
+		atomic_dec(&par->active_loads);
+		up(&par->load_sem);
+		return -EIO;
 	}
 	mutex_lock(&sd->data_lock);
 	if (region == 0)
@@ -1822,6 +1835,28 @@ static ssize_t name##_store(struct device *dev, struct device_attribute *a,	\
 }									\
 static DEVICE_ATTR_RW(name)
 
+#define SIM_INJECT_ATTR(name)							\
+static ssize_t name##_show(struct device *dev, struct device_attribute *a, char *buf) \
+{									\
+	return sysfs_emit(buf, "%d\n", atomic_read(&sim_from_dev(dev)->name)); \
+}									\
+static ssize_t name##_store(struct device *dev, struct device_attribute *a,	\
+			    const char *buf, size_t count)		\
+{									\
+	u32 v;								\
+	int ret = kstrtou32(buf, 0, &v);				\
+	if (ret)							\
+		return ret;						\
+	if (v > 1000000)						\
+		return -EINVAL;						\
+	atomic_set(&sim_from_dev(dev)->name, v);			\
+	return count;							\
+}									\
+static DEVICE_ATTR_RW(name)
+
+SIM_INJECT_ATTR(inject_load_errors);
+SIM_INJECT_ATTR(inject_save_errors);
+
 SIM_U32_KNOB(load_us_per_mib, SIM_MAX_DELAY_US_PER_MIB);
 SIM_U32_KNOB(save_us_per_mib, SIM_MAX_DELAY_US_PER_MIB);
 SIM_U32_KNOB(dirty_kib_per_s, 4U << 20);
@@ -1844,6 +1879,8 @@ static struct attribute *sim_dev_attrs[] = {
 	&dev_attr_load_us_total.attr,
 	&dev_attr_peak_concurrent_loads.attr,
 	&dev_attr_reset_counters.attr,
+	&dev_attr_inject_load_errors.attr,
+	&dev_attr_inject_save_errors.attr,
 	NULL,
 };
 
