@@ -9,7 +9,12 @@ public static class Loopback
 {
     public static RunReport Run(IReadOnlyList<IMigrationDevice> sources, IReadOnlyList<IMigrationDevice> destinations,
         MigrationOptions options, ILogger? logger = null, Action<MigrationSource, MigrationDestination>? started = null,
-        CancellationToken cancel = default)
+        CancellationToken cancel = default) => Run(sources, destinations, options, logger, started, null, cancel);
+
+    /// <summary>Test seam: <paramref name="sourceTarget"/> sends the source elsewhere than the destination's listener.</summary>
+    internal static RunReport Run(IReadOnlyList<IMigrationDevice> sources, IReadOnlyList<IMigrationDevice> destinations,
+        MigrationOptions options, ILogger? logger, Action<MigrationSource, MigrationDestination>? started,
+        IPEndPoint? sourceTarget, CancellationToken cancel)
     {
         if (sources.Count != destinations.Count)
             throw new ArgumentException("as many destination devices as source devices");
@@ -19,13 +24,16 @@ public static class Loopback
         var src = new MigrationSource(sources, options, logger);
         started?.Invoke(src, dst);
         RunReport? dreport = null;
+        // If the source fails (e.g. cannot connect), the destination must not wait for it until its timeout.
+        using var dcancel = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         var dthread = new Thread(() =>
         {
-            try { dreport = dst.Run(listener, cancel); }
+            try { dreport = dst.Run(listener, dcancel.Token); }
             catch (Exception e) { dreport = new RunReport { Role = "destination", Error = e.Message }; }
         }) { IsBackground = true, Name = "dst coordinator" };
         dthread.Start();
-        var sreport = src.Run(endpoint, cancel);
+        var sreport = src.Run(sourceTarget ?? endpoint, cancel);
+        if (!sreport.Ok) dcancel.CancelAfter(TimeSpan.FromSeconds(2)); // time for the destination to notice on its own
         dthread.Join();
         return Merge(sreport, dreport!);
     }
@@ -60,7 +68,7 @@ public static class Loopback
         {
             // Prefer the side that detected the problem over the side that was told about it.
             bool dstOwn = !destination.Ok && destination.Error is not null && !destination.Error.StartsWith("source: ", StringComparison.Ordinal)
-                && destination.Error != "aborted";
+                && destination.Error is not ("aborted" or "cancelled") && !(source.Error?.StartsWith("connect to ", StringComparison.Ordinal) ?? false);
             error = dstOwn ? destination.Error : source.Error ?? destination.Error;
             device = dstOwn ? destination.FailedDevice : source.FailedDevice ?? destination.FailedDevice;
         }

@@ -195,15 +195,47 @@ public class CancellationTests
     [Fact]
     public void Cancelling_mid_transfer_ends_both_sides_cleanly()
     {
-        // Slow loads (1 MiB at 4 MiB/s per device) so the run is surely in flight when cancelled.
+        // Slow loads (1 MiB at 4 MiB/s per device); a dedicated thread cancels once loading has begun
+        // (not a timer: timers need the thread pool, which parallel synchronous tests can starve).
         var (src, dst) = TestDevices.Pairs(2, TestDevices.Fast(1 << 20) with { LoadBytesPerSecond = 4 << 20, RecordDataSize = 64 << 10 });
-        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(120));
+        using var cts = new CancellationTokenSource();
+        long loadedAtCancel = -1;
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        var report = Loopback.Run(src, dst, TestDevices.Options(2), cancel: cts.Token);
-        Assert.False(report.Ok);
+        var report = Loopback.Run(src, dst, TestDevices.Options(2), started: (_, d) =>
+        {
+            new Thread(() =>
+            {
+                while (d.Progress.Total == 0 && sw.Elapsed < TimeSpan.FromSeconds(5)) Thread.Sleep(1);
+                loadedAtCancel = d.Progress.Total;
+                cts.Cancel();
+            }) { IsBackground = true }.Start();
+        }, cancel: cts.Token);
+        Assert.False(report.Ok, $"finished in {sw.ElapsedMilliseconds} ms: " + string.Join("; ", report.SummaryLines()));
+        Assert.InRange(loadedAtCancel, 1, (2 << 20) - 1);
+        Assert.Equal("cancelled", report.Error);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"took {sw.Elapsed}");
         Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
         Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
         Assert.All(report.Devices, d => Assert.False(d.Verified));
+    }
+}
+
+public class LoopbackFailureTests
+{
+    [Fact]
+    public void A_source_that_cannot_connect_does_not_leave_the_destination_waiting()
+    {
+        var (src, dst) = TestDevices.Pairs(2);
+        using var closed = new TcpListener(IPAddress.Loopback, 0);
+        closed.Start();
+        var target = (IPEndPoint)closed.LocalEndpoint;
+        closed.Stop();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var report = Loopback.Run(src, dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(20) }, null, null, target, TestContext.Current.CancellationToken);
+        Assert.False(report.Ok);
+        Assert.StartsWith($"connect to {target}", report.Error);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(6), $"took {sw.Elapsed}");
+        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
+        Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
     }
 }
