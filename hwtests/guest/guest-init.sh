@@ -94,19 +94,32 @@ EOF
 
 log "running the command"
 dmesg -c >/results/guest-dmesg-boot.txt
-(
-    chroot $R /bin/sh -c '. /run/vfio-mig-sim.env; exec /bin/bash /results/.guest-run.sh' 2>/results/guest-stderr.txt
-    echo $? >/results/guest-exit-code
-) | tee /results/guest-stdout.txt
-RC=$(cat /results/guest-exit-code 2>/dev/null)
-log "command exit code ${RC:-?}"
+# stdout goes to a file (a pipe would stay open as long as any background child of the
+# command lives); the console follows it
+: >/results/guest-stdout.txt
+chroot $R /bin/sh -c '. /run/vfio-mig-sim.env; exec /bin/bash /results/.guest-run.sh' \
+    </dev/null >/results/guest-stdout.txt 2>/results/guest-stderr.txt &
+CPID=$!
+tail -f /results/guest-stdout.txt &
+TPID=$!
+wait $CPID
+RC=$?
+echo $RC >/results/guest-exit-code
+sleep 1
+kill $TPID 2>/dev/null
+log "command exit code $RC"
 
 STATUS=ok
 dmesg >/results/guest-dmesg.txt
 PAT='WARNING:|BUG:|Oops|Call Trace|general protection|UBSAN|KASAN|circular locking|blocked for more than|refcount_t:|list_add corruption|list_del corruption'
 grep -qE "$PAT" /results/guest-dmesg-boot.txt /results/guest-dmesg.txt && STATUS="dmesg-warning"
 
-# tear down: the chroot's mounts, the devices, the module
+# tear down: leftover processes (they could hold a device open), the chroot's mounts,
+# the devices, the module
+kill -TERM -1 2>/dev/null; sleep 1; kill -KILL -1 2>/dev/null; sleep 1
+# should removing a device block (something still holds it), give up after 120 s
+( sleep 120; log "teardown stuck"; echo "unload-failed: teardown stuck (device still in use?)" >/results/guest-status
+  sync; poweroff -f ) &
 umount $R/results $R/run $R/tmp $R/dev/pts $R/dev/shm $R/dev $R/sys $R/proc 2>/dev/null
 for u in $UUIDS; do
     echo 1 >/sys/bus/mdev/devices/$u/remove || { [ $STATUS = ok ] && STATUS="unload-failed: removing $u"; }

@@ -264,7 +264,7 @@ fi
 IR=$BUILD/initramfs
 mkdir -p "$IR"/{bin,dev,proc,sys,mnt,host,newroot,modules}
 cp /bin/busybox "$IR/bin/busybox"
-for t in sh mount umount mkdir insmod rmmod cat echo sleep poweroff reboot chroot ln ls grep dmesg sync mknod uname tee rm seq tr head readlink ip ifconfig hostname; do
+for t in sh mount umount mkdir insmod rmmod cat echo sleep poweroff reboot chroot ln ls grep dmesg sync mknod uname tee rm seq tr head tail kill readlink ip ifconfig hostname; do
     ln -sf busybox "$IR/bin/$t"
 done
 MODDIR=$KDIR/lib/modules/$KREL
