@@ -336,7 +336,7 @@ QEMU=(qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp "$CPUS" -m "$MEM"
       -kernel "$KDIR/boot/vmlinuz-$KREL" -initrd "$BUILD/initramfs.cpio.gz"
       -append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init hung_task_timeout_secs=600 softlockup_panic=1 $KERNEL_ARGS"
       -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
-      -virtfs "local,path=$RESULTS,mount_tag=results,security_model=none,multidevs=remap")
+      -virtfs "local,path=${RESULTS//,/,,},mount_tag=results,security_model=none,multidevs=remap")
 if [ $QUIET -eq 1 ]; then
     timeout --foreground -k 10 "$TIMEOUT" "${QEMU[@]}" </dev/null >"$RESULTS/guest-console.log" 2>&1
 else
