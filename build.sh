@@ -13,6 +13,7 @@ install_prereqs() {
     local missing=()
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
     command -v make >/dev/null || missing+=(make)
+    command -v iperf3 >/dev/null || missing+=(iperf3)   # the benchmark's transport baseline
     [ -e /usr/include/linux/vfio.h ] || missing+=(linux-libc-dev)
     if [ ${#missing[@]} -gt 0 ]; then
         if [ "$(id -u)" -ne 0 ]; then
@@ -45,10 +46,8 @@ publish_cli() {
 PASSED=0 FAILED=0 SKIPPED=0
 add_counts() {
     local xml=$1 tier=$2 p f s e
-    p=$(grep -o '<assembly [^>]*' "$xml" | grep -o ' passed="[0-9]*"' | grep -o '[0-9]*' | paste -sd+ | bc)
-    f=$(grep -o '<assembly [^>]*' "$xml" | grep -o ' failed="[0-9]*"' | grep -o '[0-9]*' | paste -sd+ | bc)
-    s=$(grep -o '<assembly [^>]*' "$xml" | grep -o ' skipped="[0-9]*"' | grep -o '[0-9]*' | paste -sd+ | bc)
-    e=$(grep -o '<assembly [^>]*' "$xml" | grep -o ' errors="[0-9]*"' | grep -o '[0-9]*' | paste -sd+ | bc)
+    sum() { grep -o '<assembly [^>]*' "$xml" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]*' | awk '{ t += $1 } END { print t + 0 }'; }
+    p=$(sum passed); f=$(sum failed); s=$(sum skipped); e=$(sum errors)
     log "$tier: $p passed, $((f + e)) failed, $s skipped"
     PASSED=$((PASSED + p)); FAILED=$((FAILED + f + e)); SKIPPED=$((SKIPPED + s))
 }
@@ -65,7 +64,6 @@ run_xunit() {
 
 test_all() {
     install_prereqs
-    command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq bc >/dev/null; }
     build
     run_xunit "tests/Vfio.Tests/bin/$CONFIG/net10.0/Vfio.Tests.dll" unit
     hw_tiers
