@@ -109,8 +109,8 @@ public class EngineTests
     /// names it, every source device is back in RUNNING while the engine still holds it, every destination is reset to
     /// RUNNING, and the refusing device holds nothing of the stream. The failure is made by the module itself: the second
     /// source gets a state twice the size, then the module's max_state_size is lowered so destinations refuse the
-    /// larger stream's BEGIN record (EINVAL in write(2), as mlx5 refuses a stream it cannot take). Simulated devices
-    /// only: a real VF cannot be made to refuse on purpose.
+    /// larger stream's BEGIN record (EINVAL in write(2), as mlx5 refuses a stream it cannot take), while the other
+    /// destination is in the middle of its load. Simulated devices only: a real VF cannot be made to refuse on purpose.
     /// </summary>
     [Theory]
     [MemberData(nameof(ModeRows))]
@@ -122,6 +122,11 @@ public class EngineTests
         var (badSrc, badDst) = list[1];
         knobs.Set(badSrc, "state_size", (2 * StateBytes).ToString(CultureInfo.InvariantCulture));
         knobs.SetModuleParameter("max_state_size", StateBytes.ToString(CultureInfo.InvariantCulture));
+        // Timing: the good destination is still inside its (2 s) load when the bad one fails, because the bad source's
+        // first buffer (with the BEGIN record) is ready only after 1 s of "firmware" save time. A device being loaded
+        // when the run fails must end reset and RUNNING, not finished afterwards (RUNNING -> STOP is a valid transition).
+        knobs.Set(list[0].Dst, "load_us_per_mib", "2000000");
+        knobs.Set(badSrc, "save_us_per_mib", "500000");
         string badDigest = SimKnobs.Read(badDst, "digest");
         var options = new MigrationOptions { Channels = 4, Loading = mode == "coupled" ? LoadingMode.Coupled : LoadingMode.Decoupled };
 
