@@ -12,7 +12,7 @@ public static class MigrationCommands
 {
     private sealed class Common
     {
-        public readonly Option<string[]> Device = new("--device") { Description = "A device: PCI address, mdev UUID or sim:NAME (repeat for several; order pairs source and destination)", AllowMultipleArgumentsPerToken = false };
+        public readonly Option<string[]> Device = new("--device") { Description = "A device: PCI address, mdev UUID, sim:NAME (simulated) or null:NAME (no cost: the transport alone) (repeat for several; order pairs source and destination)", AllowMultipleArgumentsPerToken = false };
         public readonly Option<int> Channels = new("--channels") { Description = "Data channels (TCP connections besides the main channel)", DefaultValueFactory = _ => 6 };
         public readonly Option<string> BufferSize = new("--buffer-size") { Description = "Bytes per data buffer read from a device, e.g. 1MiB", DefaultValueFactory = _ => "1MiB" };
         public readonly Option<string> Loading = new("--loading") { Description = "decoupled (a loading thread per device) or coupled (receive threads load)", DefaultValueFactory = _ => "decoupled" };
@@ -23,12 +23,14 @@ public static class MigrationCommands
         public readonly Option<int> PfLimit = new("--sim-pf-concurrency") { Description = "Simulated devices: concurrent loads the shared PF allows", DefaultValueFactory = _ => SimulatedPf.DefaultConcurrentLoads };
         public readonly Option<string> RecordSize = new("--sim-record-size") { Description = "Simulated devices: data bytes per firmware record (the unit of a load)", DefaultValueFactory = _ => "4MiB" };
         public readonly Option<string?> Json = new("--json") { Description = "Write the report as JSON to this file" };
+        public readonly Option<string?> Trace = new("--trace") { Description = "Write the run's timeline as Chrome trace-event JSON (opens in Perfetto, ui.perfetto.dev) to this file" };
+        public readonly Option<string?> Svg = new("--svg") { Description = "Write the run's timeline as a self-contained SVG picture to this file" };
         public readonly Option<double> Timeout = new("--timeout") { Description = "Seconds a silent peer is tolerated", DefaultValueFactory = _ => 30 };
         public readonly Option<bool> Verbose = new("--verbose") { Description = "Debug log lines" };
 
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Device, Channels, BufferSize, Loading, Window, StateSize, LoadRate, SaveRate, PfLimit, RecordSize, Json, Timeout, Verbose })
+            foreach (var o in new Option[] { Device, Channels, BufferSize, Loading, Window, StateSize, LoadRate, SaveRate, PfLimit, RecordSize, Json, Trace, Svg, Timeout, Verbose })
                 c.Options.Add(o);
         }
 
@@ -90,18 +92,23 @@ public static class MigrationCommands
     {
         var common = new Common();
         var sim = new Option<int?>("--sim") { Description = "Migrate N simulated VFs (sim:vf0..) to N simulated VFs" };
+        var nullDevices = new Option<bool>("--null") { Description = "Use devices with no cost (null:vf0..; --sim N sets how many, 4 by default): measures the transport alone; --state-size sets their state" };
         var command = new Command("loopback", "Migrate devices within this process over loopback TCP (default: --sim 4 --channels 6); --device SRC=DST pairs real devices");
         common.AddTo(command);
         command.Options.Add(sim);
+        command.Options.Add(nullDevices);
         command.SetAction(r => Run(r, common, (options, factory, log, progress) =>
         {
             var pairs = r.GetValue(common.Device) ?? Array.Empty<string>();
             int? n = r.GetValue(sim);
+            bool useNull = r.GetValue(nullDevices);
             if (pairs.Length > 0 && n is not null) throw new UsageException("give either --sim N or --device SRC=DST pairs, not both");
+            if (pairs.Length > 0 && useNull) throw new UsageException("give either --null or --device SRC=DST pairs, not both");
             if (pairs.Length == 0)
             {
                 n ??= 4;
                 if (n < 1 || n > Protocol.MaxDevices) throw new UsageException($"--sim must be between 1 and {Protocol.MaxDevices}");
+                if (useNull) log.LogDebug("null devices: {Count} x {Bytes} bytes", n, factory.SimOptions.StateSize);
                 if (r.GetResult(common.Channels) is null) options = options with { Channels = 6 };
             }
             var src = new List<IMigrationDevice>();
@@ -111,10 +118,11 @@ public static class MigrationCommands
                 if (pairs.Length == 0)
                 {
                     var dstFactory = new DeviceFactory(factory.SimOptions, new SimulatedPf("sim-pf-dst", factory.Pf.ConcurrentLoads));
+                    string kind = useNull ? "null" : "sim";
                     for (int i = 0; i < n; i++)
                     {
-                        src.Add(factory.Open($"sim:vf{i}"));
-                        dst.Add(dstFactory.Open($"sim:vf{i}"));
+                        src.Add(factory.Open($"{kind}:vf{i}"));
+                        dst.Add(dstFactory.Open($"{kind}:vf{i}"));
                     }
                 }
                 else
@@ -229,7 +237,11 @@ public static class MigrationCommands
             var options = common.Options(r);
             var factory = common.Factory(r);
             string? json = r.GetValue(common.Json);
-            if (json is not null) CheckWritable(json);
+            string? trace = r.GetValue(common.Trace);
+            string? svg = r.GetValue(common.Svg);
+            if (json is not null) CheckWritable(json, "--json");
+            if (trace is not null) CheckWritable(trace, "--trace");
+            if (svg is not null) CheckWritable(svg, "--svg");
             var log = loggerFactory.CreateLogger("vfio-mig");
             report = body(options, factory, log, p => { if (terminal) display = new ProgressDisplay(p, output); });
             display?.Dispose();
@@ -239,6 +251,17 @@ public static class MigrationCommands
             {
                 using var f = File.Create(json);
                 report.WriteJson(f);
+            }
+            // The timeline is written for failed runs too: it shows how far each device got.
+            if (trace is not null || svg is not null)
+            {
+                var timeline = TimelineExport.ToReportsTimeline(report);
+                if (trace is not null)
+                {
+                    using var f = File.Create(trace);
+                    Vfio.Reports.ChromeTrace.Write(timeline, f);
+                }
+                if (svg is not null) File.WriteAllText(svg, Vfio.Reports.SvgTimeline.Render(timeline));
             }
         }
         catch (UsageException e)
@@ -263,10 +286,10 @@ public static class MigrationCommands
         return report.Devices.All(d => d.Verified) ? 0 : 1;
     }
 
-    private static void CheckWritable(string path)
+    private static void CheckWritable(string path, string option)
     {
         var dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null && !Directory.Exists(dir)) throw new UsageException($"--json: directory {dir} does not exist");
+        if (dir is not null && !Directory.Exists(dir)) throw new UsageException($"{option}: directory {dir} does not exist");
     }
 
     /// <summary>One status line, redrawn in place, for transfers that last more than half a second.</summary>

@@ -1,6 +1,9 @@
 namespace Vfio.Migration;
 
-/// <summary>Turns a device argument into a device: "sim:NAME" is simulated, anything else a real VFIO device.</summary>
+/// <summary>
+/// Turns a device argument into a device: "sim:NAME" is simulated, "null:NAME" a device with no cost (the transport
+/// alone; its state is <see cref="SimulatedDeviceOptions.StateSize"/> bytes), anything else a real VFIO device.
+/// </summary>
 public sealed class DeviceFactory
 {
     public DeviceFactory(SimulatedDeviceOptions? simOptions = null, SimulatedPf? pf = null)
@@ -13,6 +16,7 @@ public sealed class DeviceFactory
     public SimulatedPf Pf { get; }
 
     public static bool IsSimulated(string spec) => spec.StartsWith("sim:", StringComparison.Ordinal);
+    public static bool IsNull(string spec) => spec.StartsWith("null:", StringComparison.Ordinal);
 
     public IMigrationDevice Open(string spec)
     {
@@ -20,6 +24,11 @@ public sealed class DeviceFactory
         {
             if (spec.Length == 4) throw new MigrationException("sim: needs a name (sim:NAME)");
             return new SimulatedDevice(spec, SimOptions, Pf);
+        }
+        if (IsNull(spec))
+        {
+            if (spec.Length == 5) throw new MigrationException("null: needs a name (null:NAME)");
+            return new NullDevice(spec, SimOptions.StateSize);
         }
         return RealDeviceAdapter.Open(spec);
     }

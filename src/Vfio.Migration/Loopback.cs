@@ -35,7 +35,9 @@ public static class Loopback
         var sreport = src.Run(sourceTarget ?? endpoint, cancel);
         if (!sreport.Ok) dcancel.CancelAfter(TimeSpan.FromSeconds(2)); // time for the destination to notice on its own
         dthread.Join();
-        return Merge(sreport, dreport!);
+        var report = Merge(sreport, dreport!);
+        report.DeviceBoundMs = DeviceBound.Compute(sources, destinations);
+        return report;
     }
 
     public static Socket Listen(IPEndPoint endpoint, int backlog)

@@ -135,6 +135,14 @@ public sealed class MigrationDestination
                     s.Drain();
                     s.Stream.Dispose();
                 }
+                // A loader or receive thread that was finishing its device when the run failed may have moved it on
+                // (RESUMING->STOP) after the reset above: reset once more whatever is not back in RUNNING.
+                if (prepared)
+                    foreach (var d in _devices)
+                    {
+                        try { if (d.GetState() != MigrationState.Running) d.Reset(); }
+                        catch (Exception e) { _log.LogError("{Device}: reset failed: {Error}", d.Name, e.Message); }
+                    }
             }
             main?.Abort();
         }
@@ -142,6 +150,7 @@ public sealed class MigrationDestination
         report.Error = ctl.Error ?? (report.Ok ? null : "not every device was verified");
         report.FailedDevice = ctl.Device;
         report.PoolBuffers = _pool?.Allocated ?? 0;
+        report.DeviceBoundMs = DeviceBound.Compute(_devices);
         if (_sinks.Length > 0) report.Devices.AddRange(_sinks.Select(s => s.Report));
         else report.Devices.AddRange(_devices.Select(d => new DeviceReport { Name = d.Name, Error = ctl.Error }));
         foreach (var d in report.Devices) if (!report.Ok) d.Verified = false;

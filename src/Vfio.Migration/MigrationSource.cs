@@ -155,6 +155,7 @@ public sealed class MigrationSource
         report.LastRunningUs = _lastRunningUs;
         report.LoadEndUs = _loadEndUs;
         report.PoolBuffers = _pool.Allocated;
+        report.DeviceBoundMs = DeviceBound.Compute(_devices);
         report.Devices.AddRange(_results);
         if (!report.Ok) foreach (var d in report.Devices) d.Verified = false;
         if (report.Ok) _timeline.Mark("destination_last_running", _lastRunningUs);

@@ -21,6 +21,23 @@ internal static unsafe partial class Native
     [LibraryImport("libc", EntryPoint = "shutdown", SetLastError = true)]
     public static partial int Shutdown(int fd, int how);
 
+    [LibraryImport("libc", EntryPoint = "nanosleep", SetLastError = true)]
+    private static partial int NanoSleep(long* request, long* remaining);
+
+    /// <summary>A short uninterruptible sleep with microsecond resolution (timer slack aside).</summary>
+    public static void SleepMicroseconds(long us)
+    {
+        long* ts = stackalloc long[2];
+        long* rem = stackalloc long[2];
+        ts[0] = us / 1_000_000;
+        ts[1] = us % 1_000_000 * 1000;
+        while (NanoSleep(ts, rem) < 0 && System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == 4)
+        {
+            ts[0] = rem[0];
+            ts[1] = rem[1];
+        }
+    }
+
     public static void SetSockOpt(int fd, int name, int value)
     {
         if (SetSockOptRaw(fd, SOL_SOCKET, name, &value, sizeof(int)) < 0)
@@ -35,4 +52,16 @@ internal static unsafe partial class Native
             throw VfioException.FromLastError($"getsockopt({name})");
         return value;
     }
+}
+
+/// <summary>memfd calls for the null device's in-memory state.</summary>
+internal static unsafe partial class NativeMemfd
+{
+    public const uint MFD_CLOEXEC = 1;
+
+    [LibraryImport("libc", EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int MemfdCreate(string name, uint flags);
+
+    [LibraryImport("libc", EntryPoint = "ftruncate", SetLastError = true)]
+    public static partial int Ftruncate(int fd, long length);
 }

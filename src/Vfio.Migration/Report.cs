@@ -54,6 +54,13 @@ public sealed class RunReport
     public long LoadEndUs { get; set; }
     public RunTimeline Timeline { get; init; } = new();
     public int PoolBuffers { get; set; }
+    /// <summary>
+    /// Runs whose devices are all simulated: the lower bound on downtime the simulator's parameters imply
+    /// (<see cref="DeviceBound"/>), in milliseconds; null otherwise. downtime / bound is the engine's overhead factor.
+    /// </summary>
+    public double? DeviceBoundMs { get; set; }
+    /// <summary>DowntimeMs / DeviceBoundMs, when both are known.</summary>
+    public double? BoundRatio => DeviceBoundMs is > 0 && DowntimeMs > 0 ? DowntimeMs / DeviceBoundMs : null;
 
     public long TotalBytes => Devices.Sum(d => d.Bytes);
     public double DowntimeMs => Ok && LastRunningUs > FirstStopUs && FirstStopUs > 0 ? (LastRunningUs - FirstStopUs) / 1000.0 : 0;
@@ -68,7 +75,7 @@ public sealed class RunReport
         foreach (var d in Devices) yield return d.SummaryLine();
         if (Ok)
             yield return string.Create(CultureInfo.InvariantCulture,
-                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms, {ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
+                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms{(DeviceBoundMs is double b ? $" (device bound {b:0} ms, x{BoundRatio:0.000})" : "")}, {ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
         else
             yield return $"result FAILED{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: {Error}";
     }
@@ -82,6 +89,8 @@ public sealed class RunReport
         j.WriteNumber("channels", Channels);
         j.WriteNumber("downtime_ms", Math.Round(DowntimeMs, 3));
         j.WriteNumber("throughput_mbps", Math.Round(ThroughputMbps, 1));
+        if (DeviceBoundMs is double bound) j.WriteNumber("device_bound_ms", Math.Round(bound, 3));
+        if (BoundRatio is double ratio) j.WriteNumber("downtime_over_bound", Math.Round(ratio, 4));
         j.WriteString("role", Role);
         j.WriteNumber("buffer_size", BufferSize);
         j.WriteNumber("window", Window);

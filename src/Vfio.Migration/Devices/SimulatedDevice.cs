@@ -5,12 +5,17 @@ namespace Vfio.Migration;
 /// <summary>
 /// The simulated physical function: its VFs share one firmware command interface, so at most
 /// <see cref="ConcurrentLoads"/> record loads run at once across them (ConnectX-7: 4 VFs migrating per PF).
+/// <para>The PF keeps a virtual schedule: each of its <see cref="ConcurrentLoads"/> slots knows when its current load
+/// ends. A device that completed a record reserves the slot that frees first for exactly the record's load time, no
+/// earlier than the record's processing began; it then sleeps until that reservation ends. So every load occupies a
+/// slot for exactly size/rate, loads on one slot never overlap, and sleeping late (timer slack) does not make the
+/// PF slower than its parameters say: the device bound (<see cref="DeviceBound"/>) is exact for this model.</para>
 /// </summary>
 public sealed class SimulatedPf
 {
     public const int DefaultConcurrentLoads = 4;
-    private readonly SemaphoreSlim _slots;
-    private int _active;
+    private readonly object _lock = new();
+    private readonly long[] _freeAtUs;
     private int _peak;
 
     public SimulatedPf(string name = "sim-pf0", int concurrentLoads = DefaultConcurrentLoads)
@@ -18,7 +23,7 @@ public sealed class SimulatedPf
         if (concurrentLoads < 1) throw new ArgumentOutOfRangeException(nameof(concurrentLoads), "PF concurrency must be at least 1");
         Name = name;
         ConcurrentLoads = concurrentLoads;
-        _slots = new SemaphoreSlim(concurrentLoads, concurrentLoads);
+        _freeAtUs = new long[concurrentLoads];
     }
 
     public string Name { get; }
@@ -26,20 +31,24 @@ public sealed class SimulatedPf
     /// <summary>The most loads that ever ran at once on this PF.</summary>
     public int PeakConcurrentLoads => Volatile.Read(ref _peak);
 
-    internal bool Enter(CancellationToken token)
+    /// <summary>
+    /// Reserves the slot that frees first for a load of <paramref name="loadUs"/> starting no earlier than
+    /// <paramref name="earliestUs"/> (MigrationClock); returns when the load ends.
+    /// </summary>
+    internal long Reserve(long earliestUs, long loadUs)
     {
-        try { _slots.Wait(token); }
-        catch (OperationCanceledException) { return false; }
-        int now = Interlocked.Increment(ref _active);
-        int peak;
-        while (now > (peak = Volatile.Read(ref _peak)) && Interlocked.CompareExchange(ref _peak, now, peak) != peak) { }
-        return true;
-    }
-
-    internal void Exit()
-    {
-        Interlocked.Decrement(ref _active);
-        _slots.Release();
+        lock (_lock)
+        {
+            int best = 0;
+            for (int i = 1; i < _freeAtUs.Length; i++)
+                if (_freeAtUs[i] < _freeAtUs[best]) best = i;
+            long start = Math.Max(earliestUs, _freeAtUs[best]);
+            _freeAtUs[best] = start + loadUs;
+            int active = 0;
+            foreach (long f in _freeAtUs) if (f > start) active++;
+            if (active > _peak) Volatile.Write(ref _peak, active);
+            return start + loadUs;
+        }
     }
 }
 
@@ -373,8 +382,9 @@ public sealed class SimulatedDevice : IMigrationDevice
             var parser = Parser!;
             var buf = new byte[256 << 10];
             var o = _device._options;
-            double debtUs = 0;
-            long busyUs = 0;
+            long firstUs = -1; // when the current record's first bytes were read
+            long readyUs = 0;  // when the device's previous load ended (its PF reservation)
+            long lateUs = 0;   // how much later than readyUs the device woke (timer slack; not the engine's fault)
             try
             {
                 while (!_cancel.IsCancellationRequested)
@@ -389,27 +399,28 @@ public sealed class SimulatedDevice : IMigrationDevice
                     }
                     if (n == 0) return; // the engine's end was shut down (RESUMING->STOP) or closed
                     long r0 = MigrationClock.NowUs;
+                    if (firstUs < 0) firstUs = r0;
                     long record = parser.Consume(buf.AsSpan(0, (int)n));
-                    busyUs += MigrationClock.NowUs - r0;
-                    if (record > 0 && o.LoadBytesPerSecond > 0)
+                    if (record == 0) continue;
+                    long lastUs = MigrationClock.NowUs;
+                    if (o.LoadBytesPerSecond > 0)
                     {
-                        // The record's load costs size/rate in all; the device's own copying and checking of the
-                        // record's bytes (busyUs) is part of that cost, the rest is spent after the record is complete.
-                        double us = o.LoadSeconds(record) * 1e6;
+                        // The record's load takes size/rate (the device's own copying and checking of its bytes included)
+                        // and holds one of the PF's slots all that time. It starts when the record's first bytes came in,
+                        // but not before the device's previous load ended, nor so early that it would end before the
+                        // record's last byte came in; then the device reads nothing more until it ends (the engine's
+                        // write blocks: the load happens inside the write(2) that completes the record, as on mlx5).
+                        long us = (long)Math.Round(o.LoadSeconds(record) * 1e6);
                         LoadSeconds += us / 1e6;
-                        us = Math.Max(0, us - busyUs);
-                        busyUs = 0;
-                        if (!_device._pf.Enter(_cancel.Token)) return;
-                        try
-                        {
-                            long t0 = MigrationClock.NowUs;
-                            double target = us + debtUs;
-                            if (target >= 1000)
-                                _cancel.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(Math.Floor(target / 1000)));
-                            debtUs = target - (MigrationClock.NowUs - t0);
-                        }
-                        finally { _device._pf.Exit(); }
+                        long start = Math.Max(Math.Max(readyUs, firstUs - lateUs), lastUs - us);
+                        long end = _device._pf.Reserve(start, us);
+                        readyUs = end;
+                        bool slept = end > MigrationClock.NowUs;
+                        if (!SleepUntil(end)) return;
+                        // Oversleeping (timer slack) is forgiven, up to 2 ms; being descheduled for longer is not.
+                        lateUs = slept ? Math.Clamp(MigrationClock.NowUs - end, 0, 2000) : 0;
                     }
+                    firstUs = -1;
                 }
             }
             catch (SimStreamException e)
@@ -418,6 +429,17 @@ public sealed class SimulatedDevice : IMigrationDevice
                 // poison: the writer's write fails, later writes too
                 Native.Shutdown(_deviceFd, Native.SHUT_RDWR);
             }
+        }
+
+        /// <summary>Sleeps until <paramref name="untilUs"/> (MigrationClock): whole milliseconds cancellably, the rest with nanosleep. False when cancelled.</summary>
+        private bool SleepUntil(long untilUs)
+        {
+            long left = untilUs - MigrationClock.NowUs;
+            if (left >= 1500 && _cancel.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds((left - 500) / 1000)))
+                return false;
+            left = untilUs - MigrationClock.NowUs;
+            if (left > 0) Native.SleepMicroseconds(left);
+            return !_cancel.IsCancellationRequested;
         }
 
         /// <summary>RESUMING->STOP: let the device finish what was written, then judge the stream. Null = accepted.</summary>

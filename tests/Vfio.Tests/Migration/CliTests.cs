@@ -102,14 +102,16 @@ public class CliTests
         Assert.True(File.Exists(dll), dll);
         string json = Path.Combine(Path.GetTempPath(), $"vfio-mig-rx-{Guid.NewGuid():N}.json");
         string sjson = Path.Combine(Path.GetTempPath(), $"vfio-mig-tx-{Guid.NewGuid():N}.json");
-        using var rx = Start(dll, $"receive --listen 127.0.0.1:0 --device sim:dst0 --device sim:dst1 --channels 3 {Small} --json {json} --timeout 20");
+        string rtrace = Path.Combine(Path.GetTempPath(), $"vfio-mig-rx-{Guid.NewGuid():N}.trace.json");
+        string ssvg = Path.Combine(Path.GetTempPath(), $"vfio-mig-tx-{Guid.NewGuid():N}.svg");
+        using var rx = Start(dll, $"receive --listen 127.0.0.1:0 --device sim:dst0 --device sim:dst1 --channels 3 {Small} --json {json} --trace {rtrace} --timeout 20");
         try
         {
             string? first = rx.StandardOutput.ReadLine();
             Assert.NotNull(first);
             Assert.StartsWith("listening on 127.0.0.1:", first);
             string port = first!["listening on 127.0.0.1:".Length..].Trim();
-            using var tx = Start(dll, $"send --to 127.0.0.1:{port} --device sim:vf0 --device sim:vf1 --channels 3 {Small} --json {sjson} --timeout 20");
+            using var tx = Start(dll, $"send --to 127.0.0.1:{port} --device sim:vf0 --device sim:vf1 --channels 3 {Small} --json {sjson} --svg {ssvg} --timeout 20");
             string txOut = tx.StandardOutput.ReadToEnd() + tx.StandardError.ReadToEnd();
             Assert.True(tx.WaitForExit(60_000), "sender did not exit");
             string rxOut = rx.StandardOutput.ReadToEnd() + rx.StandardError.ReadToEnd();
@@ -124,12 +126,23 @@ public class CliTests
             Assert.All(doc.RootElement.GetProperty("devices").EnumerateArray(), d => Assert.True(d.GetProperty("verified").GetBoolean()));
             using var sdoc = JsonDocument.Parse(File.ReadAllText(sjson));
             Assert.Equal("ok", sdoc.RootElement.GetProperty("result").GetString());
+            Assert.True(doc.RootElement.GetProperty("device_bound_ms").GetDouble() > 0);
+            // Each side writes the timeline it saw: the receiver its loaders and receive channels, the sender its save threads.
+            string trace = File.ReadAllText(rtrace);
+            Assert.Contains("dst loader sim:dst1", trace);
+            Assert.Contains("dst channel 3 receive", trace);
+            using (JsonDocument.Parse(trace)) { }
+            string svg = File.ReadAllText(ssvg);
+            Assert.Contains("src save sim:vf1", svg);
+            Assert.Contains("downtime", svg);
         }
         finally
         {
             if (!rx.HasExited) rx.Kill();
             File.Delete(json);
             File.Delete(sjson);
+            File.Delete(rtrace);
+            File.Delete(ssvg);
         }
     }
 

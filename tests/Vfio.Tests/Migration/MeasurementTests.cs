@@ -1,0 +1,216 @@
+using System.Text.Json;
+using Vfio.Cli;
+using Vfio.Migration;
+
+namespace Vfio.Tests.Migration;
+
+/// <summary>Issue 5: null devices, the device bound, the PF's virtual schedule, --trace and --svg.</summary>
+public class MeasurementTests
+{
+    private const string Small = "--state-size=256KiB --buffer-size=32KiB --sim-record-size=48KiB --sim-load-rate=1GiB";
+
+    private static (int Code, string Out, string Err) Invoke(string args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.BuildRoot().Parse(args.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Invoke(new System.CommandLine.InvocationConfiguration { Output = output, Error = error });
+        return (code, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public void Null_devices_move_exactly_their_state_size_verified_by_count_and_checksum()
+    {
+        var factory = new DeviceFactory(new SimulatedDeviceOptions { StateSize = 3 * 32768 + 123 });
+        var src = Enumerable.Range(0, 3).Select(i => factory.Open($"null:vf{i}")).ToArray();
+        var dst = Enumerable.Range(0, 3).Select(i => factory.Open($"null:vf{i}")).ToArray();
+        try
+        {
+            Assert.All(src, d => Assert.IsType<NullDevice>(d));
+            var report = Loopback.Run(src, dst, TestDevices.Options(2), cancel: TestContext.Current.CancellationToken);
+            Assert.True(report.Ok, report.Error);
+            Assert.Null(report.DeviceBoundMs); // not simulated: no model to bound it
+            foreach (var d in report.Devices)
+            {
+                Assert.True(d.Verified);
+                Assert.Equal(3 * 32768 + 123, d.Bytes);
+                Assert.Equal(4, d.Buffers);
+                Assert.NotEqual(0ul, d.Checksum);
+            }
+            Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
+            Assert.All(src, d => Assert.Equal(MigrationState.Stop, d.GetState()));
+            Assert.True(report.ThroughputMbps > 0);
+            // A second session reads the state from its start again.
+            foreach (var d in src) d.SetState(MigrationState.Running);
+            var again = Loopback.Run(src, dst, TestDevices.Options(1), cancel: TestContext.Current.CancellationToken);
+            Assert.True(again.Ok, again.Error);
+            Assert.Equal(report.Devices.Select(d => d.Checksum), again.Devices.Select(d => d.Checksum));
+        }
+        finally
+        {
+            foreach (var d in src.Concat(dst)) d.Dispose();
+        }
+    }
+
+    [Fact]
+    public void Null_device_state_depends_on_its_name_and_a_wrong_checksum_fails()
+    {
+        var factory = new DeviceFactory(new SimulatedDeviceOptions { StateSize = 100_000 });
+        using var a = factory.Open("null:a");
+        using var b = factory.Open("null:b");
+        var sa = a.SetState(MigrationState.StopCopy)!;
+        var sb = b.SetState(MigrationState.StopCopy)!;
+        var ba = new byte[200_000];
+        var bb = new byte[200_000];
+        int na = 0, nb = 0;
+        DataRead r;
+        while ((r = sa.Read(ba.AsSpan(na))).Bytes > 0) na += r.Bytes;
+        while ((r = sb.Read(bb.AsSpan(nb))).Bytes > 0) nb += r.Bytes;
+        Assert.Equal(100_000, na);
+        Assert.Equal(100_000, nb);
+        Assert.False(ba.AsSpan(0, 4096).SequenceEqual(bb.AsSpan(0, 4096)));
+        sa.Dispose(); sb.Dispose();
+        Assert.Throws<MigrationException>(() => factory.Open("null:"));
+    }
+
+    [Fact]
+    public void Loopback_null_option_runs_null_devices_and_reports_throughput()
+    {
+        string json = Path.Combine(Path.GetTempPath(), $"vfio-mig-null-{Guid.NewGuid():N}.json");
+        try
+        {
+            var (code, stdout, stderr) = Invoke($"loopback --null --sim 2 --channels 2 --state-size 1MiB --buffer-size 64KiB --json {json}");
+            Assert.True(code == 0, stderr + stdout);
+            Assert.Contains("null:vf1 total loading time", stdout);
+            using var doc = JsonDocument.Parse(File.ReadAllText(json));
+            Assert.True(doc.RootElement.GetProperty("throughput_mbps").GetDouble() > 0);
+            Assert.False(doc.RootElement.TryGetProperty("device_bound_ms", out _));
+            Assert.All(doc.RootElement.GetProperty("devices").EnumerateArray(), d => Assert.Equal(1 << 20, d.GetProperty("bytes").GetInt64()));
+            var (code2, _, stderr2) = Invoke("loopback --null --device null:a=null:b");
+            Assert.NotEqual(0, code2);
+            Assert.Contains("--null", stderr2);
+        }
+        finally { File.Delete(json); }
+    }
+
+    [Fact]
+    public void Device_bound_is_the_load_time_alone_for_one_device_and_the_pf_limit_for_many()
+    {
+        var o = new SimulatedDeviceOptions(); // 64 MiB at 320 MiB/s: 200 ms
+        var pf = new object();
+        Assert.Equal(0.2, DeviceBound.Compute([(o, o, pf, 4)]), 9);
+        // 8 devices, 4 loads at once: the data records' loads, 8 x 200 ms (less the two small records), over 4 slots.
+        var eight = Enumerable.Repeat((o, o, pf, 4), 8).ToList();
+        double small = (SimStream.Record0Size + SimStream.Record1Size) / o.LoadBytesPerSecond;
+        Assert.Equal(8 * (0.2 - small) / 4, DeviceBound.Compute(eight), 9);
+        // 4 devices on 4 slots: the device's own chain decides.
+        Assert.Equal(0.2, DeviceBound.Compute(Enumerable.Repeat((o, o, pf, 4), 4).ToList()), 9);
+        // Two PFs of 2 slots each: each PF carries 4 devices.
+        var two = Enumerable.Range(0, 8).Select(i => (o, o, (object)(i % 2 == 0 ? "a" : "b"), 2)).ToList();
+        Assert.Equal(4 * (0.2 - small) / 2, DeviceBound.Compute(two), 9);
+        // Free loads: nothing bounds the downtime.
+        var free = o with { LoadBytesPerSecond = 0 };
+        Assert.Equal(0, DeviceBound.Compute([(free, free, pf, 4)]));
+    }
+
+    [Fact]
+    public void Device_bound_counts_what_cannot_overlap_when_saving_is_slow()
+    {
+        // Saving at the load rate: record j cannot load before it was saved, and the loads from j on follow it, so the
+        // bound is the whole stream's time plus the largest record's load.
+        var rate = 320.0 * (1 << 20);
+        var o = new SimulatedDeviceOptions { SaveBytesPerSecond = rate };
+        var records = DeviceBound.Records(o.StateSize, o.RecordDataSize);
+        Assert.Equal(o.StateSize, records[^1].End);
+        Assert.Equal(o.StateSize, records.Sum(r => r.Size));
+        double expected = o.StateSize / rate + records.Max(r => r.Size) / rate;
+        Assert.Equal(expected, DeviceBound.Compute([(o, o, new object(), 4)]), 9);
+        // Saving twice as fast as loading: the chain from the first data record decides.
+        var fast = o with { SaveBytesPerSecond = 2 * rate };
+        double chain = records.Select((r, j) => r.End / (2 * rate) + records.Skip(j).Sum(x => x.Size) / rate).Max();
+        Assert.Equal(chain, DeviceBound.Compute([(fast, fast, new object(), 4)]), 9);
+        Assert.True(chain > o.StateSize / rate);
+    }
+
+    [Fact]
+    public void Device_bound_from_devices_is_null_unless_all_are_simulated()
+    {
+        var factory = new DeviceFactory(new SimulatedDeviceOptions { StateSize = 1 << 20 });
+        using var s = factory.Open("sim:a");
+        using var n = factory.Open("null:b");
+        Assert.Null(DeviceBound.Compute([s], [n]));
+        Assert.Equal(1000.0 * (1 << 20) / SimulatedDeviceOptions.DefaultLoadRate, DeviceBound.Compute([s], [s])!.Value, 6);
+    }
+
+    [Fact]
+    public void A_simulated_run_is_never_faster_than_its_device_bound()
+    {
+        var opts = TestDevices.Fast(1 << 20) with { LoadBytesPerSecond = 64 << 20, RecordDataSize = 128 << 10 };
+        var pf = new SimulatedPf("bound", 2);
+        var src = Enumerable.Range(0, 4).Select(i => new SimulatedDevice($"sim:vf{i}", opts)).ToArray();
+        var dst = Enumerable.Range(0, 4).Select(i => new SimulatedDevice($"sim:dst{i}", opts, pf)).ToArray();
+        var report = Loopback.Run(src, dst, TestDevices.Options(3, buffer: 64 << 10), cancel: TestContext.Current.CancellationToken);
+        Assert.True(report.Ok, report.Error);
+        Assert.NotNull(report.DeviceBoundMs);
+        // 4 x 1 MiB at 64 MiB/s over 2 slots: about 31 ms.
+        Assert.InRange(report.DeviceBoundMs!.Value, 30, 32);
+        Assert.True(report.DowntimeMs >= report.DeviceBoundMs, $"downtime {report.DowntimeMs} < bound {report.DeviceBoundMs}");
+        Assert.InRange(pf.PeakConcurrentLoads, 1, 2);
+        Assert.Contains("device bound", report.SummaryLines().Last());
+        Assert.Contains("\"device_bound_ms\"", report.ToJson());
+        TestDevices.AssertSameState(src, dst);
+    }
+
+    [Fact]
+    public void Pf_schedule_gives_each_load_a_slot_for_its_whole_time()
+    {
+        var pf = new SimulatedPf("p", 2);
+        Assert.Equal(110, pf.Reserve(100, 10));
+        Assert.Equal(115, pf.Reserve(105, 10)); // the second slot
+        Assert.Equal(120, pf.Reserve(100, 10)); // both busy: the first frees at 110
+        Assert.Equal(2, pf.PeakConcurrentLoads);
+        Assert.Equal(210, pf.Reserve(200, 10));
+    }
+
+    [Fact]
+    public void Trace_and_svg_options_write_a_perfetto_trace_and_a_picture()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"vfio-mig-tl-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string trace = Path.Combine(dir, "run.trace.json"), svg = Path.Combine(dir, "run.svg");
+            var (code, stdout, stderr) = Invoke($"loopback --sim 2 --channels 2 {Small} --trace {trace} --svg {svg}");
+            Assert.True(code == 0, stderr + stdout);
+            using var doc = JsonDocument.Parse(File.ReadAllText(trace));
+            var events = doc.RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
+            var names = events.Where(e => e.GetProperty("ph").GetString() == "M" && e.GetProperty("name").GetString() == "thread_name")
+                .Select(e => e.GetProperty("args").GetProperty("name").GetString()).ToList();
+            Assert.Contains("dst loader sim:vf0", names);
+            Assert.Contains("src save sim:vf1", names);
+            Assert.Contains("src channel 2 send", names);
+            Assert.Contains("dst channel 1 receive", names);
+            Assert.Contains("downtime", names);
+            var complete = events.Where(e => e.GetProperty("ph").GetString() == "X").ToList();
+            Assert.Contains(complete, e => e.GetProperty("name").GetString() == "downtime");
+            Assert.All(complete, e => Assert.True(e.GetProperty("dur").GetDouble() >= 0));
+            string picture = File.ReadAllText(svg);
+            Assert.StartsWith("<svg", picture);
+            Assert.Contains("downtime", picture);
+            Assert.Contains("time since the run started (ms)", picture);
+            Assert.Contains("dst loader sim:vf1", picture);
+            System.Xml.Linq.XDocument.Parse(picture); // well-formed, self-contained
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void Trace_of_send_and_receive_and_a_missing_directory_is_a_usage_error()
+    {
+        var (code, _, stderr) = Invoke($"loopback --sim 1 {Small} --svg /nonexistent-dir/x.svg");
+        Assert.Equal(2, code);
+        Assert.Contains("--svg", stderr);
+        (code, _, stderr) = Invoke($"send --to 127.0.0.1:1 --device sim:a {Small} --trace /nonexistent-dir/x.json");
+        Assert.Equal(2, code);
+        Assert.Contains("--trace", stderr);
+    }
+}
