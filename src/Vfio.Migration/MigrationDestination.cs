@@ -57,6 +57,7 @@ public sealed class MigrationDestination
         bool prepared = false;
         try
         {
+            Warmup.Prepare(); // while no source is connected yet: compile the data path outside the downtime
             (main, session, int channels) = AcceptMain(listener, ctl);
             ctl.Register(main);
             ctl.BeforeAbort = (msg, dev) => TrySendError(main, msg, dev);

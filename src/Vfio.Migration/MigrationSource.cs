@@ -97,6 +97,22 @@ public sealed class MigrationSource
             // Source digests are taken while the devices still run (they are outside the downtime).
             var digests = _devices.Select(d => d.StateDigest()).ToArray();
 
+            // The save threads exist before the downtime starts (starting a thread can take milliseconds on a busy
+            // machine); they wait for the devices to be stopped. The data path's code is compiled now, too.
+            Warmup.Prepare();
+            var go = new ManualResetEventSlim();
+            var savers = new List<Thread>();
+            for (int i = 0; i < _devices.Count; i++)
+            {
+                int dev = i;
+                savers.Add(ctl.Start($"src save {_devices[dev].Name}", () =>
+                {
+                    go.Wait(ctl.Token);
+                    SaveLoop(dev, digests[dev], main, scheduler, ctl);
+                }, _devices[dev].Name));
+            }
+            threads.AddRange(savers);
+
             // Quiesce: every P2P-capable device to RUNNING_P2P before any goes to STOP.
             long firstStop = MigrationClock.NowUs;
             stopped = true;
@@ -109,16 +125,10 @@ public sealed class MigrationSource
             SendSwitchover(main, firstStop);
             _log.LogInformation("switchover: {Devices} devices stopped", _devices.Count);
 
-            var savers = new List<Thread>();
-            for (int i = 0; i < _devices.Count; i++)
-            {
-                int dev = i;
-                savers.Add(ctl.Start($"src save {_devices[dev].Name}", () => SaveLoop(dev, digests[dev], main, scheduler, ctl), _devices[dev].Name));
-            }
+            go.Set();
             foreach (var t in savers) t.Join();
             scheduler.Complete();
             foreach (var t in senders) t.Join();
-            threads.AddRange(savers);
             threads.AddRange(senders);
             WaitHandle.WaitAny(new[] { _resultArrived.WaitHandle, ctl.Token.WaitHandle });
             ctl.ThrowIfFailed();
@@ -253,7 +263,10 @@ public sealed class MigrationSource
             long w1 = MigrationClock.NowUs;
             if (w1 - w0 > 20) track.Add(TraceKind.CreditWait, w0, w1, buffer: (int)index);
             var buf = _pool.Rent();
-            int n = Fill(stream, buf, token);
+            // The first buffers are small so that the destination device starts loading sooner (the first buffer
+            // crosses every stage of the pipeline alone); from the third on, full buffers.
+            int want = index switch { 0 => Math.Min(buf.Length, 64 << 10), 1 => Math.Min(buf.Length, 256 << 10), _ => buf.Length };
+            int n = Fill(stream, buf.AsSpan(0, want), token);
             long r1 = MigrationClock.NowUs;
             if (n == 0)
             {
@@ -298,12 +311,12 @@ public sealed class MigrationSource
         _log.LogDebug("{Device}: saved {Bytes} bytes in {Buffers} buffers", d.Name, bytes, index);
     }
 
-    private static int Fill(MigrationDataStream stream, byte[] buf, CancellationToken token)
+    private static int Fill(MigrationDataStream stream, Span<byte> buf, CancellationToken token)
     {
         int filled = 0;
         while (filled < buf.Length)
         {
-            var r = stream.Read(buf.AsSpan(filled));
+            var r = stream.Read(buf[filled..]);
             if (r.Status == DataReadStatus.EndOfStream) break;
             if (r.Status == DataReadStatus.NoDataForNow)
             {

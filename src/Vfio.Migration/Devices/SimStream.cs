@@ -56,25 +56,41 @@ public static class SimStream
         return z ^ (z >> 31);
     }
 
-    /// <summary>Fills dst with data bytes [offset, offset+dst.Length) of data record <paramref name="sequence"/>.</summary>
+    /// <summary>Words in a seed's pattern: a prime, so that buffers 1 MiB apart, or records, never line up with it.</summary>
+    public const int PatternWords = 65521;
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<ulong, byte[]> s_patterns = new();
+
+    /// <summary>
+    /// A seed's pattern, PatternWords pseudo-random words, stored twice in a row so that any window of up to
+    /// PatternWords x 8 bytes is contiguous. Made once per seed (about 0.5 MiB), shared by every device of that content.
+    /// </summary>
+    private static byte[] Pattern(ulong seed) => s_patterns.GetOrAdd(seed, sd =>
+    {
+        var p = new byte[2 * PatternWords * 8];
+        var w = MemoryMarshal.Cast<byte, ulong>(p.AsSpan());
+        for (int k = 0; k < PatternWords; k++)
+            w[k] = w[PatternWords + k] = BitConverter.IsLittleEndian ? Word(sd, -3, k) : BinaryPrimitives.ReverseEndianness(Word(sd, -3, k));
+        if (s_patterns.Count > 256) s_patterns.Clear(); // many contents in one process (tests): keep memory bounded
+        return p;
+    });
+
+    /// <summary>
+    /// Fills dst with data bytes [offset, offset+dst.Length) of data record <paramref name="sequence"/>: the seed's
+    /// pattern, rotated by an amount that depends on the record, so it costs a memory copy per byte (the simulated
+    /// device must be cheap beside the engine it is used to measure).
+    /// </summary>
     public static void FillData(ulong seed, int sequence, long offset, Span<byte> dst)
     {
-        int i = 0;
-        while (i < dst.Length && ((offset + i) & 7) != 0)
+        var pattern = Pattern(seed);
+        const long period = PatternWords * 8L;
+        long rotation = (long)((ulong)Word(seed, sequence, -1) % PatternWords) * 8;
+        long pos = (offset + rotation) % period;
+        while (!dst.IsEmpty)
         {
-            long o = offset + i;
-            dst[i++] = (byte)(Word(seed, sequence, o >> 3) >> (int)((o & 7) * 8));
-        }
-        int words = (dst.Length - i) / 8;
-        var w = MemoryMarshal.Cast<byte, ulong>(dst.Slice(i, words * 8));
-        long wi = (offset + i) >> 3;
-        for (int k = 0; k < w.Length; k++)
-            w[k] = BitConverter.IsLittleEndian ? Word(seed, sequence, wi + k) : BinaryPrimitives.ReverseEndianness(Word(seed, sequence, wi + k));
-        i += words * 8;
-        while (i < dst.Length)
-        {
-            long o = offset + i;
-            dst[i++] = (byte)(Word(seed, sequence, o >> 3) >> (int)((o & 7) * 8));
+            int n = (int)Math.Min(dst.Length, period);
+            pattern.AsSpan((int)pos, n).CopyTo(dst);
+            dst = dst[n..];
+            pos = (pos + n) % period;
         }
     }
 
@@ -113,8 +129,11 @@ public sealed class SimStreamGenerator
     private int _partLength;
     private long _partOffset;
     private uint _crc = 0xFFFF_FFFFu;
+    private readonly uint[]? _knownCrcs;
 
-    public SimStreamGenerator(ulong seed, long stateSize, int recordDataSize, long truncateBy = 0, int corruptRecord = -1)
+    /// <param name="knownCrcs">Each data record's CRC32C, when known (from an earlier pass over the same content): the
+    /// generator then only copies its pattern.</param>
+    public SimStreamGenerator(ulong seed, long stateSize, int recordDataSize, long truncateBy = 0, int corruptRecord = -1, uint[]? knownCrcs = null)
     {
         _seed = seed;
         _stateSize = stateSize;
@@ -122,6 +141,7 @@ public sealed class SimStreamGenerator
         (_records, _lastLength) = SimStream.Layout(stateSize, recordDataSize);
         _corruptRecord = corruptRecord;
         _limit = Math.Max(0, stateSize - truncateBy);
+        if (knownCrcs is not null && knownCrcs.Length == _records) _knownCrcs = knownCrcs;
         BeginRecordZero();
     }
 
@@ -173,7 +193,7 @@ public sealed class SimStreamGenerator
             if (_part == 1)
             {
                 SimStream.FillData(_seed, _record, _partOffset, d);
-                _crc = Crc32C.Append(_crc, d);
+                if (_knownCrcs is null) _crc = Crc32C.Append(_crc, d);
                 if (_record == _corruptRecord && _partOffset == 0 && n > 0)
                     d[0] ^= 0x5A; // after the CRC: the device must notice
             }
@@ -195,7 +215,7 @@ public sealed class SimStreamGenerator
         if (_part == 0) { _part = 1; _partLength = DataLength(_record); _partOffset = 0; return; }
         if (_part == 1)
         {
-            BinaryPrimitives.WriteUInt32LittleEndian(_small, ~_crc);
+            BinaryPrimitives.WriteUInt32LittleEndian(_small, _knownCrcs is null ? ~_crc : _knownCrcs[_record]);
             BinaryPrimitives.WriteUInt32LittleEndian(_small.AsSpan(4), SimStream.TrailerMagic);
             _part = 2; _partLength = 8; _partOffset = 0;
             return;
@@ -241,9 +261,12 @@ public sealed class SimStreamParser
     public ulong StreamHash => _hash.GetCurrentHashAsUInt64();
 
     /// <summary>Parses a whole generated stream (the source device's own digest).</summary>
-    public static ulong HashOf(SimStreamGenerator generator)
+    public static ulong HashOf(SimStreamGenerator generator) => HashAndCrcsOf(generator).Hash;
+
+    /// <summary>The stream's digest and each data record's CRC32C (which later generators of the same content reuse).</summary>
+    public static (ulong Hash, uint[] Crcs) HashAndCrcsOf(SimStreamGenerator generator)
     {
-        var parser = new SimStreamParser();
+        var parser = new SimStreamParser { _crcs = new List<uint>() };
         var buf = new byte[256 << 10];
         int n;
         while ((n = generator.Fill(buf)) > 0)
@@ -256,8 +279,10 @@ public sealed class SimStreamParser
                 span = span[k..];
             }
         }
-        return parser.StreamHash;
+        return (parser.StreamHash, parser._crcs.ToArray());
     }
+
+    private List<uint>? _crcs;
 
     /// <summary>Bytes that may be read before a record boundary (the device reads no further before loading).</summary>
     public long UntilBoundary => _phase == 0 ? SimStream.HeaderSize - _headerFill : _recordSize - _payloadOffset;
@@ -393,6 +418,7 @@ public sealed class SimStreamParser
                     throw new SimStreamException($"data record {_recordIndex - 2}: checksum mismatch (corrupt data)");
                 _hash.Append(_header.AsSpan(SimStream.HeaderSize, 16));
                 _hash.Append(_trailer);
+                _crcs?.Add(crc);
                 DataRecordsDone++;
                 break;
         }

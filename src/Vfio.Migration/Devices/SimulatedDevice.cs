@@ -94,7 +94,7 @@ public sealed record SimulatedDeviceOptions
 /// </summary>
 public sealed class SimulatedDevice : IMigrationDevice
 {
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(ulong Seed, long Size, int Record), ulong> s_hashCache = new();
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(ulong Seed, long Size, int Record), (ulong Hash, uint[] Crcs)> s_hashCache = new();
     private readonly object _lock = new();
     private readonly SimulatedDeviceOptions _options;
     private readonly SimulatedPf _pf;
@@ -120,6 +120,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         _ownSeed = SimStream.SeedOf(contentName);
         ResetContent();
         _config = OwnConfig(contentName);
+        StartWorker();
     }
 
     /// <summary>SO_SNDBUF of the engine's end of a resuming socketpair (the kernel doubles it): small enough that a write
@@ -184,7 +185,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         lock (_lock) { seed = _seed; size = _stateSize; rec = _recordData; hash = _streamHash; config = _config; }
         if (hash is null)
         {
-            hash = s_hashCache.GetOrAdd((seed, size, rec), k => SimStreamParser.HashOf(new SimStreamGenerator(k.Seed, k.Size, k.Record)));
+            hash = s_hashCache.GetOrAdd((seed, size, rec), k => SimStreamParser.HashAndCrcsOf(new SimStreamGenerator(k.Seed, k.Size, k.Record))).Hash;
             lock (_lock) if (_seed == seed && _stateSize == size) _streamHash = hash;
         }
         return SimStream.Digest(hash.Value, config);
@@ -277,6 +278,65 @@ public sealed class SimulatedDevice : IMigrationDevice
         Session? s;
         lock (_lock) { _disposed = true; s = _session; _session = null; }
         s?.Close();
+        lock (_workerLock)
+        {
+            _job = null;
+            if (_worker is not null) _jobReady.Release(); // a null job ends the worker
+            _worker = null;
+        }
+    }
+
+    // The device's own thread, which serves its sessions (it outlives them, so that entering STOP_COPY or RESUMING
+    // does not start a thread inside the downtime; it ends after a minute idle and is made again when needed).
+    private readonly object _workerLock = new();
+    private readonly SemaphoreSlim _jobReady = new(0);
+    private Thread? _worker;
+    private Action? _job;
+
+    private Thread RunOnWorker(Action job)
+    {
+        lock (_workerLock)
+        {
+            _job = job;
+            if (_worker is null)
+            {
+                _worker = new Thread(WorkerLoop) { IsBackground = true, Name = $"sim {Name}" };
+                _worker.Start();
+            }
+            _jobReady.Release();
+            return _worker;
+        }
+    }
+
+    private void StartWorker()
+    {
+        lock (_workerLock)
+        {
+            if (_worker is not null || _disposed) return;
+            _worker = new Thread(WorkerLoop) { IsBackground = true, Name = $"sim {Name}" };
+            _worker.Start();
+        }
+    }
+
+    private void WorkerLoop()
+    {
+        while (true)
+        {
+            if (!_jobReady.Wait(TimeSpan.FromMinutes(1)))
+            {
+                lock (_workerLock)
+                    if (_jobReady.CurrentCount == 0 && _job is null)
+                    {
+                        if (_worker == Thread.CurrentThread) _worker = null;
+                        return;
+                    }
+                continue;
+            }
+            Action? job;
+            lock (_workerLock) { job = _job; _job = null; }
+            if (job is null) return;
+            job();
+        }
     }
 
     public override string ToString() => Name;
@@ -289,6 +349,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         private readonly FileDescriptorHandle _engineHandle;
         private readonly CancellationTokenSource _cancel = new();
         private Thread? _thread;
+        private readonly ManualResetEventSlim _finished = new();
         private int _closed;
         private volatile string? _error;
         private bool _engineRef;
@@ -319,8 +380,7 @@ public sealed class SimulatedDevice : IMigrationDevice
             var (dev, eng) = Pair(d.Name);
             try { Native.SetSockOpt(dev, Native.SO_SNDBUF, 1 << 20); } catch (VfioException) { }
             var s = new Session(d, dev, eng);
-            s._thread = new Thread(s.SaveLoop) { IsBackground = true, Name = $"sim save {d.Name}" };
-            s._thread.Start();
+            s._thread = d.RunOnWorker(() => { try { s.SaveLoop(); } finally { s._finished.Set(); } });
             return s;
         }
 
@@ -330,16 +390,17 @@ public sealed class SimulatedDevice : IMigrationDevice
             Native.SetSockOpt(eng.Fd, Native.SO_SNDBUF, SimulatedDevice.LoadSocketBuffer);
             Native.SetSockOpt(dev, Native.SO_RCVBUF, 1);
             var s = new Session(d, dev, eng) { Parser = new SimStreamParser() };
-            s._thread = new Thread(s.LoadLoop) { IsBackground = true, Name = $"sim load {d.Name}" };
-            s._thread.Start();
+            s._thread = d.RunOnWorker(() => { try { s.LoadLoop(); } finally { s._finished.Set(); } });
             return s;
         }
 
         private void SaveLoop()
         {
             var o = _device._options;
-            var gen = new SimStreamGenerator(_device._seed, _device._stateSize, _device._recordData, o.TruncateStreamBy, o.CorruptRecord);
-            var buf = new byte[256 << 10];
+            // The digest pass (StateDigest, before the engine stops the device) knows every record's CRC: reuse them.
+            var crcs = s_hashCache.TryGetValue((_device._seed, _device._stateSize, _device._recordData), out var known) ? known.Crcs : null;
+            var gen = new SimStreamGenerator(_device._seed, _device._stateSize, _device._recordData, o.TruncateStreamBy, o.CorruptRecord, crcs);
+            var buf = new byte[1 << 20];
             double debt = 0;
             var start = MigrationClock.NowUs;
             long written = 0;
@@ -446,7 +507,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         public string? FinishLoad()
         {
             if (_engineRef) Native.Shutdown(_engineHandle.Fd, Native.SHUT_WR); // the device sees EOF after the last byte
-            _thread!.Join();
+            _finished.Wait();
             string? error = _error;
             if (error is null && !Parser!.Complete)
                 error = $"incomplete stream: {Parser.Progress}";
@@ -459,7 +520,7 @@ public sealed class SimulatedDevice : IMigrationDevice
             if (Interlocked.Exchange(ref _closed, 1) != 0) return;
             _cancel.Cancel();
             Native.Shutdown(_deviceFd, Native.SHUT_RDWR);
-            if (_thread is not null && Thread.CurrentThread != _thread) _thread.Join();
+            if (_thread is not null && Thread.CurrentThread != _thread) _finished.Wait();
             Libc.Close(_deviceFd);
             if (_engineRef)
             {
