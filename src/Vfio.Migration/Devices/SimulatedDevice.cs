@@ -80,9 +80,9 @@ public sealed record SimulatedDeviceOptions
 /// A device that behaves, as far as the engine can tell, like an mlx5 VF bound to mlx5_vfio_pci.
 /// <para>Its data fd is one end of an AF_UNIX socketpair served by a device thread, so the engine makes real
 /// read(2)/write(2) calls. Saving, the thread writes the generated stream into the socket. Resuming, the thread
-/// parses records and, when a record is complete, "loads" it: it takes a slot of the PF's shared command
-/// interface and stops reading until size/rate seconds (minus the time it already spent copying and checking
-/// the record) have passed. The engine's end has a small SO_SNDBUF (<see cref="LoadSocketBuffer"/>, 64 KiB,
+/// parses records and, when a record is complete, "loads" it: the load lasts size/rate seconds from when the
+/// record's first bytes came in (the device's own copying and checking included), holds a slot of the PF's shared
+/// command interface all that time (<see cref="SimulatedPf"/>), and the device reads nothing more until it ends. The engine's end has a small SO_SNDBUF (<see cref="LoadSocketBuffer"/>, 64 KiB,
 /// doubled by the kernel), so a write(2) that goes past the end of a record blocks until that record's load is
 /// over: the load happens inside the write that completes the record, as on mlx5, except when a record ends in
 /// the last ~128 KiB of a write (then the next write, or RESUMING->STOP for the last record, waits for it).
