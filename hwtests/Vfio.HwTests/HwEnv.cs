@@ -10,6 +10,7 @@ namespace Vfio.HwTests;
 /// Which devices the hardware tests may use, from the environment:
 ///   VFIO_MIG_SIM_DEVICES  space-separated mdev UUIDs of the vfio_mig_sim module (set by hwtests/guest/run-in-guest.sh)
 ///   VFIO_HW_DEVICES       space-separated PCI addresses of real migratable VFs (e.g. mlx5 VFs on mlx5_vfio_pci)
+/// The engine tests (EngineTests.cs) pair either list in order: 1st -> 2nd, 3rd -> 4th, ... (4 pairs need 8 devices).
 /// Without them, or without /dev/vfio, every test skips and says why. In the QEMU guest with simulated devices:
 ///   hwtests/guest/run-in-guest.sh --devices 3 -- $PWD/hwtests/Vfio.HwTests/bin/Debug/net10.0/Vfio.HwTests
 /// On a host with real VFs (as root): VFIO_HW_DEVICES="0000:af:00.2 0000:af:00.3" dotnet run --project hwtests/Vfio.HwTests
