@@ -83,6 +83,9 @@ mount -t devpts devpts $R/dev/pts 2>/dev/null
 mount -t tmpfs -o mode=1777 tmp $R/tmp
 mount -t tmpfs -o mode=0755 run $R/run
 mount --bind /results $R/results
+for p in ${KEEP_PATHS:-}; do
+    [ -d "/host$p" ] && mkdir -p "$R$p" && mount --bind "/host$p" "$R$p"
+done
 
 cat >$R/run/vfio-mig-sim.env <<EOF
 export VFIO_MIG_SIM_DEVICES="$UUIDS"
@@ -120,6 +123,7 @@ kill -TERM -1 2>/dev/null; sleep 1; kill -KILL -1 2>/dev/null; sleep 1
 # should removing a device block (something still holds it), give up after 120 s
 ( sleep 120; log "teardown stuck"; echo "unload-failed: teardown stuck (device still in use?)" >/results/guest-status
   sync; poweroff -f ) &
+for p in ${KEEP_PATHS:-}; do umount "$R$p" 2>/dev/null; done
 umount $R/results $R/run $R/tmp $R/dev/pts $R/dev/shm $R/dev $R/sys $R/proc 2>/dev/null
 for u in $UUIDS; do
     echo 1 >/sys/bus/mdev/devices/$u/remove || { [ $STATUS = ok ] && STATUS="unload-failed: removing $u"; }

@@ -22,7 +22,8 @@
 #   -q                  do not echo the guest console
 #
 # Inside the guest COMMAND runs as root, chrooted into the host's root (read-only), with
-# /proc /sys /dev, a tmpfs /tmp, HOME=/tmp/home, the working directory of the caller, and:
+# /proc /sys /dev, a tmpfs /tmp (with the repo, the working directory and the command's folder
+# bound back in where they live under /tmp or /run), HOME=/tmp/home, the caller's working directory, and:
 #   VFIO_MIG_SIM_DEVICES   "uuid1 uuid2 ..." of the created mdev devices
 #   VFIO_MIG_SIM_SYSFS     "/sys/bus/mdev/devices/uuid1 ..." (same order)
 #   VFIO_MIG_SIM_PARENT    sysfs path of the parent (simulated PF)
@@ -301,10 +302,11 @@ cp "$BUILD/mod/vfio_mig_sim.ko" "$IR/modules/"
 cp "$SELF_DIR/guest-init.sh" "$IR/init"; chmod +x "$IR/init"
 (cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) >"$BUILD/initramfs.cpio.gz"
 
-for p in "${CMD[0]:-}" "$PWD"; do
-    case "$p" in /tmp|/tmp/*|/run|/run/*)
-        say "warning: $p is on the host's /tmp or /run, which the guest replaces with an empty tmpfs" ;;
-    esac
+# The guest gets fresh /tmp and /run; host folders under them that the command needs (the repo,
+# the working directory, the command itself) are bound back in from the read-only host root.
+KEEP_PATHS=""
+for p in "$REPO" "$PWD" "$(dirname -- "${CMD[0]:-/}")"; do
+    case "$p" in /tmp/?*|/run/?*) case " $KEEP_PATHS " in *" $p "*) ;; *) KEEP_PATHS="$KEEP_PATHS $p" ;; esac ;; esac
 done
 
 # ------------------------------------------------------------------ results dir + command
@@ -315,6 +317,7 @@ rm -f "$RESULTS"/guest-{status,exit-code,stdout.txt,stderr.txt,dmesg.txt,dmesg-u
     echo "NDEV=$NDEV"
     printf 'MODULE_ARGS=%q\n' "$MODULE_ARGS"
     printf 'TYPE_NAME=%q\n' "$TYPE_NAME"
+    printf 'KEEP_PATHS=%q\n' "$KEEP_PATHS"
 } >"$RESULTS/.guest-conf"
 {
     echo '#!/bin/bash'
