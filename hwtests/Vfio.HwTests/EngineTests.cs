@@ -151,6 +151,9 @@ public class EngineTests
         {
             foreach (var d in sources.Concat(destinations)) d.Dispose();
         }
+        // The scenario happened as intended: the good destination had loaded its state when the run failed.
+        Assert.True(SimKnobs.ReadLong(list[0].Dst, "bytes_loaded") >= StateBytes,
+            $"{list[0].Dst} loaded {SimKnobs.Read(list[0].Dst, "bytes_loaded")} bytes: the run failed before its load, so this test did not cover a device failed mid-load");
         Assert.Equal(badDigest, SimKnobs.Read(badDst, "digest"));
         Assert.Equal(setup.SourceDigests[0], SimKnobs.Read(list[0].Src, "digest")); // a source is never changed by a run
 
