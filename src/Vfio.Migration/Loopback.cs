@@ -70,7 +70,8 @@ public static class Loopback
         {
             // Prefer the side that detected the problem over the side that was told about it.
             bool dstOwn = !destination.Ok && destination.Error is not null && !destination.Error.StartsWith("source: ", StringComparison.Ordinal)
-                && destination.Error is not ("aborted" or "cancelled") && !(source.Error?.StartsWith("connect to ", StringComparison.Ordinal) ?? false);
+                && destination.Error is not ("aborted" or "cancelled") && !(source.Error?.StartsWith("connect to ", StringComparison.Ordinal) ?? false)
+                && source.Error != "cancelled"; // a cancelled run is "cancelled", whatever the destination saw of the source's abort
             error = dstOwn ? destination.Error : source.Error ?? destination.Error;
             device = dstOwn ? destination.FailedDevice : source.FailedDevice ?? destination.FailedDevice;
         }

@@ -475,6 +475,16 @@ public sealed class MigrationDestination
     /// <summary>Sends credits as loaders free buffers (coalesced), and a heartbeat every second.</summary>
     private void MainSend(Connection main, RunControl ctl)
     {
+        try { MainSendLoop(main, ctl); }
+        catch (MigrationException) when (_allFinished.IsSet)
+        {
+            // Every device is done: the source may already have read the result and closed the main channel while a
+            // last credit or heartbeat was being sent. Nothing is lost (credits no longer matter).
+        }
+    }
+
+    private void MainSendLoop(Connection main, RunControl ctl)
+    {
         Span<byte> body = stackalloc byte[8];
         var handles = new WaitHandle[] { _creditSignal, ctl.Token.WaitHandle, _allFinished.WaitHandle };
         long lastCheck = MigrationClock.NowUs;
