@@ -75,7 +75,7 @@ public sealed class RunReport
         foreach (var d in Devices) yield return d.SummaryLine();
         if (Ok)
             yield return string.Create(CultureInfo.InvariantCulture,
-                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms{(DeviceBoundMs is double b ? $" (device bound {b:0} ms, x{BoundRatio:0.000})" : "")}, {ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
+                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms{(DeviceBoundMs is double b ? $" (device bound {b:0} ms{(BoundRatio is double r ? $", x{r:0.000}" : "")})" : "")}, {ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
         else
             yield return $"result FAILED{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: {Error}";
     }
