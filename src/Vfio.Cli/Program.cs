@@ -14,6 +14,7 @@ public static class Program
         foreach (var command in DeviceCommands.Create())
             root.Subcommands.Add(command);
         foreach (var command in MigrationCommands.Create()) root.Subcommands.Add(command);
+        root.Subcommands.Add(BenchCommand.Create());
         return root;
     }
 }

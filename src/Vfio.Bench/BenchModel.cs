@@ -1,0 +1,58 @@
+using Vfio.Migration;
+
+namespace Vfio.Bench;
+
+/// <summary>What kind of device a sweep migrates.</summary>
+public enum BenchDeviceKind
+{
+    /// <summary>Simulated mlx5-like VFs (sim:).</summary>
+    Simulated,
+    /// <summary>Devices with no cost and in-memory state (null:): the transport alone.</summary>
+    Null,
+    /// <summary>Real VFIO device pairs named on the command line.</summary>
+    Real,
+}
+
+/// <summary>One configuration of a sweep.</summary>
+public sealed record BenchScenario(string Section, int Devices, int Channels, LoadingMode Loading, long StateSize)
+{
+    public string ModeName => Loading == LoadingMode.Coupled ? "coupled" : "decoupled";
+}
+
+/// <summary>Per-device figures of the representative (median-downtime) run of a scenario.</summary>
+public sealed record BenchDevice(string Name, double WaitMs, double LoadMs, double TotalMs);
+
+/// <summary>The outcome of a scenario over its repeats.</summary>
+public sealed record BenchRow
+{
+    public required BenchScenario Scenario { get; init; }
+    public required int Runs { get; init; }
+    public required bool AllVerified { get; init; }
+    public string? Error { get; init; }
+    public double DowntimeMedianMs { get; init; }
+    public double DowntimeMinMs { get; init; }
+    public double? DeviceBoundMs { get; init; }
+    public double ThroughputMbps { get; init; }
+    public double MeanWaitMs { get; init; }
+    public double MeanLoadMs { get; init; }
+    public long? PeakRssBytes { get; init; }
+    public double? IperfMbps { get; init; }
+    public string? IperfWhy { get; init; }
+    public IReadOnlyList<BenchDevice> PerDevice { get; init; } = [];
+
+    /// <summary>Median downtime over the device bound: the engine's overhead as a factor (1.00 = none).</summary>
+    public double? BoundRatio => DeviceBoundMs is > 0 ? DowntimeMedianMs / DeviceBoundMs : null;
+
+    /// <summary>Our transport's throughput as a fraction of iperf3's with the same number of streams.</summary>
+    public double? IperfRatio => IperfMbps is > 0 ? ThroughputMbps / IperfMbps : null;
+}
+
+/// <summary>A pass/fail line for one of the targets the benchmark checks.</summary>
+public sealed record BenchTarget(string Name, bool Met, string Detail);
+
+public sealed record BenchResult(
+    BenchDeviceKind Kind,
+    IReadOnlyList<BenchRow> Rows,
+    IReadOnlyList<BenchTarget> Targets,
+    string Machine,
+    string Command);

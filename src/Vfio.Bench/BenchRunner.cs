@@ -1,0 +1,191 @@
+using System.Globalization;
+using Vfio;
+using Vfio.Migration;
+
+namespace Vfio.Bench;
+
+public sealed record BenchSettings
+{
+    public BenchDeviceKind Kind { get; init; } = BenchDeviceKind.Simulated;
+    public IReadOnlyList<int> DeviceCounts { get; init; } = [1, 2, 4, 8];
+    public IReadOnlyList<LoadingMode> Modes { get; init; } = [LoadingMode.Decoupled, LoadingMode.Coupled];
+    /// <summary>Channels for the device-count sweep (the seed thread's 6).</summary>
+    public int Channels { get; init; } = 6;
+    /// <summary>Channel counts for the channel sweep (at <see cref="ChannelSweepDevices"/> devices, decoupled); empty: no sweep.</summary>
+    public IReadOnlyList<int> ChannelSweep { get; init; } = [1, 2, 4, 6, 8];
+    public int ChannelSweepDevices { get; init; } = 4;
+    public int Repeat { get; init; } = 3;
+    public SimulatedDeviceOptions Sim { get; init; } = new();
+    public int PfConcurrency { get; init; } = SimulatedPf.DefaultConcurrentLoads;
+    public IReadOnlyList<(string Source, string Destination)> RealPairs { get; init; } = [];
+    /// <summary>Run the memory scenario: <see cref="MemoryDevices"/> devices of <see cref="MemoryStateSize"/> each.</summary>
+    public bool Memory { get; init; } = true;
+    public int MemoryDevices { get; init; } = 4;
+    public long MemoryStateSize { get; init; } = 1L << 30;
+    public long MemoryLimitBytes { get; init; } = 256L << 20;
+    public int IperfSeconds { get; init; } = 3;
+    public MigrationOptions Migration { get; init; } = new();
+    public double BoundTolerance { get; init; } = 0.05;
+    public double IperfFraction { get; init; } = 0.90;
+}
+
+/// <summary>Runs the sweeps a benchmark asks for, each scenario several times, and checks the targets.</summary>
+public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
+{
+    private readonly Dictionary<int, (double? Mbps, string? Why)> _iperf = new();
+
+    public BenchResult Run(string command)
+    {
+        var rows = new List<BenchRow>();
+        int available = settings.Kind == BenchDeviceKind.Real ? settings.RealPairs.Count : int.MaxValue;
+        foreach (int n in settings.DeviceCounts.Where(n => n <= available))
+            foreach (var mode in settings.Modes)
+                rows.Add(RunScenario(new BenchScenario("devices", n, settings.Channels, mode, settings.Sim.StateSize), settings.Repeat));
+
+        int sweepDevices = Math.Min(settings.ChannelSweepDevices, available);
+        foreach (int c in settings.ChannelSweep)
+            rows.Add(RunScenario(new BenchScenario("channels", sweepDevices, c, LoadingMode.Decoupled, settings.Sim.StateSize), settings.Repeat));
+
+        if (settings.Memory && settings.Kind != BenchDeviceKind.Real)
+            rows.Add(RunScenario(new BenchScenario("memory", settings.MemoryDevices, settings.Channels, LoadingMode.Decoupled, settings.MemoryStateSize), 1));
+
+        return new BenchResult(settings.Kind, rows, CheckTargets(rows), MachineDescription(), command);
+    }
+
+    private BenchRow RunScenario(BenchScenario scenario, int repeat)
+    {
+        var options = settings.Migration with { Channels = scenario.Channels, Loading = scenario.Loading };
+        var runs = new List<(RunReport Report, long? PeakRss)>();
+        for (int i = 0; i < repeat; i++)
+        {
+            PeakRss.Reset();
+            var report = RunOnce(scenario, options);
+            runs.Add((report, PeakRss.ReadBytes()));
+            if (!report.Ok) break;
+        }
+        var failed = runs.FirstOrDefault(r => !r.Report.Ok).Report;
+        var ok = runs.Where(r => r.Report.Ok).OrderBy(r => r.Report.DowntimeMs).ToList();
+        var median = ok.Count > 0 ? ok[ok.Count / 2].Report : null;
+        (double? iperf, string? why) = settings.Kind == BenchDeviceKind.Null ? Iperf(scenario.Channels) : (null, null);
+        var row = new BenchRow
+        {
+            Scenario = scenario,
+            Runs = runs.Count,
+            AllVerified = failed is null && runs.All(r => r.Report.Devices.All(d => d.Verified)),
+            Error = failed?.Error,
+            DowntimeMedianMs = median?.DowntimeMs ?? 0,
+            DowntimeMinMs = ok.Count > 0 ? ok[0].Report.DowntimeMs : 0,
+            DeviceBoundMs = median?.DeviceBoundMs,
+            ThroughputMbps = median?.ThroughputMbps ?? 0,
+            MeanWaitMs = median is null ? 0 : median.Devices.Average(d => d.WaitUs) / 1000.0,
+            MeanLoadMs = median is null ? 0 : median.Devices.Average(d => d.LoadUs) / 1000.0,
+            PeakRssBytes = runs.Max(r => r.PeakRss),
+            IperfMbps = iperf,
+            IperfWhy = why,
+            PerDevice = median?.Devices.Select(d => new BenchDevice(d.Name, d.WaitUs / 1000.0, d.LoadUs / 1000.0, d.TotalUs / 1000.0)).ToList() ?? [],
+        };
+        progress.WriteLine(Describe(row));
+        progress.Flush();
+        return row;
+    }
+
+    private RunReport RunOnce(BenchScenario scenario, MigrationOptions options)
+    {
+        var sources = new List<IMigrationDevice>();
+        var destinations = new List<IMigrationDevice>();
+        try
+        {
+            var sim = settings.Sim with { StateSize = scenario.StateSize };
+            var srcFactory = new DeviceFactory(sim, new SimulatedPf("bench-src-pf", settings.PfConcurrency));
+            var dstFactory = new DeviceFactory(sim, new SimulatedPf("bench-dst-pf", settings.PfConcurrency));
+            for (int i = 0; i < scenario.Devices; i++)
+            {
+                (string src, string dst) = settings.Kind switch
+                {
+                    BenchDeviceKind.Simulated => ($"sim:vf{i}", $"sim:vf{i}"),
+                    BenchDeviceKind.Null => ($"null:vf{i}", $"null:vf{i}"),
+                    _ => settings.RealPairs[i],
+                };
+                sources.Add(srcFactory.Open(src));
+                destinations.Add(dstFactory.Open(dst));
+            }
+            var report = Loopback.Run(sources, destinations, options);
+            // Real devices are reused by the next run: the source must be running again (a successful run leaves it stopped).
+            if (settings.Kind == BenchDeviceKind.Real)
+                foreach (var s in sources)
+                    if (s.GetState() != MigrationState.Running) s.SetState(MigrationState.Running)?.Dispose();
+            return report;
+        }
+        finally
+        {
+            foreach (var d in sources.Concat(destinations)) d.Dispose();
+        }
+    }
+
+    private (double? Mbps, string? Why) Iperf(int streams)
+    {
+        if (!_iperf.TryGetValue(streams, out var result))
+        {
+            result = Iperf3Baseline.Measure(streams, settings.IperfSeconds);
+            _iperf[streams] = result;
+        }
+        return result;
+    }
+
+    private IReadOnlyList<BenchTarget> CheckTargets(IReadOnlyList<BenchRow> rows)
+    {
+        var targets = new List<BenchTarget>();
+        foreach (var row in rows.Where(r => r.Scenario.Section == "devices" && r.Scenario.Loading == LoadingMode.Decoupled))
+        {
+            if (settings.Kind == BenchDeviceKind.Simulated)
+            {
+                bool met = row.AllVerified && row.BoundRatio is double ratio && ratio <= 1 + settings.BoundTolerance;
+                targets.Add(new BenchTarget($"downtime within {settings.BoundTolerance:P0} of the device bound, {row.Scenario.Devices} devices", met,
+                    Inv($"downtime {row.DowntimeMedianMs:0.0} ms, bound {row.DeviceBoundMs:0.0} ms, ratio {row.BoundRatio:0.000}")));
+            }
+        }
+        if (settings.Kind == BenchDeviceKind.Null)
+        {
+            foreach (var row in rows.Where(r => r.Scenario.Section != "memory"))
+            {
+                bool met = row.AllVerified && row.IperfRatio is double ratio && ratio >= settings.IperfFraction;
+                targets.Add(new BenchTarget($"transport at least {settings.IperfFraction:P0} of iperf3, {row.Scenario.Channels} streams, {row.Scenario.Devices} devices", met,
+                    row.IperfMbps is null ? $"iperf3 not measured: {row.IperfWhy}" : Inv($"{row.ThroughputMbps:0} vs {row.IperfMbps:0} Mbit/s, ratio {row.IperfRatio:0.000}")));
+            }
+        }
+        foreach (var row in rows.Where(r => r.Scenario.Section == "memory"))
+        {
+            bool met = row.AllVerified && row.PeakRssBytes is long peak && peak < settings.MemoryLimitBytes;
+            targets.Add(new BenchTarget($"peak RSS under {settings.MemoryLimitBytes >> 20} MiB, {row.Scenario.Devices} devices of {Size(row.Scenario.StateSize)}", met,
+                row.PeakRssBytes is long p ? Inv($"peak RSS {p / 1048576.0:0.0} MiB, {(row.AllVerified ? "verified" : "NOT verified")}") : "peak RSS unknown (no /proc)"));
+        }
+        return targets;
+    }
+
+    internal static string Describe(BenchRow row)
+    {
+        var s = row.Scenario;
+        string text = Inv($"{s.Section,-8} {s.Devices} dev x {Size(s.StateSize)}, {s.Channels} ch, {s.ModeName,-9}: downtime {row.DowntimeMedianMs:0.0} ms (min {row.DowntimeMinMs:0.0}), {row.ThroughputMbps:0} Mbit/s");
+        if (row.DeviceBoundMs is double bound) text += Inv($", bound {bound:0.0} ms (x{row.BoundRatio:0.000})");
+        if (row.IperfMbps is double iperf) text += Inv($", iperf3 {iperf:0} Mbit/s (x{row.IperfRatio:0.000})");
+        if (row.PeakRssBytes is long rss) text += Inv($", peak RSS {rss / 1048576.0:0} MiB");
+        if (!row.AllVerified) text += $", FAILED: {row.Error ?? "not verified"}";
+        return text;
+    }
+
+    internal static string Size(long bytes) =>
+        bytes >= 1L << 30 && bytes % (1L << 30) == 0 ? $"{bytes >> 30}GiB"
+        : bytes >= 1L << 20 && bytes % (1L << 20) == 0 ? $"{bytes >> 20}MiB"
+        : bytes >= 1L << 10 && bytes % (1L << 10) == 0 ? $"{bytes >> 10}KiB"
+        : $"{bytes}B";
+
+    private static string MachineDescription()
+    {
+        string cpu = "unknown CPU";
+        try { cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? cpu; }
+        catch (IOException) { }
+        return $"{Environment.ProcessorCount} CPUs ({cpu}), {Environment.OSVersion.VersionString}, .NET {Environment.Version}";
+    }
+
+    private static string Inv(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+}

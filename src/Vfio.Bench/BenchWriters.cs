@@ -1,0 +1,180 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Vfio.Migration;
+using Vfio.Reports;
+
+namespace Vfio.Bench;
+
+/// <summary>Writes a benchmark's results as Markdown, CSV, JSON and SVG charts.</summary>
+public static class BenchWriters
+{
+    private static readonly string[] CsvColumns =
+    [
+        "section", "device_kind", "devices", "state_bytes", "channels", "mode", "runs", "verified", "downtime_ms", "downtime_min_ms",
+        "device_bound_ms", "bound_ratio", "throughput_mbps", "iperf3_mbps", "iperf3_ratio", "mean_wait_ms", "mean_load_ms", "peak_rss_mib", "error",
+    ];
+
+    public static string Csv(BenchResult result)
+    {
+        var csv = new StringBuilder();
+        csv.AppendLine(string.Join(',', CsvColumns));
+        foreach (var r in result.Rows)
+        {
+            var s = r.Scenario;
+            csv.AppendLine(string.Join(',',
+                s.Section, Kind(result.Kind), N(s.Devices), N(s.StateSize), N(s.Channels), s.ModeName, N(r.Runs), r.AllVerified ? "true" : "false",
+                F(r.DowntimeMedianMs), F(r.DowntimeMinMs), F(r.DeviceBoundMs), F(r.BoundRatio, "0.0000"), F(r.ThroughputMbps), F(r.IperfMbps),
+                F(r.IperfRatio, "0.0000"), F(r.MeanWaitMs), F(r.MeanLoadMs), F(r.PeakRssBytes / 1048576.0), CsvText(r.Error)));
+        }
+        return csv.ToString();
+    }
+
+    public static string Markdown(BenchResult result)
+    {
+        var md = new StringBuilder();
+        md.AppendLine($"# vfio-mig bench: {Kind(result.Kind)} devices");
+        md.AppendLine();
+        md.AppendLine($"`{result.Command}` on {result.Machine}.");
+        md.AppendLine("Downtime is the median over the runs of a scenario (min in brackets); per-device figures are from the median run.");
+        foreach (var section in result.Rows.GroupBy(r => r.Scenario.Section))
+        {
+            md.AppendLine();
+            md.AppendLine($"## {SectionTitle(section.Key)}");
+            md.AppendLine();
+            md.AppendLine("| devices | state | channels | loading | downtime ms | device bound ms | ratio | Mbit/s | iperf3 Mbit/s | vs iperf3 | mean wait ms | mean load ms | peak RSS MiB | verified |");
+            md.AppendLine("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+            foreach (var r in section)
+            {
+                var s = r.Scenario;
+                md.AppendLine(Inv($"| {s.Devices} | {BenchRunner.Size(s.StateSize)} | {s.Channels} | {s.ModeName} | {r.DowntimeMedianMs:0.0} ({r.DowntimeMinMs:0.0}) | {F(r.DeviceBoundMs)} | {F(r.BoundRatio, "0.000")} | {r.ThroughputMbps:0} | {F(r.IperfMbps, "0")} | {F(r.IperfRatio, "0.000")} | {r.MeanWaitMs:0.0} | {r.MeanLoadMs:0.0} | {F(r.PeakRssBytes / 1048576.0, "0")} | {(r.AllVerified ? "yes" : "NO: " + r.Error)} |"));
+            }
+        }
+        var seed = result.Rows.Where(r => r.Scenario.Section == "devices" && r.Scenario.Devices == 4).ToList();
+        if (seed.Count > 0)
+        {
+            md.AppendLine();
+            md.AppendLine("## Per device, 4 devices (the seed thread's scenario)");
+            foreach (var r in seed)
+            {
+                md.AppendLine();
+                md.AppendLine(Inv($"{r.Scenario.ModeName}, {r.Scenario.Channels} channels, downtime {r.DowntimeMedianMs:0.0} ms:"));
+                md.AppendLine();
+                foreach (var d in r.PerDevice)
+                    md.AppendLine(Inv($"    {d.Name} total loading time {d.TotalMs:0} ms, wait {d.WaitMs:0} ms load {d.LoadMs:0} ms"));
+            }
+        }
+        if (result.Targets.Count > 0)
+        {
+            md.AppendLine();
+            md.AppendLine("## Targets");
+            md.AppendLine();
+            foreach (var t in result.Targets)
+                md.AppendLine($"- {(t.Met ? "met" : "**NOT met**")}: {t.Name} ({t.Detail})");
+        }
+        return md.ToString();
+    }
+
+    public static void Json(BenchResult result, Stream output)
+    {
+        using var j = new Utf8JsonWriter(output, new JsonWriterOptions { Indented = true });
+        j.WriteStartObject();
+        j.WriteString("device_kind", Kind(result.Kind));
+        j.WriteString("machine", result.Machine);
+        j.WriteString("command", result.Command);
+        j.WriteStartArray("rows");
+        foreach (var r in result.Rows)
+        {
+            var s = r.Scenario;
+            j.WriteStartObject();
+            j.WriteString("section", s.Section);
+            j.WriteNumber("devices", s.Devices);
+            j.WriteNumber("state_bytes", s.StateSize);
+            j.WriteNumber("channels", s.Channels);
+            j.WriteString("mode", s.ModeName);
+            j.WriteNumber("runs", r.Runs);
+            j.WriteBoolean("verified", r.AllVerified);
+            if (r.Error is not null) j.WriteString("error", r.Error);
+            j.WriteNumber("downtime_ms", Math.Round(r.DowntimeMedianMs, 3));
+            j.WriteNumber("downtime_min_ms", Math.Round(r.DowntimeMinMs, 3));
+            if (r.DeviceBoundMs is double bound) j.WriteNumber("device_bound_ms", Math.Round(bound, 3));
+            j.WriteNumber("throughput_mbps", Math.Round(r.ThroughputMbps, 1));
+            if (r.IperfMbps is double iperf) j.WriteNumber("iperf3_mbps", Math.Round(iperf, 1));
+            if (r.IperfWhy is not null) j.WriteString("iperf3_error", r.IperfWhy);
+            j.WriteNumber("mean_wait_ms", Math.Round(r.MeanWaitMs, 3));
+            j.WriteNumber("mean_load_ms", Math.Round(r.MeanLoadMs, 3));
+            if (r.PeakRssBytes is long rss) j.WriteNumber("peak_rss_bytes", rss);
+            j.WriteStartArray("per_device");
+            foreach (var d in r.PerDevice)
+            {
+                j.WriteStartObject();
+                j.WriteString("name", d.Name);
+                j.WriteNumber("wait_ms", Math.Round(d.WaitMs, 3));
+                j.WriteNumber("load_ms", Math.Round(d.LoadMs, 3));
+                j.WriteNumber("total_ms", Math.Round(d.TotalMs, 3));
+                j.WriteEndObject();
+            }
+            j.WriteEndArray();
+            j.WriteEndObject();
+        }
+        j.WriteEndArray();
+        j.WriteStartArray("targets");
+        foreach (var t in result.Targets)
+        {
+            j.WriteStartObject();
+            j.WriteString("name", t.Name);
+            j.WriteBoolean("met", t.Met);
+            j.WriteString("detail", t.Detail);
+            j.WriteEndObject();
+        }
+        j.WriteEndArray();
+        j.WriteEndObject();
+    }
+
+    /// <summary>
+    /// The chart: downtime by device count for each loading mode, with the device bound beside it for simulated
+    /// devices; for null devices, throughput by channel count beside iperf3's.
+    /// </summary>
+    public static string Chart(BenchResult result)
+    {
+        if (result.Kind == BenchDeviceKind.Null)
+        {
+            var groups = result.Rows.Where(r => r.Scenario.Section == "channels")
+                .Select(r => new BarGroup($"{r.Scenario.Channels} ch", Bars(("vfio-mig", r.ThroughputMbps), ("iperf3", r.IperfMbps)))).ToList();
+            return SvgBarChart.Render("Transport alone (null devices) vs iperf3, loopback", "Mbit/s", "TCP streams (data channels)", groups);
+        }
+        var byDevices = result.Rows.Where(r => r.Scenario.Section == "devices").GroupBy(r => r.Scenario.Devices)
+            .Select(g => new BarGroup($"{g.Key} dev",
+                Bars(g.Select(r => (r.Scenario.ModeName, (double?)r.DowntimeMedianMs))
+                    .Append(("device bound", g.Select(r => r.DeviceBoundMs).FirstOrDefault(b => b is not null))).ToArray()))).ToList();
+        return SvgBarChart.Render($"Downtime by device count ({Kind(result.Kind)} devices)", "downtime (ms)", "devices migrated at once", byDevices);
+    }
+
+    private static IReadOnlyList<(string, double)> Bars(params (string Series, double? Value)[] bars) =>
+        bars.Where(b => b.Value is not null).Select(b => (b.Series, b.Value!.Value)).ToList();
+
+    private static string SectionTitle(string section) => section switch
+    {
+        "devices" => "Downtime by device count and loading mode",
+        "channels" => "By channel count (decoupled)",
+        "memory" => "Memory: large states",
+        _ => section,
+    };
+
+    private static string Kind(BenchDeviceKind kind) => kind switch
+    {
+        BenchDeviceKind.Simulated => "simulated",
+        BenchDeviceKind.Null => "null",
+        _ => "real",
+    };
+
+    private static string N(long value) => value.ToString(CultureInfo.InvariantCulture);
+
+    private static string F(double? value, string format = "0.###") =>
+        value is double v ? v.ToString(format, CultureInfo.InvariantCulture) : "";
+
+    private static string CsvText(string? text) =>
+        text is null ? "" : "\"" + text.Replace("\"", "\"\"") + "\"";
+
+    private static string Inv(FormattableString text) => text.ToString(CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,137 @@
+using System.CommandLine;
+using System.Globalization;
+using Vfio.Bench;
+using Vfio.Migration;
+using UsageException = Vfio.Cli.MigrationCommands.UsageException;
+
+namespace Vfio.Cli;
+
+/// <summary>`bench`: sweeps device counts, loading modes and channel counts, and checks the performance targets.</summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var devices = new Option<string>("--devices") { Description = "Device counts to sweep, e.g. 1,2,4,8", DefaultValueFactory = _ => "1,2,4,8" };
+        var loading = new Option<string>("--loading") { Description = "Loading modes to compare: decoupled,coupled", DefaultValueFactory = _ => "decoupled,coupled" };
+        var channels = new Option<int>("--channels") { Description = "Data channels for the device-count sweep", DefaultValueFactory = _ => 6 };
+        var channelSweep = new Option<string>("--channel-sweep") { Description = "Channel counts to sweep at 4 devices (decoupled), or 'none'", DefaultValueFactory = _ => "1,2,4,6,8" };
+        var repeat = new Option<int>("--repeat") { Description = "Runs per scenario (the median is reported)", DefaultValueFactory = _ => 3 };
+        var stateSize = new Option<string>("--state-size") { Description = "State per device, e.g. 64MiB", DefaultValueFactory = _ => "64MiB" };
+        var loadRate = new Option<string>("--sim-load-rate") { Description = "Simulated devices: load rate per second", DefaultValueFactory = _ => "320MiB" };
+        var pf = new Option<int>("--sim-pf-concurrency") { Description = "Simulated devices: concurrent loads per PF", DefaultValueFactory = _ => SimulatedPf.DefaultConcurrentLoads };
+        var nullDevices = new Option<bool>("--null") { Description = "Devices with no cost and in-memory state: measure the transport alone, against iperf3" };
+        var pairs = new Option<string[]>("--device") { Description = "Real device pairs SRC=DST to benchmark instead of simulated devices (repeat)" };
+        var skipMemory = new Option<bool>("--skip-memory") { Description = "Skip the memory scenario (4 devices of 1 GiB)" };
+        var memorySize = new Option<string>("--memory-state-size") { Description = "State per device in the memory scenario", DefaultValueFactory = _ => "1GiB" };
+        var iperfSeconds = new Option<int>("--iperf-seconds") { Description = "Whole seconds of each iperf3 baseline run", DefaultValueFactory = _ => 3 };
+        var bufferSize = new Option<string>("--buffer-size") { Description = "Bytes per data buffer", DefaultValueFactory = _ => "1MiB" };
+        var window = new Option<int>("--window") { Description = "Buffers per device in flight (credits)", DefaultValueFactory = _ => MigrationOptions.DefaultWindow };
+        var output = new Option<string>("--out") { Description = "Folder for bench.md, bench.csv and bench.svg", DefaultValueFactory = _ => "bench-results" };
+        var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file" };
+
+        var command = new Command("bench", "Benchmark migrations: device counts 1,2,4,8, decoupled vs coupled loading, channel counts; writes Markdown, CSV, a chart and JSON");
+        foreach (var o in new Option[] { devices, loading, channels, channelSweep, repeat, stateSize, loadRate, pf, nullDevices, pairs, skipMemory, memorySize, iperfSeconds, bufferSize, window, output, json })
+            command.Options.Add(o);
+
+        command.SetAction(r =>
+        {
+            var stdout = r.InvocationConfiguration.Output;
+            var stderr = r.InvocationConfiguration.Error;
+            try
+            {
+                var realPairs = (r.GetValue(pairs) ?? []).Select(ParsePair).ToList();
+                bool isNull = r.GetValue(nullDevices);
+                if (isNull && realPairs.Count > 0) throw new UsageException("give either --null or --device pairs, not both");
+                long buffer = Sizes.Parse(r.GetValue(bufferSize)!, "--buffer-size");
+                var migration = new MigrationOptions
+                {
+                    BufferSize = buffer > int.MaxValue ? int.MaxValue : (int)buffer,
+                    Window = r.GetValue(window),
+                    Channels = r.GetValue(channels),
+                };
+                try { migration.Validate(); }
+                catch (ArgumentException e) { throw new UsageException(e.Message); }
+                var settings = new BenchSettings
+                {
+                    Kind = isNull ? BenchDeviceKind.Null : realPairs.Count > 0 ? BenchDeviceKind.Real : BenchDeviceKind.Simulated,
+                    DeviceCounts = ParseList(r.GetValue(devices)!, "--devices", 1, Protocol.MaxDevices),
+                    Modes = ParseModes(r.GetValue(loading)!),
+                    Channels = migration.Channels,
+                    ChannelSweep = r.GetValue(channelSweep) is "none" or "" ? [] : ParseList(r.GetValue(channelSweep)!, "--channel-sweep", 1, Protocol.MaxChannels),
+                    Repeat = Positive(r.GetValue(repeat), "--repeat"),
+                    Sim = new SimulatedDeviceOptions
+                    {
+                        StateSize = Sizes.Parse(r.GetValue(stateSize)!, "--state-size"),
+                        LoadBytesPerSecond = Sizes.Parse(r.GetValue(loadRate)!, "--sim-load-rate", rate: true),
+                    },
+                    PfConcurrency = Positive(r.GetValue(pf), "--sim-pf-concurrency"),
+                    RealPairs = realPairs,
+                    Memory = !r.GetValue(skipMemory),
+                    MemoryStateSize = Sizes.Parse(r.GetValue(memorySize)!, "--memory-state-size"),
+                    IperfSeconds = r.GetValue(iperfSeconds) is >= 1 and <= 600 ? r.GetValue(iperfSeconds) : throw new UsageException("--iperf-seconds must be a whole number from 1 to 600"),
+                    Migration = migration,
+                };
+                string dir = r.GetValue(output)!;
+                Directory.CreateDirectory(dir);
+
+                var result = new BenchRunner(settings, stdout).Run("vfio-mig " + string.Join(' ', r.Tokens.Select(t => t.Value)));
+                File.WriteAllText(Path.Combine(dir, "bench.md"), BenchWriters.Markdown(result));
+                File.WriteAllText(Path.Combine(dir, "bench.csv"), BenchWriters.Csv(result));
+                File.WriteAllText(Path.Combine(dir, "bench.svg"), BenchWriters.Chart(result));
+                if (r.GetValue(json) is string jsonPath)
+                {
+                    using var f = File.Create(jsonPath);
+                    BenchWriters.Json(result, f);
+                }
+                foreach (var t in result.Targets)
+                    stdout.WriteLine($"target {(t.Met ? "met" : "NOT met")}: {t.Name} ({t.Detail})");
+                stdout.WriteLine($"wrote {Path.Combine(dir, "bench.md")}, bench.csv, bench.svg{(r.GetValue(json) is string p ? ", " + p : "")}");
+                bool allVerified = result.Rows.All(row => row.AllVerified);
+                if (!allVerified) stderr.WriteLine("vfio-mig: some benchmark runs failed: see the table");
+                return allVerified ? 0 : 1;
+            }
+            catch (UsageException e)
+            {
+                stderr.WriteLine($"vfio-mig: {e.Message}");
+                return 2;
+            }
+            catch (Exception e) when (e is MigrationException or IOException or UnauthorizedAccessException or VfioException)
+            {
+                stderr.WriteLine($"vfio-mig: {e.Message}");
+                return 1;
+            }
+        });
+        return command;
+    }
+
+    internal static IReadOnlyList<int> ParseList(string text, string option, int min, int max)
+    {
+        var values = new List<int>();
+        foreach (var part in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            if (!int.TryParse(part, NumberStyles.None, CultureInfo.InvariantCulture, out int v) || v < min || v > max)
+                throw new UsageException($"{option}: '{part}' is not a whole number from {min} to {max}");
+            if (!values.Contains(v)) values.Add(v);
+        }
+        if (values.Count == 0) throw new UsageException($"{option}: give at least one number, e.g. 1,2,4");
+        return values;
+    }
+
+    private static IReadOnlyList<LoadingMode> ParseModes(string text) =>
+        text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Distinct().Select(m => m switch
+        {
+            "decoupled" => LoadingMode.Decoupled,
+            "coupled" => LoadingMode.Coupled,
+            _ => throw new UsageException($"--loading: '{m}' is neither decoupled nor coupled"),
+        }).ToList() is { Count: > 0 } modes ? modes : throw new UsageException("--loading: give decoupled, coupled or both");
+
+    private static (string, string) ParsePair(string pair)
+    {
+        int eq = pair.IndexOf('=');
+        if (eq <= 0 || eq == pair.Length - 1) throw new UsageException($"--device for bench takes SRC=DST pairs, not '{pair}'");
+        return (pair[..eq], pair[(eq + 1)..]);
+    }
+
+    private static int Positive(int value, string option) =>
+        value >= 1 ? value : throw new UsageException($"{option} must be at least 1");
+}

@@ -1,0 +1,107 @@
+using System.Text.Json;
+using System.Xml.Linq;
+using Vfio.Bench;
+using Vfio.Cli;
+using Vfio.Migration;
+
+namespace Vfio.Tests.Bench;
+
+public class BenchTests
+{
+    [Fact]
+    public void Iperf3JsonGivesTheReceivedRate()
+    {
+        const string json = """{"start":{},"end":{"sum_sent":{"bits_per_second":2.5e10},"sum_received":{"bits_per_second":2.4e10}}}""";
+        var (mbps, why) = Iperf3Baseline.Parse(json);
+        Assert.Null(why);
+        Assert.Equal(24000, mbps!.Value, 6);
+    }
+
+    [Fact]
+    public void Iperf3ErrorsAreReportedNotThrown()
+    {
+        Assert.Equal("iperf3: unable to connect to server", Iperf3Baseline.Parse("""{"error":"unable to connect to server"}""").Why);
+        Assert.StartsWith("iperf3 printed no usable JSON", Iperf3Baseline.Parse("not json").Why);
+    }
+
+    [Fact]
+    public void PeakRssIsReadFromProc()
+    {
+        PeakRss.Reset();
+        long before = PeakRss.ReadBytes()!.Value;
+        var block = new byte[64 << 20];
+        Array.Fill(block, (byte)1); // touch every page
+        long after = PeakRss.ReadBytes()!.Value;
+        GC.KeepAlive(block);
+        Assert.True(after >= before + (60L << 20), $"peak RSS {before} -> {after} after touching 64 MiB");
+    }
+
+    private static BenchResult Sample() => new(BenchDeviceKind.Simulated,
+        [
+            new BenchRow
+            {
+                Scenario = new BenchScenario("devices", 4, 6, LoadingMode.Decoupled, 64 << 20), Runs = 3, AllVerified = true,
+                DowntimeMedianMs = 210, DowntimeMinMs = 205, DeviceBoundMs = 200, ThroughputMbps = 9000, MeanWaitMs = 5, MeanLoadMs = 200,
+                PeakRssBytes = 90 << 20, PerDevice = [new BenchDevice("sim:vf0", 5, 200, 206)],
+            },
+            new BenchRow
+            {
+                Scenario = new BenchScenario("devices", 4, 6, LoadingMode.Coupled, 64 << 20), Runs = 3, AllVerified = false, Error = "boom, \"quoted\"",
+                DowntimeMedianMs = 400, DowntimeMinMs = 390, DeviceBoundMs = 200, ThroughputMbps = 5000,
+            },
+        ],
+        [new BenchTarget("downtime within 5% of the device bound, 4 devices", false, "ratio 1.050")],
+        "test machine", "vfio-mig bench");
+
+    [Fact]
+    public void CsvHasOneLinePerRowWithEveryColumnAndQuotedErrors()
+    {
+        var lines = BenchWriters.Csv(Sample()).TrimEnd().Split('\n');
+        Assert.Equal(3, lines.Length);
+        int columns = lines[0].Split(',').Length;
+        Assert.Equal(columns, lines[1].Split(',').Length);
+        Assert.Contains("devices,simulated,4,67108864,6,decoupled,3,true,210,205,200,1.0500,9000", lines[1]);
+        Assert.EndsWith("\"boom, \"\"quoted\"\"\"", lines[2]);
+    }
+
+    [Fact]
+    public void MarkdownShowsTheTablePerDeviceFiguresAndTargets()
+    {
+        string md = BenchWriters.Markdown(Sample());
+        Assert.Contains("| 4 | 64MiB | 6 | decoupled | 210.0 (205.0) | 200 | 1.050 | 9000 |", md);
+        Assert.Contains("sim:vf0 total loading time 206 ms, wait 5 ms load 200 ms", md);
+        Assert.Contains("**NOT met**: downtime within 5% of the device bound, 4 devices", md);
+    }
+
+    [Fact]
+    public void JsonAndChartAreWellFormed()
+    {
+        using var ms = new MemoryStream();
+        BenchWriters.Json(Sample(), ms);
+        using var doc = JsonDocument.Parse(ms.ToArray());
+        var rows = doc.RootElement.GetProperty("rows");
+        Assert.Equal(2, rows.GetArrayLength());
+        Assert.Equal(200, rows[0].GetProperty("device_bound_ms").GetDouble());
+        Assert.False(doc.RootElement.GetProperty("targets")[0].GetProperty("met").GetBoolean());
+
+        var svg = XDocument.Parse(BenchWriters.Chart(Sample()));
+        var titles = svg.Descendants().Where(e => e.Name.LocalName == "title").Select(e => e.Value).ToList();
+        Assert.Contains("4 dev decoupled: 210", titles);
+        Assert.Contains("4 dev coupled: 400", titles);
+        Assert.Contains("4 dev device bound: 200", titles);
+    }
+
+    [Theory]
+    [InlineData("1,2,4,8", new[] { 1, 2, 4, 8 })]
+    [InlineData(" 4 , 2,4", new[] { 4, 2 })]
+    public void DeviceListsParse(string text, int[] expected) =>
+        Assert.Equal(expected, BenchCommand.ParseList(text, "--devices", 1, 64));
+
+    [Theory]
+    [InlineData("0")]
+    [InlineData("1,x")]
+    [InlineData("")]
+    [InlineData("100")]
+    public void BadDeviceListsAreUsageErrors(string text) =>
+        Assert.Throws<MigrationCommands.UsageException>(() => BenchCommand.ParseList(text, "--devices", 1, 64));
+}
