@@ -78,29 +78,41 @@ hw_tiers() {
     # Without VFIO_HW_DEVICES every hardware test skips, saying why, and is counted as skipped.
     [ -n "${VFIO_HW_DEVICES:-}" ] || log "hardware tier: VFIO_HW_DEVICES names no real VFs on this host; its tests will skip"
     run_xunit "$(hwtests_dll)" hardware
-    local guest=hwtests/guest/run-in-guest.sh why rc
-    if ! why=$("$guest" --check 2>&1); then
+    local why rc
+    if ! why=$("$GUEST" --check 2>&1); then
         log "kernel-in-the-loop tier skipped: ${why##*$'\n'}"
         return 0
     fi
-    local results=$ART/test-results/guest
-    mkdir -p "$results"
+    mkdir -p "$ART/test-results/guest"
     # The C smoke test of our kernel module: one test, its own checks counted inside it.
     log "running the kernel-in-the-loop smoke test in a QEMU guest"
-    set +e; "$guest" -q --results "$results/smoke" --smoke; rc=$?; set -e
-    tail -n 1 "$results/smoke/guest-stdout.txt" 2>/dev/null >&2 || true
+    set +e; "$GUEST" -q --results "$ART/test-results/guest/smoke" --smoke; rc=$?; set -e
+    tail -n 1 "$ART/test-results/guest/smoke/guest-stdout.txt" >&2 2>/dev/null || true
     if [ $rc -eq 0 ]; then PASSED=$((PASSED + 1)); log "guest smoke: passed"; else FAILED=$((FAILED + 1)); log "guest smoke: FAILED (exit $rc)"; fi
-    # The hardware tests against the module's devices.
-    local xml=$results/hw/guest.xml
-    rm -f "$xml"
-    log "running the hardware tests in a QEMU guest"
-    set +e; "$guest" -q --results "$results/hw" -- dotnet "$(hwtests_dll)" -xml /results/guest.xml -noColor; rc=$?; set -e
-    if [ -s "$xml" ]; then add_counts "$xml" guest; else log "guest tier: no report"; FAILED=$((FAILED + 1)); fi
-    # A clean report from a guest that still failed (a kernel warning in dmesg, a module that would not unload) is a failure too.
-    if [ $rc -ne 0 ] && [ -s "$xml" ] && ! grep -qE ' (failed|errors)="[1-9]' "$xml"; then
-        log "guest run exited $rc although every test passed: see $results/hw"; FAILED=$((FAILED + 1))
+    # The hardware tests against the module's devices, then the engine's again with a PF that allows only 2 concurrent loads.
+    guest_xunit guest hw
+    guest_xunit guest-limit2 hw-limit2 --module-args max_concurrent_loads=2 -- -class Vfio.HwTests.EngineTests
+}
+
+GUEST=hwtests/guest/run-in-guest.sh
+
+# guest_xunit TIER DIR [harness options] [-- test options]: the hardware tests in a QEMU guest, counted from their XML report.
+guest_xunit() {
+    local tier=$1 results=$ART/test-results/guest/$2 harness=() tests=() rc
+    shift 2
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do harness+=("$1"); shift; done
+    [ $# -gt 0 ] && { shift; tests=("$@"); }
+    rm -f "$results/guest.xml"
+    log "running $tier in a QEMU guest ${harness[*]}"
+    set +e; "$GUEST" -q --results "$results" "${harness[@]}" -- dotnet "$(hwtests_dll)" "${tests[@]}" -xml /results/guest.xml -noColor; rc=$?; set -e
+    if [ ! -s "$results/guest.xml" ]; then
+        log "$tier: no report (harness exit $rc; see $results)"; FAILED=$((FAILED + 1)); return 0
     fi
-    return 0
+    add_counts "$results/guest.xml" "$tier"
+    # A clean report from a guest that still failed (a kernel warning in dmesg, a module that would not unload) is a failure too.
+    if [ $rc -ne 0 ] && ! grep -qE ' (failed|errors)="[1-9]' "$results/guest.xml"; then
+        log "$tier: harness exited $rc although every test passed: see $results"; FAILED=$((FAILED + 1))
+    fi
 }
 
 run_main() {
