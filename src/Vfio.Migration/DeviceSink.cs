@@ -67,22 +67,22 @@ internal sealed class DeviceSink
     {
         lock (_lock)
         {
-            string where = $"{Device.Name}: buffer {index} on channel {channel}";
+            // (the message is made only for a violation: the data path allocates nothing per buffer)
             if (index < _next || (Finished && index >= _next))
-                throw new ProtocolException($"{where}: duplicate (already loaded)", Device.Name);
+                throw new ProtocolException($"{Where(index, channel)}: duplicate (already loaded)", Device.Name);
             if (index >= _next + _window)
-                throw new ProtocolException($"{where}: outside the window [{_next}, {_next + _window}) the destination granted", Device.Name);
+                throw new ProtocolException($"{Where(index, channel)}: outside the window [{_next}, {_next + _window}) the destination granted", Device.Name);
             if (_endIndex >= 0 && index > _endIndex)
-                throw new ProtocolException($"{where}: after the device's end (config) buffer {_endIndex}", Device.Name);
+                throw new ProtocolException($"{Where(index, channel)}: after the device's end (config) buffer {_endIndex}", Device.Name);
             ref var slot = ref _ring[index % _window];
             if (slot.Used)
-                throw new ProtocolException($"{where}: duplicate (already queued)", Device.Name);
+                throw new ProtocolException($"{Where(index, channel)}: duplicate (already queued)", Device.Name);
             if (flags.HasFlag(PacketFlags.Config))
             {
-                if (_endIndex >= 0) throw new ProtocolException($"{where}: second end (config) buffer", Device.Name);
+                if (_endIndex >= 0) throw new ProtocolException($"{Where(index, channel)}: second end (config) buffer", Device.Name);
                 foreach (var s in _ring)
                     if (s.Used && s.Index > index)
-                        throw new ProtocolException($"{where}: end (config) buffer before data buffer {s.Index}", Device.Name);
+                        throw new ProtocolException($"{Where(index, channel)}: end (config) buffer before data buffer {s.Index}", Device.Name);
                 _endIndex = index;
             }
             slot = new Slot { Used = true, Index = index, Flags = flags, Data = data, Length = length, Crc = crc };
@@ -92,6 +92,8 @@ internal sealed class DeviceSink
             Monitor.PulseAll(_lock);
         }
     }
+
+    private string Where(uint index, int channel) => $"{Device.Name}: buffer {index} on channel {channel}";
 
     /// <summary>Decoupled loader: blocks until the next buffer in order is queued. False when cancelled.</summary>
     private bool TakeNext(CancellationToken token, out Slot slot)

@@ -25,6 +25,7 @@ public sealed class MigrationDestination
     private int _finished;
     private readonly ManualResetEventSlim _allFinished = new();
     private int _channelsEnded;
+    private Action? _signalCredit;
 
     public MigrationDestination(IReadOnlyList<IMigrationDevice> devices, MigrationOptions options, ILogger? logger = null)
     {
@@ -376,7 +377,7 @@ public sealed class MigrationDestination
             {
                 try
                 {
-                    bool end = sink.DrainCoupled(() => _creditSignal.Set());
+                    bool end = sink.DrainCoupled(_signalCredit ??= () => _creditSignal.Set());
                     Volatile.Write(ref Progress.Bytes[sink.Index], Volatile.Read(ref sink.LoadedBytes));
                     if (end && sink.ConfigLoaded()) FinishDevice(sink);
                 }

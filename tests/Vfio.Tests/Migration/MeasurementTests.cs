@@ -214,3 +214,34 @@ public class MeasurementTests
         Assert.Contains("--trace", stderr);
     }
 }
+
+[CollectionDefinition("alone", DisableParallelization = true)]
+public class AloneCollection;
+
+/// <summary>Runs alone (process-wide allocation counters): the data path allocates no buffer per packet.</summary>
+[Collection("alone")]
+public class AllocationTests
+{
+    [Fact]
+    public void Data_path_allocates_no_buffer_per_packet()
+    {
+        long PerRun(long size)
+        {
+            var opts = new SimulatedDeviceOptions { StateSize = size, RecordDataSize = 256 << 10, LoadBytesPerSecond = 0 };
+            var (src, dst) = TestDevices.Pairs(2, opts);
+            var options = TestDevices.Options(2, buffer: 64 << 10, window: 4);
+            Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken); // warm (digests, JIT, pools)
+            foreach (var d in src) d.SetState(MigrationState.Running);
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            var report = Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken);
+            long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+            Assert.True(report.Ok, report.Error);
+            Assert.True(report.PoolBuffers <= 2 * 2 * (4 + 2), $"{report.PoolBuffers} pooled buffers");
+            return allocated;
+        }
+        long small = PerRun(4 << 20), large = PerRun(16 << 20);
+        // 2 devices x 12 MiB more = 384 more 64 KiB buffers: what grows is the timeline's spans (a few per buffer), not buffers.
+        double perBuffer = (large - small) / 384.0;
+        Assert.True(perBuffer < 4096, $"{perBuffer:0} bytes allocated per extra 64 KiB buffer ({small} vs {large} bytes per run)");
+    }
+}
