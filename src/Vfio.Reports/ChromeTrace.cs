@@ -17,21 +17,13 @@ public static class ChromeTrace
         json.WriteString("displayTimeUnit", "ms");
         json.WriteStartArray("traceEvents");
 
-        WriteMetadata(json, "process_name", 0, timeline.Title);
+        WriteMetadata(json, "process_name", 0, args => args.WriteString("name", timeline.Title));
         var tracks = new List<string> { "downtime" };
         tracks.AddRange(timeline.Tracks);
         for (int tid = 0; tid < tracks.Count; tid++)
         {
-            WriteMetadata(json, "thread_name", tid, tracks[tid]);
-            json.WriteStartObject();
-            json.WriteString("ph", "M");
-            json.WriteString("name", "thread_sort_index");
-            json.WriteNumber("pid", ProcessId);
-            json.WriteNumber("tid", tid);
-            json.WriteStartObject("args");
-            json.WriteNumber("sort_index", tid);
-            json.WriteEndObject();
-            json.WriteEndObject();
+            WriteMetadata(json, "thread_name", tid, args => args.WriteString("name", tracks[tid]));
+            WriteMetadata(json, "thread_sort_index", tid, args => args.WriteNumber("sort_index", tid));
         }
 
         WriteComplete(json, 0, "downtime", "downtime", timeline.DowntimeStartMs, timeline.DowntimeEndMs, null);
@@ -48,7 +40,7 @@ public static class ChromeTrace
         json.WriteEndObject();
     }
 
-    private static void WriteMetadata(Utf8JsonWriter json, string name, int tid, string value)
+    private static void WriteMetadata(Utf8JsonWriter json, string name, int tid, Action<Utf8JsonWriter> writeArgs)
     {
         json.WriteStartObject();
         json.WriteString("ph", "M");
@@ -56,7 +48,7 @@ public static class ChromeTrace
         json.WriteNumber("pid", ProcessId);
         json.WriteNumber("tid", tid);
         json.WriteStartObject("args");
-        json.WriteString("name", value);
+        writeArgs(json);
         json.WriteEndObject();
         json.WriteEndObject();
     }
