@@ -127,9 +127,12 @@ public class UnitTests
         dst.SetState(MigrationState.Stop);
         using var w = dst.SetState(MigrationState.Resuming)!;
         var sw = Stopwatch.StartNew();
-        w.WriteAll(stream.AsSpan(0, 300 << 10)); // past the end of the first record
+        // Past the end of the first record by more than the socket can hold (64 KiB SO_SNDBUF, doubled by the kernel, in
+        // ~36 KiB skbs): the write cannot return before the device reads on, i.e. before the record's load is over.
+        // (With only ~44 KiB past the end it sometimes returned at once, depending on how the skbs happened to fill.)
+        w.WriteAll(stream.AsSpan(0, 460 << 10));
         var first = sw.Elapsed;
-        w.WriteAll(stream.AsSpan(300 << 10));
+        w.WriteAll(stream.AsSpan(460 << 10));
         dst.SetState(MigrationState.Stop);
         var all = sw.Elapsed;
         Assert.True(first.TotalMilliseconds >= 25, $"first write returned after {first.TotalMilliseconds} ms");
