@@ -112,3 +112,32 @@ public class BarChartTests
         Assert.Contains("devices", texts);
     }
 }
+
+public class TimelineLayoutTests
+{
+    [Fact]
+    public void LongLabelsAndTotalsWidenThePictureInsteadOfBeingCutOff()
+    {
+        string longTrack = new string('x', 60);
+        var timeline = new Timeline("t", [longTrack],
+            [new(longTrack, SpanKind.Wait, 0, 1), new(longTrack, SpanKind.Load, 1, 2), new(longTrack, SpanKind.Other, 2, 3)], 0, 3);
+        var svg = XDocument.Parse(SvgTimeline.Render(timeline)).Root!;
+        double width = double.Parse(svg.Attribute("width")!.Value, System.Globalization.CultureInfo.InvariantCulture);
+        var totals = svg.Descendants().Single(e => e.Name.LocalName == "text" && e.Value.StartsWith("wait 1 ms", StringComparison.Ordinal));
+        double totalsX = double.Parse(totals.Attribute("x")!.Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(totalsX + 7 * totals.Value.Length <= width, $"totals at {totalsX} with {totals.Value.Length} chars in {width}");
+        var label = svg.Descendants().Single(e => e.Name.LocalName == "text" && e.Value == longTrack);
+        double labelRight = double.Parse(label.Attribute("x")!.Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(labelRight - 7 * longTrack.Length >= 0, $"label ends at {labelRight}");
+    }
+
+    [Fact]
+    public void SpansBeforeTheOriginAreDrawnFromIt()
+    {
+        var timeline = new Timeline("t", ["a"], [new("a", SpanKind.Save, -5, 10)], 0, 10);
+        var svg = XDocument.Parse(SvgTimeline.Render(timeline)).Root!;
+        var rect = svg.Descendants().Single(e => e.Name.LocalName == "rect" && e.Elements().Any(t => t.Name.LocalName == "title" && t.Value.StartsWith("a:", StringComparison.Ordinal)));
+        var plot = svg.Descendants().First(e => e.Name.LocalName == "rect" && e.Attribute("fill")?.Value == "#f5f5f5");
+        Assert.Equal(plot.Attribute("x")!.Value, rect.Attribute("x")!.Value);
+    }
+}
