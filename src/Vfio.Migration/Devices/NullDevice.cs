@@ -88,21 +88,14 @@ public sealed class NullDevice : IMigrationDevice
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (target == _state) return null;
             string op = $"VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE {_state}->{target}) on {Name}";
-            if (target is MigrationState.Error or MigrationState.PreCopy or MigrationState.PreCopyP2P || !Enum.IsDefined(target))
-                throw new VfioException(op, Libc.EINVAL, "not a valid target for this device");
             if (_state == MigrationState.Error)
                 throw new VfioException(op, Libc.EINVAL, "device is in ERROR; reset it");
+            if (!MigrationStateMachine.TryGetPath(_state, target, Flags, out var path))
+                throw new VfioException(op, Libc.EINVAL, "not a valid target for this device");
             MigrationDataStream? stream = null;
-            while (_state != target)
+            foreach (var next in path)
             {
                 var from = _state;
-                var next = from switch
-                {
-                    MigrationState.Running => MigrationState.RunningP2P,
-                    MigrationState.RunningP2P => target == MigrationState.Running ? MigrationState.Running : MigrationState.Stop,
-                    MigrationState.Stop => target is MigrationState.Running or MigrationState.RunningP2P ? MigrationState.RunningP2P : target,
-                    _ => MigrationState.Stop,
-                };
                 _state = next;
                 if (from == MigrationState.Stop && next is MigrationState.StopCopy or MigrationState.Resuming)
                 {

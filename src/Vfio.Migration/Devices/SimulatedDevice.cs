@@ -198,27 +198,17 @@ public sealed class SimulatedDevice : IMigrationDevice
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (target == _state) return null;
             string op = $"VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE {_state}->{target}) on {Name}";
-            if (target is MigrationState.Error or MigrationState.PreCopy or MigrationState.PreCopyP2P || !Enum.IsDefined(target))
-                throw new VfioException(op, Libc.EINVAL, "not a valid target for this device");
             if (_state == MigrationState.Error)
                 throw new VfioException(op, Libc.EINVAL, "device is in ERROR; reset it");
+            // The kernel's path for a combination transition, as the object model's state machine gives it.
+            if (!MigrationStateMachine.TryGetPath(_state, target, Flags, out var path))
+                throw new VfioException(op, Libc.EINVAL, "not a valid target for this device");
             MigrationDataStream? stream = null;
-            while (_state != target)
-            {
-                var next = NextStep(_state, target);
+            foreach (var next in path)
                 stream = Step(next, op);
-            }
             return stream;
         }
     }
-
-    private static MigrationState NextStep(MigrationState from, MigrationState to) => from switch
-    {
-        MigrationState.Running => MigrationState.RunningP2P,
-        MigrationState.RunningP2P => to == MigrationState.Running ? MigrationState.Running : MigrationState.Stop,
-        MigrationState.Stop => to is MigrationState.Running or MigrationState.RunningP2P ? MigrationState.RunningP2P : to,
-        _ => MigrationState.Stop, // STOP_COPY and RESUMING only lead to STOP
-    };
 
     private MigrationDataStream? Step(MigrationState next, string op)
     {
