@@ -71,8 +71,15 @@ internal static class BenchCommand
                     IperfSeconds = r.GetValue(iperfSeconds) is >= 1 and <= 600 ? r.GetValue(iperfSeconds) : throw new UsageException("--iperf-seconds must be a whole number from 1 to 600"),
                     Migration = migration,
                 };
+                // Output places are checked before the sweep, so a long run is never lost at its end.
                 string dir = r.GetValue(output)!;
-                Directory.CreateDirectory(dir);
+                try { Directory.CreateDirectory(dir); }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+                {
+                    throw new UsageException($"--out: cannot create {dir}: {e.Message}");
+                }
+                if (r.GetValue(json) is string jsonFile && Path.GetDirectoryName(Path.GetFullPath(jsonFile)) is string jsonDir && !Directory.Exists(jsonDir))
+                    throw new UsageException($"--json: directory {jsonDir} does not exist");
 
                 var result = new BenchRunner(settings, stdout).Run("vfio-mig " + string.Join(' ', r.Tokens.Select(t => t.Value)));
                 File.WriteAllText(Path.Combine(dir, "bench.md"), BenchWriters.Markdown(result));

@@ -71,9 +71,12 @@ public class BenchCommandTests : IDisposable
     [InlineData("--state-size", "lots")]
     [InlineData("--device", "nopair")]
     [InlineData("--iperf-seconds", "0")]
+    [InlineData("--json", "/nonexistent-dir/bench.json")]
+    [InlineData("--out", "/proc/version/x")]
     public void BadInputIsOneLineAndExitTwo(string option, string value)
     {
-        var (code, _, error) = Run("bench", option, value, "--out", _dir);
+        string[] args = option == "--out" ? ["bench", option, value] : ["bench", option, value, "--out", _dir];
+        var (code, _, error) = Run(args);
         Assert.Equal(2, code);
         Assert.StartsWith("vfio-mig: ", error);
         Assert.Single(error.TrimEnd().Split('\n'));
