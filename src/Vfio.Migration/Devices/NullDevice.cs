@@ -23,9 +23,9 @@ public sealed class NullDevice : IMigrationDevice
             throw new ArgumentOutOfRangeException(nameof(stateSize), "state size must be between 1 byte and 1 TiB");
         Name = name;
         StateSize = stateSize;
-        _memfd = NativeMemfd.MemfdCreate("vfio-mig-" + name, NativeMemfd.MFD_CLOEXEC);
+        _memfd = Libc.MemfdCreate("vfio-mig-" + name, Libc.MFD_CLOEXEC);
         if (_memfd < 0) throw VfioException.FromLastError($"memfd_create for {name}");
-        if (NativeMemfd.Ftruncate(_memfd, stateSize) < 0)
+        if (Libc.Ftruncate(_memfd, stateSize) < 0)
         {
             var e = VfioException.FromLastError($"ftruncate memfd of {name} to {stateSize} bytes");
             Libc.Close(_memfd);

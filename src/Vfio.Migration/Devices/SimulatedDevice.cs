@@ -368,7 +368,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         public static Session StartSave(SimulatedDevice d)
         {
             var (dev, eng) = Pair(d.Name);
-            try { Native.SetSockOpt(dev, Native.SO_SNDBUF, 1 << 20); } catch (VfioException) { }
+            try { Native.SetSockOpt(dev, Libc.SO_SNDBUF, 1 << 20); } catch (VfioException) { }
             var s = new Session(d, dev, eng);
             s._thread = d.RunOnWorker(() => { try { s.SaveLoop(); } finally { s._finished.Set(); } });
             return s;
@@ -377,8 +377,8 @@ public sealed class SimulatedDevice : IMigrationDevice
         public static Session StartLoad(SimulatedDevice d)
         {
             var (dev, eng) = Pair(d.Name);
-            Native.SetSockOpt(eng.Fd, Native.SO_SNDBUF, SimulatedDevice.LoadSocketBuffer);
-            Native.SetSockOpt(dev, Native.SO_RCVBUF, 1);
+            Native.SetSockOpt(eng.Fd, Libc.SO_SNDBUF, SimulatedDevice.LoadSocketBuffer);
+            Native.SetSockOpt(dev, Libc.SO_RCVBUF, 1);
             var s = new Session(d, dev, eng) { Parser = new SimStreamParser() };
             s._thread = d.RunOnWorker(() => { try { s.LoadLoop(); } finally { s._finished.Set(); } });
             return s;
@@ -424,7 +424,7 @@ public sealed class SimulatedDevice : IMigrationDevice
             finally
             {
                 // end of stream: the engine's read returns 0
-                Native.Shutdown(_deviceFd, Native.SHUT_WR);
+                Libc.Shutdown(_deviceFd, Libc.SHUT_WR);
             }
         }
 
@@ -478,7 +478,7 @@ public sealed class SimulatedDevice : IMigrationDevice
             {
                 _error = $"device refused the stream: {e.Message}";
                 // poison: the writer's write fails, later writes too
-                Native.Shutdown(_deviceFd, Native.SHUT_RDWR);
+                Libc.Shutdown(_deviceFd, Libc.SHUT_RDWR);
             }
         }
 
@@ -496,7 +496,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         /// <summary>RESUMING->STOP: let the device finish what was written, then judge the stream. Null = accepted.</summary>
         public string? FinishLoad()
         {
-            if (_engineRef) Native.Shutdown(_engineHandle.Fd, Native.SHUT_WR); // the device sees EOF after the last byte
+            if (_engineRef) Libc.Shutdown(_engineHandle.Fd, Libc.SHUT_WR); // the device sees EOF after the last byte
             _finished.Wait();
             string? error = _error;
             if (error is null && !Parser!.Complete)
@@ -509,14 +509,14 @@ public sealed class SimulatedDevice : IMigrationDevice
         {
             if (Interlocked.Exchange(ref _closed, 1) != 0) return;
             _cancel.Cancel();
-            Native.Shutdown(_deviceFd, Native.SHUT_RDWR);
+            Libc.Shutdown(_deviceFd, Libc.SHUT_RDWR);
             if (_thread is not null && Thread.CurrentThread != _thread) _finished.Wait();
             Libc.Close(_deviceFd);
             if (_engineRef)
             {
                 // the engine's fd is disabled from now on, like a VFIO data fd after its session ends:
                 // shut down both ways and discard what the device had queued, so reads end at once
-                Native.Shutdown(_engineHandle.Fd, Native.SHUT_RDWR);
+                Libc.Shutdown(_engineHandle.Fd, Libc.SHUT_RDWR);
                 byte* scratch = stackalloc byte[4096];
                 while (Libc.Read(_engineHandle.Fd, scratch, 4096) > 0) { }
                 _engineHandle.DangerousRelease();
