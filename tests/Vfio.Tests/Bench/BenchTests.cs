@@ -24,18 +24,6 @@ public class BenchTests
         Assert.StartsWith("iperf3 printed no usable JSON", Iperf3Baseline.Parse("not json").Why);
     }
 
-    [Fact]
-    public void PeakRssIsReadFromProc()
-    {
-        PeakRss.Reset();
-        long before = PeakRss.ReadBytes()!.Value;
-        var block = new byte[64 << 20];
-        Array.Fill(block, (byte)1); // touch every page
-        long after = PeakRss.ReadBytes()!.Value;
-        GC.KeepAlive(block);
-        Assert.True(after >= before + (60L << 20), $"peak RSS {before} -> {after} after touching 64 MiB");
-    }
-
     private static BenchResult Sample() => new(BenchDeviceKind.Simulated,
         [
             new BenchRow
@@ -104,4 +92,24 @@ public class BenchTests
     [InlineData("100")]
     public void BadDeviceListsAreUsageErrors(string text) =>
         Assert.Throws<MigrationCommands.UsageException>(() => BenchCommand.ParseList(text, "--devices", 1, 64));
+}
+
+/// <summary>Peak RSS is process-wide: other tests allocating at the same time would blur it, so these run alone.</summary>
+[CollectionDefinition(nameof(ProcessMemory), DisableParallelization = true)]
+public sealed class ProcessMemory;
+
+[Collection(nameof(ProcessMemory))]
+public class PeakRssTests
+{
+    [Fact]
+    public void PeakRssIsReadFromProc()
+    {
+        PeakRss.Reset();
+        long before = PeakRss.ReadBytes()!.Value;
+        var block = new byte[64 << 20];
+        Array.Fill(block, (byte)1); // touch every page
+        long after = PeakRss.ReadBytes()!.Value;
+        GC.KeepAlive(block);
+        Assert.True(after >= before + (60L << 20), $"peak RSS {before} -> {after} after touching 64 MiB");
+    }
 }
