@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <linux/version.h>
 #include <linux/vfio.h>
@@ -48,6 +49,7 @@ int main(void)
     C(EBUSY); C(ENODEV); C(EINVAL); C(ENOTTY); C(ESPIPE); C(EPIPE); C(ENOMSG); C(EOPNOTSUPP);
     C(AF_UNIX); C(SOCK_STREAM); C(SOCK_CLOEXEC);
     C(SOL_SOCKET); C(SO_SNDBUF); C(SO_RCVBUF); C(SHUT_RD); C(SHUT_WR); C(SHUT_RDWR); C(MFD_CLOEXEC);
+    C(PRIO_PROCESS);
     C(F_GETFL); C(F_SETFL); C(F_SETPIPE_SZ);
 
     /* container and group */

@@ -15,14 +15,30 @@ public enum DataReadStatus
 public readonly record struct DataRead(int Bytes, DataReadStatus Status);
 
 /// <summary>
+/// The far end of a data stream that is not a kernel fd: a simulated device serving its session in-process, on the
+/// caller's thread. Same contract as the fd's read(2)/write(2); failures throw VfioException with an errno.
+/// </summary>
+public interface IDataStreamEndpoint
+{
+    DataRead Read(Span<byte> buffer);
+
+    /// <summary>Takes some of <paramref name="data"/> (at least one byte) and returns how much.</summary>
+    int Write(ReadOnlySpan<byte> data);
+}
+
+/// <summary>
 /// The migration data fd returned by a state transition. It is a stream: only read(2)/write(2), never
 /// pread/pwrite (ESPIPE). EINTR is retried; writes are completed even when the kernel takes them in parts.
+/// Simulated devices give a stream over an in-process endpoint instead of an fd, so that the simulator costs no
+/// kernel copies on the machine whose engine it is used to measure.
 /// </summary>
 public sealed unsafe class MigrationDataStream : IDisposable
 {
-    private readonly FileDescriptorHandle _handle;
+    private readonly FileDescriptorHandle? _handle;
+    private readonly IDataStreamEndpoint? _endpoint;
     private readonly string _owner;
     private readonly IDataFdSyscalls _sys;
+    private bool _disposed;
 
     public MigrationDataStream(FileDescriptorHandle handle, string owner)
         : this(handle, owner, LibcDataFdSyscalls.Instance)
@@ -37,24 +53,35 @@ public sealed unsafe class MigrationDataStream : IDisposable
         _sys = syscalls;
     }
 
+    public MigrationDataStream(IDataStreamEndpoint endpoint, string owner)
+    {
+        _endpoint = endpoint;
+        _owner = owner;
+        _sys = LibcDataFdSyscalls.Instance;
+    }
+
     /// <summary>The device (or simulated device) this stream belongs to, used in error messages.</summary>
     public string Owner => _owner;
-
-    public FileDescriptorHandle Handle => _handle;
 
     public DataRead Read(Span<byte> buffer)
     {
         if (buffer.IsEmpty)
             throw new ArgumentException("read buffer is empty", nameof(buffer));
+        if (_endpoint is not null)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return _endpoint.Read(buffer);
+        }
+        var handle = _handle!;
         bool added = false;
-        _handle.DangerousAddRef(ref added);
+        handle.DangerousAddRef(ref added);
         try
         {
             fixed (byte* p = buffer)
             {
                 while (true)
                 {
-                    nint n = _sys.Read(_handle.Fd, p, (nuint)buffer.Length, out int errno);
+                    nint n = _sys.Read(handle.Fd, p, (nuint)buffer.Length, out int errno);
                     if (n > 0)
                         return new DataRead((int)n, DataReadStatus.Data);
                     if (n == 0)
@@ -69,7 +96,7 @@ public sealed unsafe class MigrationDataStream : IDisposable
         }
         finally
         {
-            if (added) _handle.DangerousRelease();
+            if (added) handle.DangerousRelease();
         }
     }
 
@@ -79,8 +106,17 @@ public sealed unsafe class MigrationDataStream : IDisposable
     /// </summary>
     public int WriteAll(ReadOnlySpan<byte> data)
     {
+        if (_endpoint is not null)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            int writes = 0;
+            for (int done = 0; done < data.Length; writes++)
+                done += _endpoint.Write(data[done..]);
+            return writes;
+        }
+        var handle = _handle!;
         bool added = false;
-        _handle.DangerousAddRef(ref added);
+        handle.DangerousAddRef(ref added);
         try
         {
             int calls = 0;
@@ -89,7 +125,7 @@ public sealed unsafe class MigrationDataStream : IDisposable
                 int done = 0;
                 while (done < data.Length)
                 {
-                    nint n = _sys.Write(_handle.Fd, p + done, (nuint)(data.Length - done), out int errno);
+                    nint n = _sys.Write(handle.Fd, p + done, (nuint)(data.Length - done), out int errno);
                     calls++;
                     if (n > 0)
                     {
@@ -108,29 +144,37 @@ public sealed unsafe class MigrationDataStream : IDisposable
         }
         finally
         {
-            if (added) _handle.DangerousRelease();
+            if (added) handle.DangerousRelease();
         }
     }
 
     /// <summary>VFIO_MIG_GET_PRECOPY_INFO: bytes the device has ready in PRE_COPY.</summary>
     public (ulong InitialBytes, ulong DirtyBytes) GetPrecopyInfo()
     {
+        if (_endpoint is not null)
+            throw new VfioException($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}", Libc.ENOTTY, "the simulated device has no PRE_COPY");
+        var handle = _handle!;
         var info = new VfioPrecopyInfo { Argsz = (uint)sizeof(VfioPrecopyInfo) };
         bool added = false;
-        _handle.DangerousAddRef(ref added);
+        handle.DangerousAddRef(ref added);
         try
         {
-            if (Libc.Ioctl(_handle.Fd, VfioUapi.VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
+            if (Libc.Ioctl(handle.Fd, VfioUapi.VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
                 throw VfioException.FromLastError($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}");
             return (info.InitialBytes, info.DirtyBytes);
         }
         finally
         {
-            if (added) _handle.DangerousRelease();
+            if (added) handle.DangerousRelease();
         }
     }
 
-    public void Dispose() => _handle.Dispose();
+    /// <summary>Closes the fd (an endpoint's session goes on: like a data fd, closing it does not change the device's state).</summary>
+    public void Dispose()
+    {
+        _disposed = true;
+        _handle?.Dispose();
+    }
 }
 
 /// <summary>The syscalls a data fd stream makes; replaced in tests to inject errno results.</summary>

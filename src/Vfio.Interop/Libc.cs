@@ -43,6 +43,7 @@ public static unsafe partial class Libc
     public const int SHUT_RDWR = 2;
 
     public const uint MFD_CLOEXEC = 1;
+    public const int PRIO_PROCESS = 0;
 
     public const int F_GETFL = 3;
     public const int F_SETFL = 4;
@@ -101,6 +102,13 @@ public static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "ftruncate", SetLastError = true)]
     public static partial int Ftruncate(int fd, long length);
+
+    [LibraryImport(Lib, EntryPoint = "gettid")]
+    public static partial int GetTid();
+
+    /// <summary>setpriority(2) with PRIO_PROCESS and a thread id sets that thread's nice value (Linux).</summary>
+    [LibraryImport(Lib, EntryPoint = "setpriority", SetLastError = true)]
+    public static partial int SetPriority(int which, uint who, int prio);
 
     [LibraryImport(Lib, EntryPoint = "geteuid")]
     public static partial uint GetEuid();

@@ -15,6 +15,22 @@ public sealed class BufferPool
     /// <summary>How many buffers were ever allocated (the peak number alive).</summary>
     public int Allocated => Volatile.Read(ref _allocated);
 
+    /// <summary>
+    /// Allocates buffers until <paramref name="count"/> exist, with every page touched: called before the downtime, so
+    /// that the first buffers a run uses cost neither an allocation (which may start a GC that stops every thread)
+    /// nor page faults.
+    /// </summary>
+    public void Reserve(int count)
+    {
+        while (Allocated < count)
+        {
+            var buffer = GC.AllocateUninitializedArray<byte>(BufferSize, pinned: true);
+            for (int i = 0; i < buffer.Length; i += Environment.SystemPageSize) buffer[i] = 0;
+            Interlocked.Increment(ref _allocated);
+            lock (_free) _free.Push(buffer);
+        }
+    }
+
     public byte[] Rent()
     {
         lock (_free)

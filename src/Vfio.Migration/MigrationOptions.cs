@@ -11,7 +11,13 @@ public enum LoadingMode
 public sealed record MigrationOptions
 {
     public const int DefaultBufferSize = 1 << 20;
-    public const int DefaultWindow = 8;
+    /// <summary>
+    /// 4: the credit round trip needs well under one buffer per device, and a device's write returns its credit as
+    /// soon as the bytes are in (a record larger than the window still loads). A larger window only makes every
+    /// device read further ahead when the devices stop, which on a host with few cores delays each device's first
+    /// buffers (docs/performance.md has the side-by-side figures).
+    /// </summary>
+    public const int DefaultWindow = 4;
 
     /// <summary>Data channels (TCP connections besides the main channel).</summary>
     public int Channels { get; init; } = 6;

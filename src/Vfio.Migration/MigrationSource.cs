@@ -100,6 +100,7 @@ public sealed class MigrationSource
             // The save threads exist before the downtime starts (starting a thread can take milliseconds on a busy
             // machine); they wait for the devices to be stopped. The data path's code is compiled now, too.
             Warmup.Prepare();
+            _pool.Reserve(_devices.Count * (_window + 1)); // every buffer in flight, and each device's config
             var go = new ManualResetEventSlim();
             var savers = new List<Thread>();
             for (int i = 0; i < _devices.Count; i++)

@@ -78,19 +78,14 @@ public sealed record SimulatedDeviceOptions
 
 /// <summary>
 /// A device that behaves, as far as the engine can tell, like an mlx5 VF bound to mlx5_vfio_pci.
-/// <para>Its data fd is one end of an AF_UNIX socketpair served by a device thread, so the engine makes real
-/// read(2)/write(2) calls. Saving, the thread writes the generated stream into the socket. Resuming, the thread
-/// parses records and, when a record is complete, "loads" it: the load lasts size/rate seconds from when the
-/// record's first bytes came in (the device's own copying and checking included), holds a slot of the PF's shared
-/// command interface all that time (<see cref="SimulatedPf"/>), and the device reads nothing more until it ends. The engine's end has a small SO_SNDBUF (<see cref="LoadSocketBuffer"/>, 64 KiB,
-/// doubled by the kernel), so a write(2) that goes past the end of a record blocks until that record's load is
-/// over: the load happens inside the write that completes the record, as on mlx5, except when a record ends in
-/// the last ~128 KiB of a write (then the next write, or RESUMING->STOP for the last record, waits for it).
-/// A minimal SO_SNDBUF would be more exact but makes the kernel move the data in 2 KiB pieces with a wakeup
-/// every 4 KiB, which costs more CPU than the whole transfer.</para>
-/// <para>A wrong stream (order, size, checksum, extra data) poisons the session: the device closes its end, so
-/// the writer's write(2) fails (EPIPE), and RESUMING->STOP fails (EIO) leaving the device in ERROR until reset.
-/// An incomplete stream also fails RESUMING->STOP.</para>
+/// <para>Its data stream is served in-process (<see cref="IDataStreamEndpoint"/>) on the engine's thread: a read
+/// generates the next bytes of the stream into the engine's buffer; a write parses and checks records, and the
+/// write that completes a record "loads" it: the load lasts size/rate seconds from when the record's first bytes
+/// came in (the device's own copying and checking included), holds a slot of the PF's shared command interface all
+/// that time (<see cref="SimulatedPf"/>), and the write returns when it ends, as on mlx5.</para>
+/// <para>A wrong stream (order, size, checksum, extra data) poisons the session: the write fails (EINVAL), later
+/// writes too (EIO), and RESUMING->STOP fails (EIO) leaving the device in ERROR until reset. An incomplete stream
+/// also fails RESUMING->STOP.</para>
 /// </summary>
 public sealed class SimulatedDevice : IMigrationDevice
 {
@@ -120,12 +115,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         _ownSeed = SimStream.SeedOf(contentName);
         ResetContent();
         _config = OwnConfig(contentName);
-        StartWorker();
     }
-
-    /// <summary>SO_SNDBUF of the engine's end of a resuming socketpair (the kernel doubles it): small enough that a write
-    /// blocks during a load, large enough that the kernel moves data in big skbs rather than a wakeup every few KiB.</summary>
-    public static int LoadSocketBuffer { get; set; } = 64 << 10;
 
     public string Name { get; }
     public SimulatedDeviceOptions Options => _options;
@@ -268,218 +258,109 @@ public sealed class SimulatedDevice : IMigrationDevice
         Session? s;
         lock (_lock) { _disposed = true; s = _session; _session = null; }
         s?.Close();
-        lock (_workerLock)
-        {
-            _job = null;
-            if (_worker is not null) _jobReady.Release(); // a null job ends the worker
-            _worker = null;
-        }
-    }
-
-    // The device's own thread, which serves its sessions (it outlives them, so that entering STOP_COPY or RESUMING
-    // does not start a thread inside the downtime; it ends after a minute idle and is made again when needed).
-    private readonly object _workerLock = new();
-    private readonly SemaphoreSlim _jobReady = new(0);
-    private Thread? _worker;
-    private Action? _job;
-
-    private Thread RunOnWorker(Action job)
-    {
-        lock (_workerLock)
-        {
-            _job = job;
-            if (_worker is null)
-            {
-                _worker = new Thread(WorkerLoop) { IsBackground = true, Name = $"sim {Name}" };
-                _worker.Start();
-            }
-            _jobReady.Release();
-            return _worker;
-        }
-    }
-
-    private void StartWorker()
-    {
-        lock (_workerLock)
-        {
-            if (_worker is not null || _disposed) return;
-            _worker = new Thread(WorkerLoop) { IsBackground = true, Name = $"sim {Name}" };
-            _worker.Start();
-        }
-    }
-
-    private void WorkerLoop()
-    {
-        while (true)
-        {
-            if (!_jobReady.Wait(TimeSpan.FromMinutes(1)))
-            {
-                lock (_workerLock)
-                    if (_jobReady.CurrentCount == 0 && _job is null)
-                    {
-                        if (_worker == Thread.CurrentThread) _worker = null;
-                        return;
-                    }
-                continue;
-            }
-            Action? job;
-            lock (_workerLock) { job = _job; _job = null; }
-            if (job is null) return;
-            job();
-        }
     }
 
     public override string ToString() => Name;
 
-    /// <summary>One STOP_COPY or RESUMING session: the socketpair and the device thread serving it.</summary>
-    private sealed unsafe class Session
+    /// <summary>
+    /// One STOP_COPY or RESUMING session, served in-process on the engine's thread that reads or writes the stream:
+    /// what an mlx5 VF's firmware and DMA do costs the host no CPU, so neither may the simulator beyond producing and
+    /// checking the bytes.
+    /// </summary>
+    private sealed class Session : IDataStreamEndpoint
     {
         private readonly SimulatedDevice _device;
-        private readonly int _deviceFd;
-        private readonly FileDescriptorHandle _engineHandle;
+        private readonly SimStreamGenerator? _generator;
         private readonly CancellationTokenSource _cancel = new();
-        private Thread? _thread;
-        private readonly ManualResetEventSlim _finished = new();
-        private int _closed;
+        private volatile bool _closed;
         private volatile string? _error;
-        private bool _engineRef;
+        private long _saveStartUs = -1;
+        private long _saved;
+        private long _firstUs = -1; // when the current record's first bytes came in
+        private long _readyUs;      // when the device's previous load ended (its PF reservation)
+        private long _lateUs;       // how much later than _readyUs the device woke (timer slack; not the engine's fault)
 
-        private Session(SimulatedDevice device, int deviceFd, FileDescriptorHandle engine)
+        private Session(SimulatedDevice device, SimStreamGenerator? generator, SimStreamParser? parser)
         {
             _device = device;
-            _deviceFd = deviceFd;
-            _engineHandle = engine;
-            Stream = new MigrationDataStream(engine, device.Name);
-            _engineHandle.DangerousAddRef(ref _engineRef);
+            _generator = generator;
+            Parser = parser;
+            Stream = new MigrationDataStream(this, device.Name);
         }
 
         public MigrationDataStream Stream { get; }
-        public SimStreamParser? Parser { get; private set; }
+        public SimStreamParser? Parser { get; }
         public double LoadSeconds { get; private set; }
-
-        private static (int Device, FileDescriptorHandle Engine) Pair(string name)
-        {
-            int* fds = stackalloc int[2];
-            if (Libc.SocketPair(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC, 0, fds) < 0)
-                throw VfioException.FromLastError($"socketpair for {name}");
-            return (fds[1], new FileDescriptorHandle(fds[0]));
-        }
 
         public static Session StartSave(SimulatedDevice d)
         {
-            var (dev, eng) = Pair(d.Name);
-            try { Native.SetSockOpt(dev, Libc.SO_SNDBUF, 1 << 20); } catch (VfioException) { }
-            var s = new Session(d, dev, eng);
-            s._thread = d.RunOnWorker(() => { try { s.SaveLoop(); } finally { s._finished.Set(); } });
-            return s;
-        }
-
-        public static Session StartLoad(SimulatedDevice d)
-        {
-            var (dev, eng) = Pair(d.Name);
-            Native.SetSockOpt(eng.Fd, Libc.SO_SNDBUF, SimulatedDevice.LoadSocketBuffer);
-            Native.SetSockOpt(dev, Libc.SO_RCVBUF, 1);
-            var s = new Session(d, dev, eng) { Parser = new SimStreamParser() };
-            s._thread = d.RunOnWorker(() => { try { s.LoadLoop(); } finally { s._finished.Set(); } });
-            return s;
-        }
-
-        private void SaveLoop()
-        {
-            var o = _device._options;
+            var o = d._options;
             // The digest pass (StateDigest, before the engine stops the device) knows every record's CRC: reuse them.
-            var crcs = s_hashCache.TryGetValue((_device._seed, _device._stateSize, _device._recordData), out var known) ? known.Crcs : null;
-            var gen = new SimStreamGenerator(_device._seed, _device._stateSize, _device._recordData, o.TruncateStreamBy, o.CorruptRecord, crcs);
-            var buf = new byte[1 << 20];
-            double debt = 0;
-            var start = MigrationClock.NowUs;
-            long written = 0;
-            try
-            {
-                int n;
-                while ((n = gen.Fill(buf)) > 0 && !_cancel.IsCancellationRequested)
-                {
-                    fixed (byte* p = buf)
-                    {
-                        int off = 0;
-                        while (off < n)
-                        {
-                            nint w = Libc.Write(_deviceFd, p + off, (nuint)(n - off));
-                            if (w < 0)
-                            {
-                                if (System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == Libc.EINTR) continue;
-                                return; // the engine closed its end or the session was closed
-                            }
-                            off += (int)w;
-                        }
-                    }
-                    written += n;
-                    if (o.SaveBytesPerSecond > 0)
-                    {
-                        double due = written / o.SaveBytesPerSecond * 1e6 - (MigrationClock.NowUs - start) + debt;
-                        if (due > 1000) _cancel.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(Math.Floor(due / 1000)));
-                    }
-                }
-            }
-            finally
-            {
-                // end of stream: the engine's read returns 0
-                Libc.Shutdown(_deviceFd, Libc.SHUT_WR);
-            }
+            var crcs = s_hashCache.TryGetValue((d._seed, d._stateSize, d._recordData), out var known) ? known.Crcs : null;
+            return new Session(d, new SimStreamGenerator(d._seed, d._stateSize, d._recordData, o.TruncateStreamBy, o.CorruptRecord, crcs), null);
         }
 
-        private void LoadLoop()
+        public static Session StartLoad(SimulatedDevice d) => new(d, null, new SimStreamParser());
+
+        private string Op(string call) => $"{call}(migration data fd of {_device.Name})";
+
+        public DataRead Read(Span<byte> buffer)
         {
-            var parser = Parser!;
-            var buf = new byte[256 << 10];
+            if (_generator is null) throw new VfioException(Op("read"), Libc.EINVAL, "the device is resuming");
+            if (_closed) return new DataRead(0, DataReadStatus.EndOfStream); // the session ended: like the fd, reads end at once
+            if (_saveStartUs < 0) _saveStartUs = MigrationClock.NowUs;
+            int n = _generator.Fill(buffer);
+            if (n == 0) return new DataRead(0, DataReadStatus.EndOfStream);
+            _saved += n;
+            // A device that saves at a finite rate has these bytes ready only once it has produced them.
+            double rate = _device._options.SaveBytesPerSecond;
+            if (rate > 0 && !SleepUntil(_saveStartUs + (long)(_saved / rate * 1e6)))
+                return new DataRead(0, DataReadStatus.EndOfStream);
+            return new DataRead(n, DataReadStatus.Data);
+        }
+
+        /// <summary>
+        /// Parses and checks the bytes; a record that completes is loaded inside this call, as on mlx5: the load takes
+        /// size/rate (the device's own copying and checking included) and holds one of the PF's slots all that time.
+        /// It starts when the record's first bytes came in, but not before the device's previous load ended, nor so
+        /// early that it would end before the record's last byte came in.
+        /// </summary>
+        public int Write(ReadOnlySpan<byte> data)
+        {
+            var parser = Parser ?? throw new VfioException(Op("write"), Libc.EINVAL, "the device is saving");
+            if (_error is not null) throw new VfioException(Op("write"), Libc.EIO, _error);
+            if (_closed) throw new VfioException(Op("write"), Libc.EPIPE, "the session has ended");
             var o = _device._options;
-            long firstUs = -1; // when the current record's first bytes were read
-            long readyUs = 0;  // when the device's previous load ended (its PF reservation)
-            long lateUs = 0;   // how much later than readyUs the device woke (timer slack; not the engine's fault)
-            try
+            int done = 0;
+            while (done < data.Length)
             {
-                while (!_cancel.IsCancellationRequested)
+                if (_firstUs < 0) _firstUs = MigrationClock.NowUs;
+                int k = (int)Math.Min(data.Length - done, parser.UntilBoundary);
+                long record;
+                try { record = parser.Consume(data.Slice(done, k)); }
+                catch (SimStreamException e)
                 {
-                    int want = (int)Math.Min(buf.Length, parser.UntilBoundary);
-                    nint n;
-                    fixed (byte* p = buf) n = Libc.Read(_deviceFd, p, (nuint)want);
-                    if (n < 0)
-                    {
-                        if (System.Runtime.InteropServices.Marshal.GetLastPInvokeError() == Libc.EINTR) continue;
-                        return;
-                    }
-                    if (n == 0) return; // the engine's end was shut down (RESUMING->STOP) or closed
-                    long r0 = MigrationClock.NowUs;
-                    if (firstUs < 0) firstUs = r0;
-                    long record = parser.Consume(buf.AsSpan(0, (int)n));
-                    if (record == 0) continue;
-                    long lastUs = MigrationClock.NowUs;
-                    if (o.LoadBytesPerSecond > 0)
-                    {
-                        // The record's load takes size/rate (the device's own copying and checking of its bytes included)
-                        // and holds one of the PF's slots all that time. It starts when the record's first bytes came in,
-                        // but not before the device's previous load ended, nor so early that it would end before the
-                        // record's last byte came in; then the device reads nothing more until it ends (the engine's
-                        // write blocks: the load happens inside the write(2) that completes the record, as on mlx5).
-                        long us = (long)Math.Round(o.LoadSeconds(record) * 1e6);
-                        LoadSeconds += us / 1e6;
-                        long start = Math.Max(Math.Max(readyUs, firstUs - lateUs), lastUs - us);
-                        long end = _device._pf.Reserve(start, us);
-                        readyUs = end;
-                        bool slept = end > MigrationClock.NowUs;
-                        if (!SleepUntil(end)) return;
-                        // Oversleeping (timer slack) is forgiven, up to 2 ms; being descheduled for longer is not.
-                        lateUs = slept ? Math.Clamp(MigrationClock.NowUs - end, 0, 2000) : 0;
-                    }
-                    firstUs = -1;
+                    _error = $"device refused the stream: {e.Message}"; // poisons the session: RESUMING->STOP fails
+                    throw new VfioException(Op("write"), Libc.EINVAL, _error);
                 }
+                done += k;
+                if (record == 0) continue;
+                if (o.LoadBytesPerSecond > 0)
+                {
+                    long us = (long)Math.Round(o.LoadSeconds(record) * 1e6);
+                    LoadSeconds += us / 1e6;
+                    long start = Math.Max(Math.Max(_readyUs, _firstUs - _lateUs), MigrationClock.NowUs - us);
+                    long end = _device._pf.Reserve(start, us);
+                    _readyUs = end;
+                    bool slept = end > MigrationClock.NowUs;
+                    if (!SleepUntil(end))
+                        throw new VfioException(Op("write"), Libc.EIO, "the device was reset during a load");
+                    // Oversleeping (timer slack) is forgiven, up to 2 ms; being descheduled for longer is not.
+                    _lateUs = slept ? Math.Clamp(MigrationClock.NowUs - end, 0, 2000) : 0;
+                }
+                _firstUs = -1;
             }
-            catch (SimStreamException e)
-            {
-                _error = $"device refused the stream: {e.Message}";
-                // poison: the writer's write fails, later writes too
-                Libc.Shutdown(_deviceFd, Libc.SHUT_RDWR);
-            }
+            return done;
         }
 
         /// <summary>Sleeps until <paramref name="untilUs"/> (MigrationClock): whole milliseconds cancellably, the rest with nanosleep. False when cancelled.</summary>
@@ -493,11 +374,9 @@ public sealed class SimulatedDevice : IMigrationDevice
             return !_cancel.IsCancellationRequested;
         }
 
-        /// <summary>RESUMING->STOP: let the device finish what was written, then judge the stream. Null = accepted.</summary>
+        /// <summary>RESUMING->STOP: judge the stream that was written. Null = accepted.</summary>
         public string? FinishLoad()
         {
-            if (_engineRef) Libc.Shutdown(_engineHandle.Fd, Libc.SHUT_WR); // the device sees EOF after the last byte
-            _finished.Wait();
             string? error = _error;
             if (error is null && !Parser!.Complete)
                 error = $"incomplete stream: {Parser.Progress}";
@@ -505,23 +384,11 @@ public sealed class SimulatedDevice : IMigrationDevice
             return error;
         }
 
+        /// <summary>Ends the session; a load in progress on another thread is cut short and its write fails.</summary>
         public void Close()
         {
-            if (Interlocked.Exchange(ref _closed, 1) != 0) return;
+            _closed = true;
             _cancel.Cancel();
-            Libc.Shutdown(_deviceFd, Libc.SHUT_RDWR);
-            if (_thread is not null && Thread.CurrentThread != _thread) _finished.Wait();
-            Libc.Close(_deviceFd);
-            if (_engineRef)
-            {
-                // the engine's fd is disabled from now on, like a VFIO data fd after its session ends:
-                // shut down both ways and discard what the device had queued, so reads end at once
-                Libc.Shutdown(_engineHandle.Fd, Libc.SHUT_RDWR);
-                byte* scratch = stackalloc byte[4096];
-                while (Libc.Read(_engineHandle.Fd, scratch, 4096) > 0) { }
-                _engineHandle.DangerousRelease();
-                _engineRef = false;
-            }
         }
     }
 }

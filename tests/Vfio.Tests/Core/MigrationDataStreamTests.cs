@@ -235,4 +235,37 @@ public unsafe class MigrationDataStreamTests
         Assert.Equal(0, s.WriteAll([]));
         Assert.Equal(0, sys.WriteCalls);
     }
+
+    /// <summary>An in-process endpoint that takes at most Chunk bytes per write and records them.</summary>
+    private sealed class ChunkedEndpoint : IDataStreamEndpoint
+    {
+        public int Chunk = 3000;
+        public readonly MemoryStream Written = new();
+        public int Calls;
+        public DataRead Read(Span<byte> buffer) { buffer[0] = 42; return new DataRead(1, DataReadStatus.Data); }
+        public int Write(ReadOnlySpan<byte> data)
+        {
+            Calls++;
+            int n = Math.Min(Chunk, data.Length);
+            Written.Write(data[..n]);
+            return n;
+        }
+    }
+
+    [Fact]
+    public void Endpoint_WriteAll_CompletesPartialWrites_InOrder_AndTheStreamRefusesUseAfterDispose()
+    {
+        var ep = new ChunkedEndpoint();
+        var s = new MigrationDataStream(ep, "sim:e");
+        var data = Pattern(10_000);
+        Assert.Equal(4, s.WriteAll(data));
+        Assert.Equal(data, ep.Written.ToArray());
+        var buf = new byte[8];
+        Assert.Equal(new DataRead(1, DataReadStatus.Data), s.Read(buf));
+        var e = Assert.Throws<VfioException>(() => s.GetPrecopyInfo());
+        Assert.Equal(Libc.ENOTTY, e.Errno);
+        s.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => s.WriteAll(data));
+        Assert.Throws<ObjectDisposedException>(() => s.Read(buf));
+    }
 }

@@ -127,9 +127,7 @@ public class UnitTests
         dst.SetState(MigrationState.Stop);
         using var w = dst.SetState(MigrationState.Resuming)!;
         var sw = Stopwatch.StartNew();
-        // Past the end of the first record by more than the socket can hold (64 KiB SO_SNDBUF, doubled by the kernel, in
-        // ~36 KiB skbs): the write cannot return before the device reads on, i.e. before the record's load is over.
-        // (With only ~44 KiB past the end it sometimes returned at once, depending on how the skbs happened to fill.)
+        // Past the end of the first record: the write cannot return before that record's load is over.
         w.WriteAll(stream.AsSpan(0, 460 << 10));
         var first = sw.Elapsed;
         w.WriteAll(stream.AsSpan(460 << 10));
@@ -139,6 +137,27 @@ public class UnitTests
         Assert.True(all.TotalMilliseconds >= 55, $"both records loaded after {all.TotalMilliseconds} ms");
         dst.RestoreConfig(src.SaveConfig());
         Assert.Equal(src.StateDigest(), dst.StateDigest());
+    }
+
+    [Fact]
+    public void Sim_reset_cuts_a_load_in_progress_short_and_its_write_fails()
+    {
+        // One record of 1 MiB at 1 MiB/s: its load would last a second.
+        var o = new SimulatedDeviceOptions { StateSize = 1 << 20, RecordDataSize = 1 << 20, LoadBytesPerSecond = 1 << 20 };
+        var src = new SimulatedDevice("sim:r", o);
+        var dst = new SimulatedDevice("sim:r2", o);
+        src.SetState(MigrationState.Stop);
+        var stream = Read(src);
+        dst.SetState(MigrationState.Stop);
+        using var w = dst.SetState(MigrationState.Resuming)!;
+        var sw = Stopwatch.StartNew();
+        var writer = Task.Run(() => w.WriteAll(stream), TestContext.Current.CancellationToken);
+        Thread.Sleep(100);
+        dst.Reset();
+        var e = Assert.Throws<AggregateException>(() => writer.Wait(5000, TestContext.Current.CancellationToken));
+        Assert.Contains("reset during a load", Assert.IsType<VfioException>(e.InnerException).Message);
+        Assert.True(sw.Elapsed < TimeSpan.FromMilliseconds(800), $"the write ended {sw.Elapsed.TotalMilliseconds} ms after it began");
+        Assert.Equal(MigrationState.Running, dst.GetState());
     }
 
     [Fact]
