@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <linux/version.h>
@@ -48,7 +47,6 @@ int main(void)
     C(EPERM); C(ENOENT); C(EINTR); C(EIO); C(EBADF); C(EAGAIN); C(ENOMEM); C(EACCES); C(EFAULT);
     C(EBUSY); C(ENODEV); C(EINVAL); C(ENOTTY); C(ESPIPE); C(EPIPE); C(ENOMSG); C(EOPNOTSUPP);
     C(AF_UNIX); C(SOCK_STREAM); C(SOCK_CLOEXEC);
-    C(SOL_SOCKET); C(SO_SNDBUF); C(SO_RCVBUF); C(SHUT_RD); C(SHUT_WR); C(SHUT_RDWR); C(MFD_CLOEXEC);
     C(PRIO_PROCESS);
     C(F_GETFL); C(F_SETFL); C(F_SETPIPE_SZ);
 

@@ -23,7 +23,6 @@ public sealed record BenchSettings
     public int MemoryDevices { get; init; } = 4;
     public long MemoryStateSize { get; init; } = 1L << 30;
     public long MemoryLimitBytes { get; init; } = 256L << 20;
-    public int IperfSeconds { get; init; } = 3;
     public MigrationOptions Migration { get; init; } = new();
     public double BoundTolerance { get; init; } = 0.05;
     public double IperfFraction { get; init; } = 0.90;
@@ -32,8 +31,6 @@ public sealed record BenchSettings
 /// <summary>Runs the sweeps a benchmark asks for, each scenario several times, and checks the targets.</summary>
 public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
 {
-    private readonly Dictionary<int, (double? Mbps, string? Why)> _iperf = new();
-
     public BenchResult Run(string command)
     {
         var rows = new List<BenchRow>();
@@ -56,8 +53,13 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
     {
         var options = settings.Migration with { Channels = scenario.Channels, Loading = scenario.Loading };
         var runs = new List<(RunReport Report, long? PeakRss)>();
+        var baseline = new List<(double? Mbps, string? Why)>();
         for (int i = 0; i < repeat; i++)
         {
+            // Null devices: iperf3 moves the same bytes over as many streams just before each run, so that the two
+            // share the machine's conditions (its figures vary between runs as much as ours).
+            if (settings.Kind == BenchDeviceKind.Null)
+                baseline.Add(Iperf3Baseline.Measure(scenario.Channels, scenario.Devices * scenario.StateSize));
             PeakRss.Reset();
             var report = RunOnce(scenario, options);
             runs.Add((report, PeakRss.ReadBytes()));
@@ -66,7 +68,9 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         var failed = runs.FirstOrDefault(r => !r.Report.Ok).Report;
         var ok = runs.Where(r => r.Report.Ok).OrderBy(r => r.Report.DowntimeMs).ToList();
         var median = ok.Count > 0 ? ok[ok.Count / 2].Report : null;
-        (double? iperf, string? why) = settings.Kind == BenchDeviceKind.Null ? Iperf(scenario.Channels) : (null, null);
+        var rates = baseline.Where(b => b.Mbps is not null).Select(b => b.Mbps!.Value).Order().ToList();
+        double? iperf = rates.Count > 0 ? rates[rates.Count / 2] : null;
+        string? why = rates.Count > 0 ? null : baseline.FirstOrDefault().Why;
         var row = new BenchRow
         {
             Scenario = scenario,
@@ -120,19 +124,6 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         {
             foreach (var d in sources.Concat(destinations)) d.Dispose();
         }
-    }
-
-    /// <summary>iperf3's median over as many runs as each scenario gets, since its own figures vary as much as ours.</summary>
-    private (double? Mbps, string? Why) Iperf(int streams)
-    {
-        if (!_iperf.TryGetValue(streams, out var result))
-        {
-            var runs = Enumerable.Range(0, settings.Repeat).Select(_ => Iperf3Baseline.Measure(streams, settings.IperfSeconds)).ToList();
-            var rates = runs.Where(r => r.Mbps is not null).Select(r => r.Mbps!.Value).Order().ToList();
-            result = rates.Count > 0 ? (rates[rates.Count / 2], null) : (null, runs[0].Why);
-            _iperf[streams] = result;
-        }
-        return result;
     }
 
     private IReadOnlyList<BenchTarget> CheckTargets(IReadOnlyList<BenchRow> rows)

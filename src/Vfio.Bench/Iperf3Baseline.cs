@@ -14,8 +14,9 @@ public static class Iperf3Baseline
     public const string Binary = "iperf3";
 
     /// <summary>Megabits per second received, or an explanation of why iperf3 could not be measured.</summary>
-    /// <param name="seconds">Whole seconds: iperf3 reads -t as an integer, and 0 would mean forever.</param>
-    public static (double? Mbps, string? Why) Measure(int streams, int seconds)
+    /// <param name="bytes">Bytes to move over all streams (iperf3 -n): the same as the run it is compared with, so
+    /// that both last about as long and amortise their start alike.</param>
+    public static (double? Mbps, string? Why) Measure(int streams, long bytes)
     {
         int port = FreePort();
         using var server = Start($"-s -1 -p {port} -B 127.0.0.1", out string? why);
@@ -26,11 +27,11 @@ public static class Iperf3Baseline
             if (!WaitListening(port, TimeSpan.FromSeconds(5)))
                 return (null, "iperf3 -s did not start listening");
             var args = string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                $"-c 127.0.0.1 -p {port} -P {streams} -t {seconds} -J");
+                $"-c 127.0.0.1 -p {port} -P {streams} -n {bytes} -J");
             using var client = Start(args, out why);
             if (client is null) return (null, why);
             var json = client.StandardOutput.ReadToEndAsync();
-            if (!client.WaitForExit(TimeSpan.FromSeconds(seconds + 30)))
+            if (!client.WaitForExit(TimeSpan.FromSeconds(30 + bytes / 100e6)))
             {
                 client.Kill();
                 return (null, "iperf3 -c did not finish");

@@ -23,14 +23,13 @@ internal static class BenchCommand
         var pairs = new Option<string[]>("--device") { Description = "Real device pairs SRC=DST to benchmark instead of simulated devices (repeat)" };
         var skipMemory = new Option<bool>("--skip-memory") { Description = "Skip the memory scenario (4 devices of 1 GiB)" };
         var memorySize = new Option<string>("--memory-state-size") { Description = "State per device in the memory scenario", DefaultValueFactory = _ => "1GiB" };
-        var iperfSeconds = new Option<int>("--iperf-seconds") { Description = "Whole seconds of each iperf3 baseline run", DefaultValueFactory = _ => 3 };
         var bufferSize = new Option<string>("--buffer-size") { Description = "Bytes per data buffer", DefaultValueFactory = _ => "1MiB" };
         var window = new Option<int>("--window") { Description = "Buffers per device in flight (credits)", DefaultValueFactory = _ => MigrationOptions.DefaultWindow };
         var output = new Option<string>("--out") { Description = "Folder for bench.md, bench.csv and bench.svg", DefaultValueFactory = _ => "bench-results" };
         var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file" };
 
         var command = new Command("bench", "Benchmark migrations: device counts 1,2,4,8, decoupled vs coupled loading, channel counts; writes Markdown, CSV, a chart and JSON");
-        foreach (var o in new Option[] { devices, loading, channels, channelSweep, repeat, stateSize, loadRate, pf, nullDevices, pairs, skipMemory, memorySize, iperfSeconds, bufferSize, window, output, json })
+        foreach (var o in new Option[] { devices, loading, channels, channelSweep, repeat, stateSize, loadRate, pf, nullDevices, pairs, skipMemory, memorySize, bufferSize, window, output, json })
             command.Options.Add(o);
 
         command.SetAction(r =>
@@ -68,7 +67,6 @@ internal static class BenchCommand
                     RealPairs = realPairs,
                     Memory = !r.GetValue(skipMemory),
                     MemoryStateSize = Sizes.Parse(r.GetValue(memorySize)!, "--memory-state-size"),
-                    IperfSeconds = r.GetValue(iperfSeconds) is >= 1 and <= 600 ? r.GetValue(iperfSeconds) : throw new UsageException("--iperf-seconds must be a whole number from 1 to 600"),
                     Migration = migration,
                 };
                 // Output places are checked before the sweep, so a long run is never lost at its end.

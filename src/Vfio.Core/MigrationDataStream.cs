@@ -27,6 +27,16 @@ public interface IDataStreamEndpoint
 }
 
 /// <summary>
+/// An endpoint whose saved state already lies in memory: the engine may send it from there instead of reading a copy
+/// into its own buffer (a device with no cost, to measure the transport alone).
+/// </summary>
+public interface IInPlaceDataEndpoint : IDataStreamEndpoint
+{
+    /// <summary>The next bytes of the stream, at most <paramref name="max"/>, valid until the session ends; empty at the end.</summary>
+    ReadOnlyMemory<byte> ReadInPlace(int max);
+}
+
+/// <summary>
 /// The migration data fd returned by a state transition. It is a stream: only read(2)/write(2), never
 /// pread/pwrite (ESPIPE). EINTR is retried; writes are completed even when the kernel takes them in parts.
 /// Simulated devices give a stream over an in-process endpoint instead of an fd, so that the simulator costs no
@@ -62,6 +72,18 @@ public sealed unsafe class MigrationDataStream : IDisposable
 
     /// <summary>The device (or simulated device) this stream belongs to, used in error messages.</summary>
     public string Owner => _owner;
+
+    /// <summary>True when <see cref="ReadInPlace"/> may be used instead of Read.</summary>
+    public bool CanReadInPlace => _endpoint is IInPlaceDataEndpoint;
+
+    /// <summary>The next bytes without copying them (see <see cref="IInPlaceDataEndpoint"/>); empty at the end of the stream.</summary>
+    public ReadOnlyMemory<byte> ReadInPlace(int max)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_endpoint is not IInPlaceDataEndpoint inPlace)
+            throw new InvalidOperationException($"the data stream of {_owner} cannot be read in place");
+        return inPlace.ReadInPlace(max);
+    }
 
     public DataRead Read(Span<byte> buffer)
     {

@@ -35,14 +35,6 @@ public static unsafe partial class Libc
     public const int SOCK_STREAM = 1;
     public const int SOCK_CLOEXEC = 0x80000;
 
-    public const int SOL_SOCKET = 1;
-    public const int SO_SNDBUF = 7;
-    public const int SO_RCVBUF = 8;
-    public const int SHUT_RD = 0;
-    public const int SHUT_WR = 1;
-    public const int SHUT_RDWR = 2;
-
-    public const uint MFD_CLOEXEC = 1;
     public const int PRIO_PROCESS = 0;
 
     public const int F_GETFL = 3;
@@ -84,24 +76,9 @@ public static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int Fcntl(int fd, int cmd, int arg);
 
-    [LibraryImport(Lib, EntryPoint = "setsockopt", SetLastError = true)]
-    public static partial int SetSockOpt(int fd, int level, int name, int* value, uint length);
-
-    [LibraryImport(Lib, EntryPoint = "getsockopt", SetLastError = true)]
-    public static partial int GetSockOpt(int fd, int level, int name, int* value, uint* length);
-
-    [LibraryImport(Lib, EntryPoint = "shutdown", SetLastError = true)]
-    public static partial int Shutdown(int fd, int how);
-
     /// <summary>nanosleep with a struct timespec as two longs {tv_sec, tv_nsec} (x86_64/arm64 layout).</summary>
     [LibraryImport(Lib, EntryPoint = "nanosleep", SetLastError = true)]
     public static partial int NanoSleep(long* request, long* remaining);
-
-    [LibraryImport(Lib, EntryPoint = "memfd_create", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
-    public static partial int MemfdCreate(string name, uint flags);
-
-    [LibraryImport(Lib, EntryPoint = "ftruncate", SetLastError = true)]
-    public static partial int Ftruncate(int fd, long length);
 
     [LibraryImport(Lib, EntryPoint = "gettid")]
     public static partial int GetTid();

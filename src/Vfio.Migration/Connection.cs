@@ -36,10 +36,13 @@ internal sealed class Connection : IDisposable
         var socket = new Socket(endpoint.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
-            using var cts = new CancellationTokenSource(timeout);
-            socket.ConnectAsync(endpoint, cts.Token).AsTask().GetAwaiter().GetResult();
+            // A blocking connect, whose timeout Linux takes from SO_SNDTIMEO. Not .NET's ConnectAsync: after an async
+            // operation a socket stays non-blocking underneath, and every blocking Send/Receive that has to wait then
+            // goes through .NET's epoll thread and a spinning event (measurably slower on the data path).
+            socket.SendTimeout = (int)timeout.TotalMilliseconds;
+            socket.Connect(endpoint);
         }
-        catch (OperationCanceledException)
+        catch (SocketException e) when (e.SocketErrorCode is SocketError.InProgress or SocketError.WouldBlock or SocketError.TimedOut)
         {
             socket.Dispose();
             throw new MigrationException($"connect to {endpoint} ({name}): timed out after {timeout.TotalSeconds:0.#} s");

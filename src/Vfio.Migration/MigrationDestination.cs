@@ -206,12 +206,14 @@ public sealed class MigrationDestination
 
     private static Socket AcceptOne(Socket listener, DateTime deadline, RunControl ctl, string what)
     {
-        var left = deadline - DateTime.UtcNow;
-        if (left <= TimeSpan.Zero) throw new MigrationException($"timed out waiting for {what}");
-        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctl.Token);
-        cts.CancelAfter(left);
-        try { return listener.AcceptAsync(cts.Token).AsTask().GetAwaiter().GetResult(); }
-        catch (OperationCanceledException) { ctl.Token.ThrowIfCancellationRequested(); throw new MigrationException($"timed out waiting for {what}"); }
+        // Polled and accepted synchronously: a socket accepted by .NET's async Accept stays non-blocking underneath,
+        // and its blocking receives then go through .NET's epoll thread (measurably slower on the data path).
+        while (!listener.Poll(TimeSpan.FromMilliseconds(100), SelectMode.SelectRead))
+        {
+            ctl.Token.ThrowIfCancellationRequested();
+            if (DateTime.UtcNow >= deadline) throw new MigrationException($"timed out waiting for {what}");
+        }
+        return listener.Accept();
     }
 
     private Handshake ReadHandshake(Connection c)

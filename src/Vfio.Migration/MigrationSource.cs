@@ -263,22 +263,31 @@ public sealed class MigrationSource
             if (!_credits[dev].Take(token)) return;
             long w1 = MigrationClock.NowUs;
             if (w1 - w0 > 20) track.Add(TraceKind.CreditWait, w0, w1, buffer: (int)index);
-            var buf = _pool.Rent();
             // The first buffers are small so that the destination device starts loading sooner (the first buffer
             // crosses every stage of the pipeline alone); from the third on, full buffers.
-            int want = index switch { 0 => Math.Min(buf.Length, 64 << 10), 1 => Math.Min(buf.Length, 256 << 10), _ => buf.Length };
-            int n = Fill(stream, buf.AsSpan(0, want), token);
+            int size = _pool.BufferSize;
+            int want = index switch { 0 => Math.Min(size, 64 << 10), 1 => Math.Min(size, 256 << 10), _ => size };
+            byte[]? buf = null;
+            ReadOnlyMemory<byte> payload;
+            if (stream.CanReadInPlace)
+                payload = stream.ReadInPlace(want);
+            else
+            {
+                buf = _pool.Rent();
+                payload = buf.AsMemory(0, Fill(stream, buf.AsSpan(0, want), token));
+            }
             long r1 = MigrationClock.NowUs;
+            int n = payload.Length;
             if (n == 0)
             {
-                _pool.Return(buf);
+                if (buf is not null) _pool.Return(buf);
                 break; // the credit taken is used by the config packet
             }
-            uint crc = Crc32C.Compute(buf.AsSpan(0, n));
+            uint crc = Crc32C.Compute(payload.Span);
             StreamChecksum.Append(hash, index, n, crc);
             track.Add(TraceKind.Save, w1, r1, n, (int)index);
             Interlocked.Increment(ref _sent[dev]);
-            scheduler.Enqueue(new OutPacket(dev, index++, PacketFlags.Data, buf, n, crc));
+            scheduler.Enqueue(new OutPacket(dev, index++, PacketFlags.Data, payload, buf, crc));
             bytes += n;
             Volatile.Write(ref Progress.Bytes[dev], bytes);
         }
@@ -296,7 +305,7 @@ public sealed class MigrationSource
         var cbuf = _pool.Rent();
         config.CopyTo(cbuf, 0);
         Interlocked.Increment(ref _sent[dev]);
-        scheduler.Enqueue(new OutPacket(dev, index, PacketFlags.Config | PacketFlags.End, cbuf, config.Length, Crc32C.Compute(config)));
+        scheduler.Enqueue(new OutPacket(dev, index, PacketFlags.Config | PacketFlags.End, cbuf.AsMemory(0, config.Length), cbuf, Crc32C.Compute(config)));
 
         Span<byte> body = stackalloc byte[48];
         var w = new MessageWriter(body);
@@ -341,28 +350,39 @@ public sealed class MigrationSource
             long t0 = MigrationClock.NowUs;
             bool hit = fault is not null && fault.Device == p.Device && fault.Buffer == p.Buffer;
             new PacketHeader((ushort)p.Device, p.Flags, p.Buffer, p.Length, p.Crc).Write(header);
-            if (hit && fault!.Kind == WireFaultKind.Drop) { _pool.Return(p.Data); continue; }
-            if (hit && fault!.Kind == WireFaultKind.CorruptPayload) p.Data[p.Length / 2] ^= 0x01;
+            if (hit && fault!.Kind == WireFaultKind.Drop) { Release(p); continue; }
+            var payload = p.Payload.Span;
+            if (hit && fault!.Kind == WireFaultKind.CorruptPayload)
+            {
+                var corrupt = payload.ToArray(); // (a copy: the bytes may be a device's own memory)
+                corrupt[p.Length / 2] ^= 0x01;
+                payload = corrupt;
+            }
             conn.WriteAll(header);
             if (hit && fault!.Kind == WireFaultKind.Truncate)
             {
-                conn.WriteAll(p.Data.AsSpan(0, p.Length / 2));
+                conn.WriteAll(payload[..(p.Length / 2)]);
                 conn.Abort();
-                _pool.Return(p.Data);
+                Release(p);
                 return;
             }
-            conn.WriteAll(p.Data.AsSpan(0, p.Length));
+            conn.WriteAll(payload);
             if (hit && fault!.Kind == WireFaultKind.Duplicate)
             {
                 conn.WriteAll(header);
-                conn.WriteAll(p.Data.AsSpan(0, p.Length));
+                conn.WriteAll(payload);
             }
             track.Add(TraceKind.Send, t0, MigrationClock.NowUs, p.Length, (int)p.Buffer, device: p.Device);
-            _pool.Return(p.Data);
+            Release(p);
         }
         if (ctl.Token.IsCancellationRequested) return;
         new PacketHeader(Protocol.ChannelEndDevice, PacketFlags.ChannelEnd, 0, 0, 0).Write(header);
         conn.WriteAll(header);
+    }
+
+    private void Release(in OutPacket p)
+    {
+        if (p.Pooled is not null) _pool.Return(p.Pooled);
     }
 
     private void MainReceive(Connection main, RunControl ctl)

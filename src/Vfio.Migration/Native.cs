@@ -2,7 +2,7 @@ using Vfio.Interop;
 
 namespace Vfio.Migration;
 
-/// <summary>Socket options, sleeps and thread priorities the engine and the simulated device need, over the raw calls of <see cref="Libc"/>.</summary>
+/// <summary>Sleeps and thread priorities the engine and the simulated device need, over the raw calls of <see cref="Libc"/>.</summary>
 internal static unsafe class Native
 {
     /// <summary>A short uninterruptible sleep with microsecond resolution (timer slack aside).</summary>
@@ -25,19 +25,4 @@ internal static unsafe class Native
     /// lost. Needs CAP_SYS_NICE (the tool runs as root); without it the thread keeps its priority. True if raised.
     /// </summary>
     public static bool FavourCurrentThread() => Libc.SetPriority(Libc.PRIO_PROCESS, (uint)Libc.GetTid(), -10) == 0;
-
-    public static void SetSockOpt(int fd, int name, int value)
-    {
-        if (Libc.SetSockOpt(fd, Libc.SOL_SOCKET, name, &value, sizeof(int)) < 0)
-            throw VfioException.FromLastError($"setsockopt({name})");
-    }
-
-    public static int GetSockOpt(int fd, int name)
-    {
-        int value = 0;
-        uint length = sizeof(int);
-        if (Libc.GetSockOpt(fd, Libc.SOL_SOCKET, name, &value, &length) < 0)
-            throw VfioException.FromLastError($"getsockopt({name})");
-        return value;
-    }
 }

@@ -1,7 +1,13 @@
 namespace Vfio.Migration;
 
-/// <summary>A buffer queued for sending: the pooled array, the bytes in it, and where it belongs.</summary>
-internal readonly record struct OutPacket(int Device, uint Buffer, PacketFlags Flags, byte[] Data, int Length, uint Crc);
+/// <summary>
+/// A buffer queued for sending: its bytes (in a pooled array, or in place in a device's memory), where it belongs,
+/// and the pooled array to return once it is sent (null for bytes sent in place).
+/// </summary>
+internal readonly record struct OutPacket(int Device, uint Buffer, PacketFlags Flags, ReadOnlyMemory<byte> Payload, byte[]? Pooled, uint Crc)
+{
+    public int Length => Payload.Length;
+}
 
 /// <summary>Decides which data channel sends which packet, and in what order.</summary>
 internal interface IPacketScheduler
@@ -62,7 +68,8 @@ internal sealed class NextIdleScheduler : IPacketScheduler
     public void Drain(BufferPool pool)
     {
         lock (_queue)
-            while (_queue.Count > 0) pool.Return(_queue.Dequeue().Data);
+            while (_queue.Count > 0)
+                if (_queue.Dequeue().Pooled is { } buffer) pool.Return(buffer);
     }
 }
 

@@ -3,17 +3,22 @@ using Vfio.Interop;
 namespace Vfio.Migration;
 
 /// <summary>
-/// A device with no cost (<c>null:NAME</c>): it measures the transport alone. Saving, its data fd reads a memfd of
-/// the state size (sparse: a name-derived first page, zeros after it, so it costs neither time nor memory to make
-/// and reading it is a copy from the page cache's zero page); resuming, its data fd is /dev/null, which swallows
-/// writes at no cost. It keeps no digest, so a run over null devices is verified by the byte count and the stream
-/// checksum (every buffer's CRC32C, in order), which is what the transport is responsible for.
+/// A device with no cost (<c>null:NAME</c>): it measures the transport alone. Its state lies in memory, a
+/// name-derived block of <see cref="PeriodBytes"/> (just under 4 MiB, a prime number of words, so that buffers never
+/// line up with it) repeated to the state size. Saving, the engine sends the state from where it lies
+/// (<see cref="IInPlaceDataEndpoint"/>): reading a copy into the engine's buffer would be a device's cost (on a real
+/// VF, the kernel copying from the driver's buffers), not the transport's. Resuming, it swallows writes at no cost.
+/// It keeps no digest, so a run over null devices is verified by the byte count and the stream checksum (every
+/// buffer's CRC32C, in order), which is what the transport is responsible for.
 /// </summary>
 public sealed class NullDevice : IMigrationDevice
 {
+    private const int PeriodWords = 524287; // 2^19 - 1, a prime
+    public const int PeriodBytes = PeriodWords * 8;
     private readonly object _lock = new();
-    private readonly int _memfd;
+    private readonly byte[] _pattern; // the block twice in a row: any window of up to PeriodBytes is contiguous
     private MigrationState _state = MigrationState.Running;
+    private Session? _session;
     private byte[] _config;
     private bool _disposed;
 
@@ -23,26 +28,11 @@ public sealed class NullDevice : IMigrationDevice
             throw new ArgumentOutOfRangeException(nameof(stateSize), "state size must be between 1 byte and 1 TiB");
         Name = name;
         StateSize = stateSize;
-        _memfd = Libc.MemfdCreate("vfio-mig-" + name, Libc.MFD_CLOEXEC);
-        if (_memfd < 0) throw VfioException.FromLastError($"memfd_create for {name}");
-        if (Libc.Ftruncate(_memfd, stateSize) < 0)
-        {
-            var e = VfioException.FromLastError($"ftruncate memfd of {name} to {stateSize} bytes");
-            Libc.Close(_memfd);
-            throw e;
-        }
-        var page = new byte[(int)Math.Min(4096, stateSize)];
-        SimStream.FillData(SimStream.SeedOf(name), -2, 0, page);
-        unsafe
-        {
-            fixed (byte* p = page)
-                if (Libc.PWrite(_memfd, p, (nuint)page.Length, 0) != page.Length)
-                {
-                    var e = VfioException.FromLastError($"write memfd of {name}");
-                    Libc.Close(_memfd);
-                    throw e;
-                }
-        }
+        _pattern = GC.AllocateUninitializedArray<byte>(2 * PeriodBytes, pinned: true);
+        var words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(_pattern.AsSpan());
+        ulong seed = SimStream.SeedOf(name);
+        for (int k = 0; k < PeriodWords; k++)
+            words[k] = words[PeriodWords + k] = SimStream.Word(seed, -2, k);
         _config = OwnConfig();
     }
 
@@ -97,19 +87,16 @@ public sealed class NullDevice : IMigrationDevice
             {
                 var from = _state;
                 _state = next;
+                if (from is MigrationState.StopCopy or MigrationState.Resuming)
+                {
+                    _session?.End();
+                    _session = null;
+                }
                 if (from == MigrationState.Stop && next is MigrationState.StopCopy or MigrationState.Resuming)
                 {
-                    // A new open file description: its own offset, so every session reads the state from the start.
-                    int fd = next == MigrationState.StopCopy
-                        ? Libc.Open($"/proc/self/fd/{_memfd}", Libc.O_RDONLY | Libc.O_CLOEXEC)
-                        : Libc.Open("/dev/null", Libc.O_WRONLY | Libc.O_CLOEXEC);
-                    if (fd < 0)
-                    {
-                        _state = MigrationState.Error;
-                        throw VfioException.FromLastError(op);
-                    }
-                    // The engine owns (and closes) the stream it gets.
-                    stream = new MigrationDataStream(new FileDescriptorHandle(fd), Name);
+                    // Every session reads the state from its start; the engine owns (and disposes) the stream.
+                    _session = new Session(this, saving: next == MigrationState.StopCopy);
+                    stream = new MigrationDataStream(_session, Name);
                 }
             }
             return stream;
@@ -120,6 +107,8 @@ public sealed class NullDevice : IMigrationDevice
     {
         lock (_lock)
         {
+            _session?.End();
+            _session = null;
             _state = MigrationState.Running;
             _config = OwnConfig();
         }
@@ -129,11 +118,44 @@ public sealed class NullDevice : IMigrationDevice
     {
         lock (_lock)
         {
-            if (_disposed) return;
             _disposed = true;
-            Libc.Close(_memfd);
+            _session?.End();
+            _session = null;
         }
     }
 
     public override string ToString() => Name;
+
+    /// <summary>One STOP_COPY session (the state, in place) or RESUMING session (writes swallowed).</summary>
+    private sealed class Session(NullDevice device, bool saving) : IInPlaceDataEndpoint
+    {
+        private long _offset;
+        private volatile bool _ended;
+
+        public void End() => _ended = true;
+
+        public ReadOnlyMemory<byte> ReadInPlace(int max)
+        {
+            if (!saving) throw new VfioException($"read(migration data fd of {device.Name})", Libc.EINVAL, "the device is resuming");
+            if (_ended) return ReadOnlyMemory<byte>.Empty; // the session ended: like a data fd, reads end at once
+            int n = (int)Math.Min(Math.Min(max, PeriodBytes), device.StateSize - _offset);
+            var chunk = device._pattern.AsMemory((int)(_offset % PeriodBytes), n);
+            _offset += n;
+            return chunk;
+        }
+
+        public DataRead Read(Span<byte> buffer)
+        {
+            var chunk = ReadInPlace(buffer.Length);
+            chunk.Span.CopyTo(buffer);
+            return new DataRead(chunk.Length, chunk.IsEmpty ? DataReadStatus.EndOfStream : DataReadStatus.Data);
+        }
+
+        public int Write(ReadOnlySpan<byte> data)
+        {
+            if (saving) throw new VfioException($"write(migration data fd of {device.Name})", Libc.EINVAL, "the device is saving");
+            if (_ended) throw new VfioException($"write(migration data fd of {device.Name})", Libc.EPIPE, "the session has ended");
+            return data.Length;
+        }
+    }
 }

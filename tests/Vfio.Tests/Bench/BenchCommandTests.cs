@@ -51,7 +51,7 @@ public class BenchCommandTests : IDisposable
     {
         string json = Path.Combine(_dir, "null.json");
         var (code, output, error) = Run("bench", "--null", "--devices", "2", "--loading", "decoupled", "--channels", "2", "--channel-sweep", "none",
-            "--repeat", "1", "--state-size", "16MiB", "--skip-memory", "--iperf-seconds", "1", "--out", _dir, "--json", json);
+            "--repeat", "1", "--state-size", "16MiB", "--skip-memory", "--out", _dir, "--json", json);
         Assert.True(code == 0, output + error);
         using var doc = JsonDocument.Parse(File.ReadAllText(json));
         Assert.Equal("null", doc.RootElement.GetProperty("device_kind").GetString());
@@ -70,7 +70,6 @@ public class BenchCommandTests : IDisposable
     [InlineData("--repeat", "0")]
     [InlineData("--state-size", "lots")]
     [InlineData("--device", "nopair")]
-    [InlineData("--iperf-seconds", "0")]
     [InlineData("--json", "/nonexistent-dir/bench.json")]
     [InlineData("--out", "/proc/version/x")]
     public void BadInputIsOneLineAndExitTwo(string option, string value)

@@ -18,6 +18,29 @@ public class MeasurementTests
     }
 
     [Fact]
+    public void Null_device_lends_its_state_in_place_and_its_content_does_not_repeat_at_buffer_boundaries()
+    {
+        long size = 2L * NullDevice.PeriodBytes + 1000;
+        using var dev = new NullDevice("null:p", size);
+        dev.SetState(MigrationState.Stop);
+        using var stream = dev.SetState(MigrationState.StopCopy)!;
+        Assert.True(stream.CanReadInPlace);
+        var chunks = new List<byte[]>();
+        ReadOnlyMemory<byte> c;
+        while (!(c = stream.ReadInPlace(1 << 20)).IsEmpty) chunks.Add(c.ToArray());
+        Assert.Equal(size, chunks.Sum(x => (long)x.Length));
+        Assert.All(chunks.SkipLast(1), x => Assert.Equal(1 << 20, x.Length));
+        Assert.NotEqual(chunks[0], chunks[1]); // the period is not a multiple of the buffer size
+        // The state is periodic: byte k equals byte k + PeriodBytes.
+        var all = chunks.SelectMany(x => x).ToArray();
+        Assert.Equal(all.AsSpan(0, 1000).ToArray(), all.AsSpan(2 * NullDevice.PeriodBytes, 1000).ToArray());
+        dev.SetState(MigrationState.Stop);
+        Assert.True(stream.ReadInPlace(4096).IsEmpty); // the session ended
+        dev.SetState(MigrationState.Resuming)!.WriteAll(all); // swallowed
+        dev.SetState(MigrationState.Stop);
+    }
+
+    [Fact]
     public void Null_devices_move_exactly_their_state_size_verified_by_count_and_checksum()
     {
         var factory = new DeviceFactory(new SimulatedDeviceOptions { StateSize = 3 * 32768 + 123 });

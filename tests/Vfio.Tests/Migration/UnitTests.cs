@@ -145,18 +145,19 @@ public class UnitTests
         // One record of 1 MiB at 1 MiB/s: its load would last a second.
         var o = new SimulatedDeviceOptions { StateSize = 1 << 20, RecordDataSize = 1 << 20, LoadBytesPerSecond = 1 << 20 };
         var src = new SimulatedDevice("sim:r", o);
-        var dst = new SimulatedDevice("sim:r2", o);
+        var pf = new SimulatedPf();
+        var dst = new SimulatedDevice("sim:r2", o, pf);
         src.SetState(MigrationState.Stop);
         var stream = Read(src);
         dst.SetState(MigrationState.Stop);
         using var w = dst.SetState(MigrationState.Resuming)!;
-        var sw = Stopwatch.StartNew();
         var writer = Task.Run(() => w.WriteAll(stream), TestContext.Current.CancellationToken);
-        Thread.Sleep(100);
+        Assert.True(SpinWait.SpinUntil(() => pf.PeakConcurrentLoads > 0, TimeSpan.FromSeconds(10)), "the load never began");
+        var sw = Stopwatch.StartNew();
         dst.Reset();
         var e = Assert.Throws<AggregateException>(() => writer.Wait(5000, TestContext.Current.CancellationToken));
         Assert.Contains("reset during a load", Assert.IsType<VfioException>(e.InnerException).Message);
-        Assert.True(sw.Elapsed < TimeSpan.FromMilliseconds(800), $"the write ended {sw.Elapsed.TotalMilliseconds} ms after it began");
+        Assert.True(sw.Elapsed < TimeSpan.FromMilliseconds(500), $"the write ended {sw.Elapsed.TotalMilliseconds} ms after the reset, not at once");
         Assert.Equal(MigrationState.Running, dst.GetState());
     }
 
