@@ -18,14 +18,13 @@ public sealed class MigrationDestination
     private readonly RunTimeline _timeline = new();
     private DeviceSink[] _sinks = Array.Empty<DeviceSink>();
     private BufferPool? _pool;
-    private readonly AutoResetEvent _creditSignal = new(false);
+    private Connection? _main; // credits go out on it straight from the thread that freed them
     private readonly ManualResetEventSlim _switchover = new();
     private long _switchoverUs;
     private long _sourceFirstStopUs;
     private int _finished;
     private readonly ManualResetEventSlim _allFinished = new();
     private int _channelsEnded;
-    private Action? _signalCredit;
 
     public MigrationDestination(IReadOnlyList<IMigrationDevice> devices, MigrationOptions options, ILogger? logger = null)
     {
@@ -61,6 +60,7 @@ public sealed class MigrationDestination
             Warmup.Prepare(); // while no source is connected yet: compile the data path outside the downtime
             (main, session, int channels) = AcceptMain(listener, ctl);
             ctl.Register(main);
+            _main = main;
             ctl.BeforeAbort = (msg, dev) => TrySendError(main, msg, dev);
             bufferSize = ReceiveDeviceList(main);
             report = new RunReport
@@ -381,7 +381,7 @@ public sealed class MigrationDestination
             {
                 try
                 {
-                    bool end = sink.DrainCoupled(_signalCredit ??= () => _creditSignal.Set());
+                    bool end = sink.DrainCoupled(() => ReturnCredits(sink));
                     Volatile.Write(ref Progress.Bytes[sink.Index], Volatile.Read(ref sink.LoadedBytes));
                     if (end && sink.ConfigLoaded()) FinishDevice(sink);
                 }
@@ -406,7 +406,7 @@ public sealed class MigrationDestination
         _switchover.Wait();
         if (ctl.Token.IsCancellationRequested) return;
         sink.Report.StartUs = MigrationClock.NowUs;
-        sink.LoaderLoop(ctl.Token, () => { _creditSignal.Set(); Volatile.Write(ref Progress.Bytes[sink.Index], Volatile.Read(ref sink.LoadedBytes)); });
+        sink.LoaderLoop(ctl.Token, () => ReturnCredits(sink));
         if (ctl.Token.IsCancellationRequested) return;
         if (!sink.WaitDone(ctl.Token)) return;
         FinishDevice(sink);
@@ -478,7 +478,24 @@ public sealed class MigrationDestination
         }
     }
 
-    /// <summary>Sends credits as loaders free buffers (coalesced), and a heartbeat every second.</summary>
+    /// <summary>
+    /// Returns the credits of the buffers a loader (or, coupled, a receive thread) has just loaded, from that thread:
+    /// handing them to another thread to send would cost a wakeup per buffer.
+    /// </summary>
+    private void ReturnCredits(DeviceSink sink)
+    {
+        Volatile.Write(ref Progress.Bytes[sink.Index], Volatile.Read(ref sink.LoadedBytes));
+        long n = Interlocked.Exchange(ref sink.PendingCredits, 0);
+        if (n == 0) return;
+        Span<byte> body = stackalloc byte[8];
+        var w = new MessageWriter(body);
+        w.U32((uint)sink.Index);
+        w.U32((uint)n);
+        try { _main!.SendMessage(MessageType.Credit, body); }
+        catch (MigrationException) when (_allFinished.IsSet) { /* the source has its result and closed: credits no longer matter */ }
+    }
+
+    /// <summary>A heartbeat every second, and the check for stalled devices.</summary>
     private void MainSend(Connection main, RunControl ctl)
     {
         try { MainSendLoop(main, ctl); }
@@ -491,33 +508,15 @@ public sealed class MigrationDestination
 
     private void MainSendLoop(Connection main, RunControl ctl)
     {
-        Span<byte> body = stackalloc byte[8];
-        var handles = new WaitHandle[] { _creditSignal, ctl.Token.WaitHandle, _allFinished.WaitHandle };
-        long lastCheck = MigrationClock.NowUs;
+        var handles = new WaitHandle[] { ctl.Token.WaitHandle, _allFinished.WaitHandle };
         long timeoutUs = (long)_options.Timeout.TotalMicroseconds;
         while (!ctl.Token.IsCancellationRequested && !_allFinished.IsSet)
         {
-            int which = WaitHandle.WaitAny(handles, TimeSpan.FromSeconds(1));
-            if (which is 1 or 2) return;
+            if (WaitHandle.WaitAny(handles, TimeSpan.FromSeconds(1)) != WaitHandle.WaitTimeout) return;
             long now = MigrationClock.NowUs;
-            if (now - lastCheck >= 1_000_000)
-            {
-                lastCheck = now;
-                foreach (var s in _sinks)
-                    if (s.Stalled(now, timeoutUs, out var what)) { ctl.Fail(what, s.Device.Name); return; }
-            }
-            bool any = false;
             foreach (var s in _sinks)
-            {
-                long n = Interlocked.Exchange(ref s.PendingCredits, 0);
-                if (n == 0) continue;
-                var w = new MessageWriter(body);
-                w.U32((uint)s.Index);
-                w.U32((uint)n);
-                main.SendMessage(MessageType.Credit, body);
-                any = true;
-            }
-            if (!any && which == WaitHandle.WaitTimeout) main.SendMessage(MessageType.Heartbeat, ReadOnlySpan<byte>.Empty);
+                if (s.Stalled(now, timeoutUs, out var what)) { ctl.Fail(what, s.Device.Name); return; }
+            main.SendMessage(MessageType.Heartbeat, ReadOnlySpan<byte>.Empty);
         }
     }
 
