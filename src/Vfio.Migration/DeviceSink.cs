@@ -165,8 +165,19 @@ internal sealed class DeviceSink
             long w1 = MigrationClock.NowUs;
             if (w1 > w0) { Track.Add(TraceKind.Wait, w0, w1, buffer: (int)s.Index); Report.WaitUs += w1 - w0; }
             bool end = Load(s);
-            creditReady();
+            // Credits go back in pairs while the next buffer is already here (half the messages and wakeups on
+            // both sides), at once when the loader is about to wait.
+            if (end || Volatile.Read(ref PendingCredits) >= 2 || !NextQueued()) creditReady();
             if (end) return;
+        }
+    }
+
+    private bool NextQueued()
+    {
+        lock (_lock)
+        {
+            ref var s = ref _ring[_next % _window];
+            return s.Used && s.Index == _next;
         }
     }
 
