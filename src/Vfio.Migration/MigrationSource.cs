@@ -124,9 +124,8 @@ public sealed class MigrationSource
                 Transition(d, MigrationState.Stop, mainTrack);
             report.FirstStopUs = firstStop;
             SendSwitchover(main, firstStop);
-            _log.LogInformation("switchover: {Devices} devices stopped", _devices.Count);
-
             go.Set();
+            _log.LogInformation("switchover: {Devices} devices stopped", _devices.Count);
             foreach (var t in savers) t.Join();
             scheduler.Complete();
             foreach (var t in senders) t.Join();

@@ -105,4 +105,17 @@ public class SchedulingTests
         Assert.InRange(pf.PeakConcurrentLoads, 1, 2);
         TestDevices.AssertSameState(src, dst);
     }
+
+    [Fact]
+    public void Next_idle_scheduler_sends_the_lowest_buffer_index_first_and_equal_indices_in_queueing_order()
+    {
+        var q = new NextIdleScheduler();
+        var data = new byte[1];
+        foreach (var (dev, buf) in new[] { (0, 2u), (0, 3u), (1, 0u), (2, 0u), (1, 1u), (0, 4u) })
+            q.Enqueue(new OutPacket(dev, buf, PacketFlags.Data, data, null, 0));
+        q.Complete();
+        var order = new List<(int, uint)>();
+        while (q.TryTake(0, TestContext.Current.CancellationToken, out var p)) order.Add((p.Device, p.Buffer));
+        Assert.Equal([(1, 0u), (2, 0u), (1, 1u), (0, 2u), (0, 3u), (0, 4u)], order);
+    }
 }
