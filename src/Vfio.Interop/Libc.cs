@@ -61,6 +61,10 @@ public static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "write", SetLastError = true)]
     public static partial nint Write(int fd, void* buf, nuint count);
 
+    /// <summary>writev(2); <paramref name="iov"/> is an array of struct iovec {base, length}.</summary>
+    [LibraryImport(Lib, EntryPoint = "writev", SetLastError = true)]
+    public static partial nint Writev(int fd, nint* iov, int count);
+
     [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
     public static partial nint PRead(int fd, void* buf, nuint count, long offset);
 

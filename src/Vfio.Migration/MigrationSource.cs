@@ -357,19 +357,17 @@ public sealed class MigrationSource
                 corrupt[p.Length / 2] ^= 0x01;
                 payload = corrupt;
             }
-            conn.WriteAll(header);
             if (hit && fault!.Kind == WireFaultKind.Truncate)
             {
-                conn.WriteAll(payload[..(p.Length / 2)]);
+                conn.WritePacket(header, payload[..(p.Length / 2)]);
                 conn.Abort();
                 Release(p);
                 return;
             }
-            conn.WriteAll(payload);
+            conn.WritePacket(header, payload);
             if (hit && fault!.Kind == WireFaultKind.Duplicate)
             {
-                conn.WriteAll(header);
-                conn.WriteAll(payload);
+                conn.WritePacket(header, payload);
             }
             track.Add(TraceKind.Send, t0, MigrationClock.NowUs, p.Length, (int)p.Buffer, device: p.Device);
             Release(p);
