@@ -16,11 +16,12 @@ public class UnitTests
     }
 
     [Fact]
-    public void Crc32C_interleaved_lanes_agree_with_one_lane_for_every_length_and_offset()
+    public void Crc32C_interleaved_lanes_and_folding_agree_with_one_lane_for_every_length_and_offset()
     {
         var data = new byte[70_000];
         new Random(7).NextBytes(data);
-        foreach (int len in new[] { 0, 1, 7, 8, 12_287, 12_288, 12_289, 24_576, 30_001, 65_536, 69_999 })
+        // (also across the folding path's thresholds where the CPU has it: 1024 bytes, 256-byte steps, 16-byte lanes)
+        foreach (int len in new[] { 0, 1, 7, 8, 1023, 1024, 1025, 1039, 1040, 1279, 1280, 1296, 12_287, 12_288, 12_289, 24_576, 30_001, 65_536, 69_999 })
             foreach (int off in new[] { 0, 1, 3 })
             {
                 var span = data.AsSpan(off, Math.Min(len, data.Length - off));
