@@ -25,6 +25,7 @@ public sealed class MigrationSource
     private string? _resultError;
     private long _lastRunningUs, _loadEndUs;
     private int _window;
+    private int _devicesStarted; // devices whose first buffer was read
 
     public MigrationSource(IReadOnlyList<IMigrationDevice> devices, MigrationOptions options, ILogger? logger = null)
     {
@@ -277,6 +278,7 @@ public sealed class MigrationSource
             }
             long r1 = MigrationClock.NowUs;
             int n = payload.Length;
+            if (index == 0) Interlocked.Increment(ref _devicesStarted);
             if (n == 0)
             {
                 if (buf is not null) _pool.Return(buf);
@@ -287,6 +289,10 @@ public sealed class MigrationSource
             track.Add(TraceKind.Save, w1, r1, n, (int)index);
             Interlocked.Increment(ref _sent[dev]);
             scheduler.Enqueue(new OutPacket(dev, index++, PacketFlags.Data, payload, buf, crc));
+            // While some device has not sent its first buffer, step aside after each buffer: on a host with fewer
+            // cores than devices, the save threads that woke first would otherwise fill their whole windows before
+            // the last ones run at all, and those devices start loading late.
+            if (Volatile.Read(ref _devicesStarted) < _devices.Count) Thread.Yield();
             bytes += n;
             Volatile.Write(ref Progress.Bytes[dev], bytes);
         }
