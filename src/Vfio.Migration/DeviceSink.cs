@@ -103,8 +103,8 @@ internal sealed class DeviceSink
             while (true)
             {
                 if (token.IsCancellationRequested) { slot = default; return false; }
-                ref var s = ref _ring[_next % _window];
-                if (s.Used && s.Index == _next)
+                ref var s = ref NextSlot(out bool queued);
+                if (queued)
                 {
                     slot = s;
                     s = default;
@@ -176,9 +176,17 @@ internal sealed class DeviceSink
     {
         lock (_lock)
         {
-            ref var s = ref _ring[_next % _window];
-            return s.Used && s.Index == _next;
+            NextSlot(out bool queued);
+            return queued;
         }
+    }
+
+    /// <summary>The ring slot of the next buffer to load, and whether that buffer is in it (call under _lock).</summary>
+    private ref Slot NextSlot(out bool queued)
+    {
+        ref var s = ref _ring[_next % _window];
+        queued = s.Used && s.Index == _next;
+        return ref s;
     }
 
     /// <summary>Coupled mode: the calling receive thread loads every buffer that is ready in order. True if it loaded the end buffer.</summary>
@@ -197,8 +205,8 @@ internal sealed class DeviceSink
                 Slot s;
                 lock (_lock)
                 {
-                    ref var r = ref _ring[_next % _window];
-                    if (!(r.Used && r.Index == _next)) { _coupledActive = false; return sawEnd; }
+                    ref var r = ref NextSlot(out bool queued);
+                    if (!queued) { _coupledActive = false; return sawEnd; }
                     s = r;
                     r = default;
                 }
@@ -312,10 +320,10 @@ internal sealed class DeviceSink
         {
             what = $"{Device.Name}: buffer {_next} did not arrive within {timeoutUs / 1_000_000.0:0.#} s although later buffers did";
             if (_coupledActive || Finished || _configLoaded) { _gapSinceUs = 0; return false; }
-            ref var next = ref _ring[_next % _window];
+            NextSlot(out bool nextQueued);
             bool later = false;
             foreach (var s in _ring) later |= s.Used && s.Index > _next;
-            if ((next.Used && next.Index == _next) || !later) { _gapSinceUs = 0; return false; }
+            if (nextQueued || !later) { _gapSinceUs = 0; return false; }
             if (_gapSinceUs == 0) { _gapSinceUs = nowUs; return false; }
             return nowUs - _gapSinceUs > timeoutUs;
         }

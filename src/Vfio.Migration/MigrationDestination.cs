@@ -382,7 +382,6 @@ public sealed class MigrationDestination
                 try
                 {
                     bool end = sink.DrainCoupled(() => ReturnCredits(sink));
-                    Volatile.Write(ref Progress.Bytes[sink.Index], Volatile.Read(ref sink.LoadedBytes));
                     if (end && sink.ConfigLoaded()) FinishDevice(sink);
                 }
                 catch (Exception e) when (e is not ProtocolException) { ctl.Fail(e, sink.Device.Name); return; }
@@ -479,8 +478,8 @@ public sealed class MigrationDestination
     }
 
     /// <summary>
-    /// Returns the credits of the buffers a loader (or, coupled, a receive thread) has just loaded, from that thread:
-    /// handing them to another thread to send would cost a wakeup per buffer.
+    /// Publishes a device's progress and returns the credits of the buffers a loader (or, coupled, a receive thread)
+    /// has just loaded, from that thread: handing them to another thread to send would cost a wakeup per buffer.
     /// </summary>
     private void ReturnCredits(DeviceSink sink)
     {
