@@ -18,7 +18,7 @@ internal static class Warmup
         typeof(MigrationSource), typeof(MigrationDestination), typeof(DeviceSink), typeof(Connection), typeof(NextIdleScheduler),
         typeof(CreditGate), typeof(RunControl), typeof(Crc32C), typeof(StreamChecksum), typeof(PacketHeader), typeof(BufferPool),
         typeof(TimelineTrack), typeof(MigrationClock), typeof(SimulatedDevice), typeof(SimulatedPf), typeof(SimStream),
-        typeof(SimStreamGenerator), typeof(SimStreamParser), typeof(NullDevice), typeof(MigrationDataStream),
+        typeof(SimStreamGenerator), typeof(SimStreamParser), typeof(NullDevice), typeof(SoftwareTransitions), typeof(MigrationDataStream),
         typeof(System.IO.Hashing.XxHash3),
     ];
 

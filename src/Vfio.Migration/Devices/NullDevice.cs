@@ -77,13 +77,8 @@ public sealed class NullDevice : IMigrationDevice
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (target == _state) return null;
-            string op = $"VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE {_state}->{target}) on {Name}";
-            if (_state == MigrationState.Error)
-                throw new VfioException(op, Libc.EINVAL, "device is in ERROR; reset it");
-            if (!MigrationStateMachine.TryGetPath(_state, target, Flags, out var path))
-                throw new VfioException(op, Libc.EINVAL, "not a valid target for this device");
             MigrationDataStream? stream = null;
-            foreach (var next in path)
+            foreach (var next in SoftwareTransitions.Path(Name, _state, target, Flags, out _))
             {
                 var from = _state;
                 _state = next;

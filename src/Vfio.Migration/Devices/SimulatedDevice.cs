@@ -187,12 +187,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (target == _state) return null;
-            string op = $"VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE {_state}->{target}) on {Name}";
-            if (_state == MigrationState.Error)
-                throw new VfioException(op, Libc.EINVAL, "device is in ERROR; reset it");
-            // The kernel's path for a combination transition, as the object model's state machine gives it.
-            if (!MigrationStateMachine.TryGetPath(_state, target, Flags, out var path))
-                throw new VfioException(op, Libc.EINVAL, "not a valid target for this device");
+            var path = SoftwareTransitions.Path(Name, _state, target, Flags, out string op);
             MigrationDataStream? stream = null;
             foreach (var next in path)
                 stream = Step(next, op);
