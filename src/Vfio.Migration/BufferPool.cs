@@ -24,10 +24,9 @@ public sealed class BufferPool
     {
         while (Allocated < count)
         {
-            var buffer = GC.AllocateUninitializedArray<byte>(BufferSize, pinned: true);
+            var buffer = Allocate();
             for (int i = 0; i < buffer.Length; i += Environment.SystemPageSize) buffer[i] = 0;
-            Interlocked.Increment(ref _allocated);
-            lock (_free) _free.Push(buffer);
+            Return(buffer);
         }
     }
 
@@ -35,6 +34,11 @@ public sealed class BufferPool
     {
         lock (_free)
             if (_free.Count > 0) return _free.Pop();
+        return Allocate();
+    }
+
+    private byte[] Allocate()
+    {
         Interlocked.Increment(ref _allocated);
         return GC.AllocateUninitializedArray<byte>(BufferSize, pinned: true);
     }
