@@ -113,7 +113,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
                 sources.Add(srcFactory.Open(src));
                 destinations.Add(dstFactory.Open(dst));
             }
-            var report = Loopback.Run(sources, destinations, options);
+            var report = SimulatedRun.Annotate(Loopback.Run(sources, destinations, options), sources, destinations);
             // Real devices are reused by the next run: the source must be running again (a successful run leaves it stopped).
             if (settings.Kind == BenchDeviceKind.Real)
                 foreach (var s in sources)

@@ -136,7 +136,7 @@ public static class MigrationCommands
                         dst.Add(dstFactory.Open(p[(eq + 1)..]));
                     }
                 }
-                return Loopback.Run(src, dst, options, log, (s, d) => progress(d.Progress));
+                return SimulatedRun.Annotate(Loopback.Run(src, dst, options, log, (s, d) => progress(d.Progress)), src, dst);
             }
             finally
             {
@@ -161,7 +161,9 @@ public static class MigrationCommands
             {
                 var source = new MigrationSource(devices, options, log);
                 progress(source.Progress);
-                return source.Run(endpoint);
+                var report = source.Run(endpoint);
+                report.DeviceBoundMs = DeviceBound.Compute(devices);
+                return report;
             }
             finally { foreach (var d in devices) d.Dispose(); }
         }));
@@ -187,7 +189,7 @@ public static class MigrationCommands
                 r.InvocationConfiguration.Output.Flush();
                 var destination = new MigrationDestination(devices, options, log);
                 progress(destination.Progress);
-                return destination.Run(listener);
+                return SimulatedRun.Annotate(destination.Run(listener), devices, devices);
             }
             finally { foreach (var d in devices) d.Dispose(); }
         }));

@@ -24,20 +24,20 @@ public static class Loopback
         var src = new MigrationSource(sources, options, logger);
         started?.Invoke(src, dst);
         RunReport? dreport = null;
+        Exception? dcrash = null;
         // If the source fails (e.g. cannot connect), the destination must not wait for it until its timeout.
         using var dcancel = CancellationTokenSource.CreateLinkedTokenSource(cancel);
         var dthread = new Thread(() =>
         {
             try { dreport = dst.Run(listener, dcancel.Token); }
-            catch (Exception e) { dreport = new RunReport { Role = "destination", Error = e.Message }; }
+            catch (Exception e) { dcrash = e; }
         }) { IsBackground = true, Name = "dst coordinator" };
         dthread.Start();
         var sreport = src.Run(sourceTarget ?? endpoint, cancel);
         if (!sreport.Ok) dcancel.CancelAfter(TimeSpan.FromSeconds(2)); // time for the destination to notice on its own
         dthread.Join();
-        var report = Merge(sreport, dreport!);
-        report.DeviceBoundMs = DeviceBound.Compute(sources, destinations);
-        return report;
+        if (dcrash is not null) throw new InvalidOperationException($"the destination crashed: {dcrash.Message}", dcrash);
+        return Merge(sreport, dreport!);
     }
 
     public static Socket Listen(IPEndPoint endpoint, int backlog)
@@ -64,21 +64,10 @@ public static class Loopback
         var timeline = new RunTimeline();
         timeline.Merge(source.Timeline);
         timeline.Merge(destination.Timeline);
-        bool ok = source.Ok && destination.Ok;
-        string? error = null, device = null;
-        if (!ok)
-        {
-            // Prefer the side that detected the problem over the side that was told about it.
-            bool dstOwn = !destination.Ok && destination.Error is not null && !destination.Error.StartsWith("source: ", StringComparison.Ordinal)
-                && destination.Error is not ("aborted" or "cancelled") && !(source.Error?.StartsWith("connect to ", StringComparison.Ordinal) ?? false)
-                && source.Error != "cancelled"; // a cancelled run is "cancelled", whatever the destination saw of the source's abort
-            error = dstOwn ? destination.Error : source.Error ?? destination.Error;
-            device = dstOwn ? destination.FailedDevice : source.FailedDevice ?? destination.FailedDevice;
-        }
         var report = new RunReport
         {
             Role = "loopback", Mode = destination.Mode, Channels = source.Channels, BufferSize = source.BufferSize,
-            Window = destination.Window, Timeline = timeline, Ok = ok, Error = error, FailedDevice = device,
+            Window = destination.Window, Timeline = timeline,
             FirstStopUs = source.FirstStopUs, LastRunningUs = destination.LastRunningUs, LoadEndUs = destination.LoadEndUs,
             PoolBuffers = source.PoolBuffers + destination.PoolBuffers,
         };
@@ -86,9 +75,29 @@ public static class Loopback
         {
             var d = destination.Devices[i];
             if (i < source.Devices.Count) d.SourceName = source.Devices[i].SourceName;
-            if (!ok) d.Verified = false;
             report.Devices.Add(d);
         }
+        report.CopyOutcome(Witness(source, destination));
         return report;
     }
+
+    /// <summary>
+    /// Whose account of a failure to show: a cancelled source means the caller cancelled; otherwise the side that found
+    /// the failure itself over one that lost its connection, over one that was told by its peer (the destination when
+    /// both are alike: it sees the devices load).
+    /// </summary>
+    private static RunReport Witness(RunReport source, RunReport destination)
+    {
+        if (source.Ok) return destination;
+        if (destination.Ok || source.Failure!.Origin == FailureOrigin.Cancelled) return source;
+        return Rank(source.Failure.Origin) > Rank(destination.Failure!.Origin) ? source : destination;
+    }
+
+    private static int Rank(FailureOrigin origin) => origin switch
+    {
+        FailureOrigin.Local => 3,
+        FailureOrigin.Transport => 2,
+        FailureOrigin.Peer => 1,
+        _ => 0,
+    };
 }

@@ -30,10 +30,10 @@ public sealed record MigrationOptions
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>How long `receive` waits for a source to connect.</summary>
     public TimeSpan AcceptTimeout { get; init; } = TimeSpan.FromMinutes(10);
-    /// <summary>Test hook: how the source distributes packets over channels (default: the next idle channel).</summary>
+    /// <summary>How the source distributes packets over channels (default: the next idle channel); tests script it.</summary>
     internal Func<int, IPacketScheduler>? SchedulerFactory { get; init; }
-    /// <summary>Test hook: faults the source injects on the wire.</summary>
-    internal WireFault? Fault { get; init; }
+    /// <summary>What the source's sender of data channel N (1..) writes through (default: the connection); tests wrap it.</summary>
+    internal Func<int, IDataChannelWriter, IDataChannelWriter>? DataChannelWriter { get; init; }
 
     public void Validate()
     {
@@ -41,25 +41,9 @@ public sealed record MigrationOptions
             throw new ArgumentException($"--channels must be between 1 and {Protocol.MaxChannels}");
         if (BufferSize < Protocol.MinBufferSize || BufferSize > Protocol.MaxBufferSize)
             throw new ArgumentException($"--buffer-size must be between {Protocol.MinBufferSize} and {Protocol.MaxBufferSize} bytes");
-        if (Window < 2 || Window > 4096)
+        if (Window < 2 || Window > Protocol.MaxWindow)
             throw new ArgumentException("--window must be between 2 and 4096 buffers");
         if (Timeout <= TimeSpan.Zero)
             throw new ArgumentException("--timeout must be positive");
     }
 }
-
-internal enum WireFaultKind
-{
-    /// <summary>Flip a payload byte after the CRC was computed.</summary>
-    CorruptPayload,
-    /// <summary>Send the packet twice.</summary>
-    Duplicate,
-    /// <summary>Never send the packet.</summary>
-    Drop,
-    /// <summary>Send half of the payload and close the channel.</summary>
-    Truncate,
-    /// <summary>Use another session id in the handshake of data channel 1.</summary>
-    WrongSession,
-}
-
-internal sealed record WireFault(WireFaultKind Kind, int Device = 0, int Buffer = 0);

@@ -6,30 +6,28 @@ namespace Vfio.Migration;
 /// <summary>
 /// Compiles the data path's methods before the downtime starts: otherwise the JIT compiles each one the first time a
 /// thread runs it, inside the downtime, which measurably delays the first buffer (milliseconds on 2 busy cores).
-/// Once per process; the source calls it before quiescing, the destination before accepting the device list.
+/// The source calls it before quiescing, the destination before accepting a source.
 /// </summary>
 internal static class Warmup
 {
     private static readonly object s_lock = new();
-    private static bool s_done;
+    private static readonly HashSet<Type> s_prepared = [];
 
-    private static readonly Type[] s_types =
+    private static readonly Type[] s_engineTypes =
     [
-        typeof(MigrationSource), typeof(MigrationDestination), typeof(DeviceSink), typeof(Connection), typeof(NextIdleScheduler),
-        typeof(CreditGate), typeof(RunControl), typeof(Crc32C), typeof(StreamChecksum), typeof(PacketHeader), typeof(BufferPool),
-        typeof(TimelineTrack), typeof(MigrationClock), typeof(SimulatedDevice), typeof(SimulatedPf), typeof(SimStream),
-        typeof(SimStreamGenerator), typeof(SimStreamParser), typeof(NullDevice), typeof(SoftwareTransitions), typeof(MigrationDataStream),
-        typeof(System.IO.Hashing.XxHash3),
+        typeof(SourceRun), typeof(DestinationRun), typeof(DeviceSaver), typeof(ChannelSender), typeof(ChannelReceiver), typeof(DeviceSink),
+        typeof(MainChannel), typeof(Connection), typeof(NextIdleScheduler), typeof(CreditGate), typeof(RunControl), typeof(Crc32C),
+        typeof(StreamChecksum), typeof(PacketHeader), typeof(BufferPool), typeof(TimelineTrack), typeof(MigrationClock),
+        typeof(MigrationDataStream), typeof(System.IO.Hashing.XxHash3),
     ];
 
-    public static void Prepare()
+    /// <summary>Compiles the engine's data path and that of <paramref name="devices"/> (each type once per process).</summary>
+    public static void Prepare(IEnumerable<IMigrationDevice> devices)
     {
         lock (s_lock) // a second caller (the other side, in loopback) waits until it is done
         {
-            if (s_done) return;
-            foreach (var type in s_types)
-                PrepareType(type);
-            s_done = true;
+            foreach (var type in s_engineTypes.Concat(devices.SelectMany(d => d.DataPathTypes)))
+                if (s_prepared.Add(type)) PrepareType(type);
         }
     }
 

@@ -20,7 +20,7 @@ public interface IMigrationDevice : IDisposable
     /// data stream when the final step opens a session (STOP->STOP_COPY, STOP->RESUMING), else null. Throws
     /// VfioException on failure; the device may then be in any state (GetState tells).
     /// </summary>
-    MigrationDataStream? SetState(MigrationState target);
+    IDeviceDataStream? SetState(MigrationState target);
 
     /// <summary>Estimated bytes of the STOP_COPY stream (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE), or null when the device cannot tell.</summary>
     ulong? StopCopySizeEstimate();
@@ -31,9 +31,18 @@ public interface IMigrationDevice : IDisposable
     /// <summary>Applies config state saved by the source's SaveConfig (called after RESUMING->STOP, before RUNNING).</summary>
     void RestoreConfig(ReadOnlySpan<byte> config);
 
-    /// <summary>Returns the device to RUNNING with no migration session (VFIO_DEVICE_RESET); aborts a load in progress.</summary>
+    /// <summary>
+    /// Returns the device to RUNNING with no migration session (VFIO_DEVICE_RESET). A load in progress on another
+    /// thread either fails at once or, as on mlx5, completes before the reset takes effect.
+    /// </summary>
     void Reset();
 
     /// <summary>A digest of the device's whole state (stream and config) that source and destination can compare, or null if the device has none.</summary>
     ulong? StateDigest();
+
+    /// <summary>
+    /// Types whose code runs on the data path (the stream's reads and writes): the engine compiles them before the
+    /// downtime, as it does its own.
+    /// </summary>
+    IEnumerable<Type> DataPathTypes => [GetType()];
 }

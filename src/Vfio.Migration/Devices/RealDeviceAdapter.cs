@@ -30,13 +30,13 @@ public sealed class RealDeviceAdapter : IMigrationDevice
             device = VfioDevice.Open(spec);
             var flags = device.RequireMigrationFlags();
             if (!flags.HasFlag(MigrationFlags.StopCopy))
-                throw new MigrationException($"{spec}: the device does not offer STOP_COPY migration", spec);
+                throw new MigrationException($"{spec}: the device does not offer STOP_COPY migration");
             return new RealDeviceAdapter(device, flags);
         }
         catch (Exception e) when (e is VfioException or IOException or UnauthorizedAccessException or ArgumentException)
         {
             device?.Dispose();
-            throw new MigrationException($"{spec}: {e.Message}", spec);
+            throw new MigrationException($"{spec}: {e.Message}");
         }
         catch
         {
@@ -50,7 +50,8 @@ public sealed class RealDeviceAdapter : IMigrationDevice
 
     public MigrationState GetState() => _device.GetMigrationState();
 
-    public MigrationDataStream? SetState(MigrationState target) => _device.SetMigrationState(target);
+    public IDeviceDataStream? SetState(MigrationState target) =>
+        _device.SetMigrationState(target) is { } fd ? new FdStream(fd) : null;
 
     public ulong? StopCopySizeEstimate() => _device.TryGetMigrationDataSize(out ulong size, out _) ? size : null;
 
@@ -88,4 +89,12 @@ public sealed class RealDeviceAdapter : IMigrationDevice
     public void Dispose() => _device.Dispose();
 
     public override string ToString() => Name;
+
+    /// <summary>The kernel's migration data fd, as the engine's stream.</summary>
+    private sealed class FdStream(MigrationDataStream fd) : IDeviceDataStream
+    {
+        public DataRead Read(Span<byte> buffer) => fd.Read(buffer);
+        public void WriteAll(ReadOnlySpan<byte> data) => fd.WriteAll(data);
+        public void Dispose() => fd.Dispose();
+    }
 }

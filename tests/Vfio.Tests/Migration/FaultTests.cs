@@ -7,10 +7,11 @@ namespace Vfio.Tests.Migration;
 /// <summary>Corrupt, duplicate, lost, truncated or foreign input is refused with a clear error; nothing is left half-done.</summary>
 public class FaultTests
 {
-    private static RunReport RunWithFault(WireFault? fault, SimulatedDevice[] src, SimulatedDevice[] dst, LoadingMode mode = LoadingMode.Decoupled)
+    private static RunReport RunWithFault(WireFault? fault, IReadOnlyList<IMigrationDevice> src, SimulatedDevice[] dst,
+        LoadingMode mode = LoadingMode.Decoupled)
     {
-        var options = TestDevices.Options(2, mode) with { Fault = fault, Timeout = TimeSpan.FromSeconds(3) };
-        return Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken);
+        var options = TestDevices.Options(2, mode) with { Timeout = TimeSpan.FromSeconds(3) };
+        return Loopback.Run(src, dst, fault?.Apply(options) ?? options, cancel: TestContext.Current.CancellationToken);
     }
 
     private static void AssertFailedCleanly(RunReport report, SimulatedDevice[] src, SimulatedDevice[] dst, string expected, string? device)
@@ -77,9 +78,28 @@ public class FaultTests
     [Fact]
     public void Data_channel_of_another_session_is_refused()
     {
-        var (src, dst) = TestDevices.Pairs(1);
-        var report = RunWithFault(new WireFault(WireFaultKind.WrongSession), src, dst);
-        AssertFailedCleanly(report, src, dst, "UnknownSession", null);
+        // A source that connects its data channel with another session's id: refused, and once it gives up the
+        // destination fails cleanly.
+        var (_, dst) = TestDevices.Pairs(1);
+        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 8);
+        var ep = (IPEndPoint)listener.LocalEndPoint!;
+        RunReport? dreport = null;
+        var t = new Thread(() => dreport = new MigrationDestination(dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(3) }).Run(listener))
+            { IsBackground = true };
+        t.Start();
+        using (var peer = RawPeer.Connect(ep, channel: 0, session: 42, dataChannels: 1))
+        {
+            Assert.Equal(HandshakeStatus.Ok, peer.Reply.Status);
+            peer.Send(new DeviceListMessage(32 << 10, LoadingMode.Decoupled, [new DeviceOffer("sim:vf0", 0, MigrationFlags.StopCopy | MigrationFlags.P2P)]));
+            Assert.Equal(MessageType.Accept, peer.ReceiveType());
+            using var data = RawPeer.Connect(ep, channel: 1, session: 43, dataChannels: 1);
+            Assert.Equal(HandshakeStatus.UnknownSession, data.Reply.Status);
+        }
+        Assert.True(t.Join(TimeSpan.FromSeconds(10)));
+        Assert.False(dreport!.Ok);
+        Assert.Equal(FailureOrigin.Transport, dreport.Failure!.Origin);
+        Assert.Equal(MigrationState.Running, dst[0].GetState());
+        Assert.Equal(new SimulatedDevice(dst[0].Name, dst[0].Options).StateDigest(), dst[0].StateDigest());
     }
 
     [Fact]
@@ -87,8 +107,10 @@ public class FaultTests
     {
         // The source device's stream is corrupt (data altered after the record's CRC): transport checks pass,
         // the destination device refuses it (its write fails or RESUMING->STOP fails).
-        var (src, dst) = TestDevices.Pairs(2, perDevice: i => i == 1 ? TestDevices.Fast() with { CorruptRecord = 2 } : TestDevices.Fast());
-        var report = RunWithFault(null, src, dst);
+        var (src, dst) = TestDevices.Pairs(2);
+        // Data record 2's first data byte: after the two small leading records, two whole data records and its prefix.
+        long offset = SimStream.Record0Size + SimStream.Record1Size + 2L * (SimStream.DataOverhead + TestDevices.Fast().RecordDataSize) + 32;
+        var report = RunWithFault(null, [src[0], new FaultyStreamDevice(src[1], corruptOffset: offset)], dst);
         Assert.False(report.Ok);
         Assert.Equal("sim:dst1", report.FailedDevice);
         Assert.Contains("sim:dst1", report.Error);
@@ -99,8 +121,8 @@ public class FaultTests
     [Fact]
     public void Device_refuses_a_truncated_stream()
     {
-        var (src, dst) = TestDevices.Pairs(1, perDevice: _ => TestDevices.Fast() with { TruncateStreamBy = 1000 });
-        var report = RunWithFault(null, src, dst);
+        var (src, dst) = TestDevices.Pairs(1);
+        var report = RunWithFault(null, [new FaultyStreamDevice(src[0], truncateBy: 1000)], dst);
         Assert.False(report.Ok);
         Assert.Contains("incomplete stream", report.Error);
         Assert.Contains("sim:dst0", report.Error);
@@ -144,7 +166,7 @@ public class FaultTests
             foreign.GetStream().Write(hs);
             var reply = new byte[Protocol.HandshakeReplySize];
             foreign.GetStream().ReadExactly(reply);
-            Assert.Equal(HandshakeStatus.BadChannelIndex, Handshake.ReadReply(reply).Status);
+            Assert.Equal(HandshakeStatus.BadChannelIndex, HandshakeReply.Read(reply).Status);
         }
 
         var sreport = new MigrationSource(src, options).Run(ep, TestContext.Current.CancellationToken);
@@ -167,7 +189,7 @@ public class FaultTests
             var hs = new byte[Protocol.HandshakeSize];
             s.Receive(hs);
             var reply = new byte[Protocol.HandshakeReplySize];
-            Handshake.WriteReply(reply, HandshakeStatus.Ok, Handshake.Read(hs).SessionId);
+            new HandshakeReply(HandshakeStatus.Ok, Handshake.Read(hs).SessionId).Write(reply);
             s.Send(reply);
             Thread.Sleep(4000);
         }) { IsBackground = true };

@@ -16,7 +16,7 @@ public class RandomFaultTests
             var fault = new WireFault(kinds[rng.Next(kinds.Length)], rng.Next(devices + 1), rng.Next(10));
             var mode = rng.Next(2) == 0 ? LoadingMode.Decoupled : LoadingMode.Coupled;
             var (src, dst) = TestDevices.Pairs(devices);
-            var options = TestDevices.Options(rng.Next(1, 5), mode, window: rng.Next(2, 6)) with { Fault = fault, Timeout = TimeSpan.FromSeconds(2) };
+            var options = fault.Apply(TestDevices.Options(rng.Next(1, 5), mode, window: rng.Next(2, 6)) with { Timeout = TimeSpan.FromSeconds(2) });
             var sw = System.Diagnostics.Stopwatch.StartNew();
             var report = Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken);
             string what = $"run {run}: {devices} devices, {options.Channels} channels, {mode}, window {options.Window}, {fault}: {report.Error}";

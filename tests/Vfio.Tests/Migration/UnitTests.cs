@@ -76,7 +76,7 @@ public class UnitTests
         Assert.Contains("before data buffer 1", Assert.Throws<ProtocolException>(() => sink.Offer(0, PacketFlags.Config | PacketFlags.End, pool.Rent(), 10, 0, 1)).Message);
         sink.Offer(2, PacketFlags.Config | PacketFlags.End, pool.Rent(), 10, 0, 1);
         Assert.Contains("after the device's end", Assert.Throws<ProtocolException>(() => sink.Offer(3, PacketFlags.Data, pool.Rent(), 10, 0, 1)).Message);
-        Assert.Equal(20, sink.MaxQueuedBytes);
+        Assert.Equal(20, sink.Report.MaxQueuedBytes);
         dev.Reset();
     }
 

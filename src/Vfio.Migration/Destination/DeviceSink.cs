@@ -3,13 +3,17 @@ using System.IO.Hashing;
 namespace Vfio.Migration;
 
 /// <summary>What the source said about a device once it had queued all of it.</summary>
-internal sealed record DeviceDoneInfo(uint DataBuffers, ulong Bytes, ulong Checksum, uint ConfigLength, ulong? Digest);
-
 /// <summary>
 /// One destination device: its reorder queue (a ring of Window slots indexed by buffer index modulo Window,
 /// valid because the source never has more than Window buffers of a device in flight), its resuming data fd and
 /// its load accounting. Receive threads Offer buffers (never blocking); the loader (its own thread, or in coupled
 /// mode whichever receive thread completes the next buffer) writes them strictly in index order.
+/// Threads and ownership: the ring, _next, _endIndex, _queuedBytes, _offered, _coupledActive, _configLoaded,
+/// _finishing, _done and the stall watch are read and written under _lock, by receive threads (Offer), the loader,
+/// the main receive thread (SetDone) and the heartbeat thread (Stalled). The hash, _config, Report's load figures and
+/// the track belong to the thread that loads (the loader; coupled: the receive thread that holds _coupledActive), and
+/// then to the thread that finishes the device. PendingCredits and LoadedBytes are shared counters (Interlocked,
+/// Volatile). Lock order: _lock is a leaf; no other lock is taken while holding it.
 /// </summary>
 internal sealed class DeviceSink
 {
@@ -25,8 +29,9 @@ internal sealed class DeviceSink
     private bool _coupledActive;
     private bool _configLoaded;
     private bool _finishing;
-    private DeviceDoneInfo? _done;
+    private DeviceDoneMessage? _done;
     private byte[]? _config;
+    private long _gapSinceUs;   // since when later buffers wait for a missing next one (0: none)
 
     private struct Slot
     {
@@ -38,7 +43,7 @@ internal sealed class DeviceSink
         public uint Crc;
     }
 
-    public DeviceSink(int index, IMigrationDevice device, MigrationDataStream stream, int window, BufferPool pool, TimelineTrack track)
+    public DeviceSink(int index, IMigrationDevice device, IDeviceDataStream stream, int window, BufferPool pool, TimelineTrack track)
     {
         Index = index;
         Device = device;
@@ -52,15 +57,13 @@ internal sealed class DeviceSink
 
     public int Index { get; }
     public IMigrationDevice Device { get; }
-    public MigrationDataStream Stream { get; }
+    public IDeviceDataStream Stream { get; }
     public TimelineTrack Track { get; }
     public DeviceReport Report { get; }
     public long LoadedBytes;
     /// <summary>Credits to return to the source (buffers loaded since the last Credit message).</summary>
     public long PendingCredits;
-    public long MaxQueuedBytes { get { lock (_lock) return Report.MaxQueuedBytes; } }
-    public bool Finished { get; set; }
-    public long LoadedIndex { get { lock (_lock) return _next; } }
+    public bool Finished { get; private set; }
 
     /// <summary>Called by a receive thread with a verified packet; takes ownership of data. Violations throw ProtocolException.</summary>
     public void Offer(uint index, PacketFlags flags, byte[] data, int length, uint crc, int channel)
@@ -69,20 +72,20 @@ internal sealed class DeviceSink
         {
             // (the message is made only for a violation: the data path allocates nothing per buffer)
             if (index < _next || (Finished && index >= _next))
-                throw new ProtocolException($"{Where(index, channel)}: duplicate (already loaded)", Device.Name);
+                throw new ProtocolException($"{Where(index, channel)}: duplicate (already loaded)", Index);
             if (index >= _next + _window)
-                throw new ProtocolException($"{Where(index, channel)}: outside the window [{_next}, {_next + _window}) the destination granted", Device.Name);
+                throw new ProtocolException($"{Where(index, channel)}: outside the window [{_next}, {_next + _window}) the destination granted", Index);
             if (_endIndex >= 0 && index > _endIndex)
-                throw new ProtocolException($"{Where(index, channel)}: after the device's end (config) buffer {_endIndex}", Device.Name);
+                throw new ProtocolException($"{Where(index, channel)}: after the device's end (config) buffer {_endIndex}", Index);
             ref var slot = ref _ring[index % _window];
             if (slot.Used)
-                throw new ProtocolException($"{Where(index, channel)}: duplicate (already queued)", Device.Name);
+                throw new ProtocolException($"{Where(index, channel)}: duplicate (already queued)", Index);
             if (flags.HasFlag(PacketFlags.Config))
             {
-                if (_endIndex >= 0) throw new ProtocolException($"{Where(index, channel)}: second end (config) buffer", Device.Name);
+                if (_endIndex >= 0) throw new ProtocolException($"{Where(index, channel)}: second end (config) buffer", Index);
                 foreach (var s in _ring)
                     if (s.Used && s.Index > index)
-                        throw new ProtocolException($"{Where(index, channel)}: end (config) buffer before data buffer {s.Index}", Device.Name);
+                        throw new ProtocolException($"{Where(index, channel)}: end (config) buffer before data buffer {s.Index}", Index);
                 _endIndex = index;
             }
             slot = new Slot { Used = true, Index = index, Flags = flags, Data = data, Length = length, Crc = crc };
@@ -93,7 +96,7 @@ internal sealed class DeviceSink
         }
     }
 
-    private string Where(uint index, int channel) => $"{Device.Name}: buffer {index} on channel {channel}";
+    private static string Where(uint index, int channel) => $"buffer {index} on channel {channel}";
 
     /// <summary>Decoupled loader: blocks until the next buffer in order is queued. False when cancelled.</summary>
     private bool TakeNext(CancellationToken token, out Slot slot)
@@ -140,7 +143,7 @@ internal sealed class DeviceSink
         catch (VfioException e)
         {
             _pool.Return(s.Data);
-            throw new MigrationException($"{Device.Name}: loading buffer {s.Index} failed: {e.Message}", Device.Name);
+            throw new MigrationException($"loading buffer {s.Index} failed: {e.Message}", Index);
         }
         long t1 = MigrationClock.NowUs;
         StreamChecksum.Append(_hash, (uint)s.Index, s.Length, s.Crc);
@@ -222,11 +225,11 @@ internal sealed class DeviceSink
     }
 
     /// <summary>Records the source's completion message; true if the device can now be finished.</summary>
-    public bool SetDone(DeviceDoneInfo info)
+    public bool SetDone(in DeviceDoneMessage info)
     {
         lock (_lock)
         {
-            if (_done is not null) throw new ProtocolException($"{Device.Name}: second completion message", Device.Name);
+            if (_done is not null) throw new ProtocolException("second completion message", Index);
             _done = info;
             Monitor.PulseAll(_lock);
             return ClaimFinish();
@@ -266,16 +269,16 @@ internal sealed class DeviceSink
     /// <summary>Verifies counts and checksum, leaves RESUMING, restores config, compares digests.</summary>
     public void Finish()
     {
-        var done = _done!;
-        string name = Device.Name;
+        var done = _done!.Value;
         if (Report.Buffers != done.DataBuffers || (ulong)Report.Bytes != done.Bytes)
-            throw new MigrationException($"{name}: loaded {Report.Bytes} bytes in {Report.Buffers} buffers, the source sent {done.Bytes} bytes in {done.DataBuffers}", name);
+            throw new MigrationException($"loaded {Report.Bytes} bytes in {Report.Buffers} buffers, the source sent {done.Bytes} bytes in {done.DataBuffers}",
+                Index);
         ulong checksum = _hash.GetCurrentHashAsUInt64();
         Report.Checksum = checksum;
         if (checksum != done.Checksum)
-            throw new MigrationException($"{name}: stream checksum {checksum:x16} differs from the source's {done.Checksum:x16}", name);
+            throw new MigrationException($"stream checksum {checksum:x16} differs from the source's {done.Checksum:x16}", Index);
         if (_config is null || _config.Length != done.ConfigLength)
-            throw new MigrationException($"{name}: config state length differs from the source's", name);
+            throw new MigrationException("config state length differs from the source's", Index);
         long t0 = MigrationClock.NowUs;
         try
         {
@@ -283,7 +286,7 @@ internal sealed class DeviceSink
         }
         catch (VfioException e)
         {
-            throw new MigrationException($"{name}: the device refused the stream: {e.Message}", name);
+            throw new MigrationException($"the device refused the stream: {e.Message}", Index);
         }
         Stream.Dispose();
         long t1 = MigrationClock.NowUs;
@@ -298,16 +301,13 @@ internal sealed class DeviceSink
             var digest = Device.StateDigest();
             Report.Digest = digest;
             if (digest is ulong got && got != expected)
-                throw new MigrationException($"{name}: state digest {got:x16} differs from the source device's {expected:x16}", name);
+                throw new MigrationException($"state digest {got:x16} differs from the source device's {expected:x16}", Index);
             Track.Add(TraceKind.Verify, t2, MigrationClock.NowUs, detail: "digest");
         }
-        if (Device is SimulatedDevice sim) Report.SimLoadMs = sim.LastLoadSeconds * 1000; // the model's cost, for issue 5's device bound
         Report.EndUs = MigrationClock.NowUs;
         Report.Verified = true;
-        Finished = true;
+        lock (_lock) Finished = true;
     }
-
-    private long _gapSinceUs;
 
     /// <summary>
     /// Watchdog (called about once a second): true when buffers after the next one have been queued for longer than
@@ -318,7 +318,7 @@ internal sealed class DeviceSink
     {
         lock (_lock)
         {
-            what = $"{Device.Name}: buffer {_next} did not arrive within {timeoutUs / 1_000_000.0:0.#} s although later buffers did";
+            what = $"buffer {_next} did not arrive within {timeoutUs / 1_000_000.0:0.#} s although later buffers did";
             if (_coupledActive || Finished || _configLoaded) { _gapSinceUs = 0; return false; }
             NextSlot(out bool nextQueued);
             bool later = false;
@@ -342,8 +342,8 @@ internal sealed class DeviceSink
         lock (_lock)
         {
             what = _endIndex < 0
-                ? $"{Device.Name}: the end (config) buffer never arrived (all channels ended)"
-                : $"{Device.Name}: {_endIndex + 1 - _offered} of its {_endIndex + 1} buffers never arrived (all channels ended)";
+                ? "the end (config) buffer never arrived (all channels ended)"
+                : $"{_endIndex + 1 - _offered} of its {_endIndex + 1} buffers never arrived (all channels ended)";
             return _endIndex < 0 || _offered != _endIndex + 1;
         }
     }

@@ -3,13 +3,6 @@ using System.Text;
 
 namespace Vfio.Migration;
 
-/// <summary>A violation of the wire protocol by the peer (bad magic, CRC, index...): the run fails with this message.</summary>
-public sealed class ProtocolException(string message, string? device = null) : Exception(message)
-{
-    /// <summary>The device the offending packet belonged to, when known.</summary>
-    public string? Device { get; } = device;
-}
-
 /// <summary>Constants and encodings of the wire protocol; docs/protocol.md is the prose version. All integers little-endian.</summary>
 public static class Protocol
 {
@@ -21,7 +14,14 @@ public static class Protocol
     public const int HandshakeReplySize = 16;
     public const int PacketHeaderSize = 32;
     public const int MessageHeaderSize = 8;
+    /// <summary>No message body is larger (the largest, a DeviceList of MaxDevices devices, is about 261 KiB).</summary>
     public const int MaxMessageBody = 1 << 20;
+    /// <summary>UTF-8 bytes of a device name on the wire (longer names are cut at a character boundary).</summary>
+    public const int MaxNameBytes = 1024;
+    /// <summary>UTF-8 bytes of an error or result text on the wire (longer texts are cut at a character boundary).</summary>
+    public const int MaxTextBytes = 4096;
+    public const int MinWindow = 1;
+    public const int MaxWindow = 4096;
     public const int MaxChannels = 64;
     public const int MaxDevices = 256;
     public const int MinBufferSize = 4096;
@@ -67,20 +67,24 @@ public readonly record struct Handshake(ushort ChannelIndex, ulong SessionId, us
         return new Handshake(BinaryPrimitives.ReadUInt16LittleEndian(b[6..]), BinaryPrimitives.ReadUInt64LittleEndian(b[8..]),
             BinaryPrimitives.ReadUInt16LittleEndian(b[16..]));
     }
+}
 
-    public static void WriteReply(Span<byte> b, HandshakeStatus status, ulong sessionId)
+/// <summary>The destination's 16-byte answer to a handshake: magic, version, status, the session id it answers.</summary>
+public readonly record struct HandshakeReply(HandshakeStatus Status, ulong SessionId)
+{
+    public void Write(Span<byte> b)
     {
         BinaryPrimitives.WriteUInt32LittleEndian(b, Protocol.HandshakeReplyMagic);
         BinaryPrimitives.WriteUInt16LittleEndian(b[4..], Protocol.Version);
-        BinaryPrimitives.WriteUInt16LittleEndian(b[6..], (ushort)status);
-        BinaryPrimitives.WriteUInt64LittleEndian(b[8..], sessionId);
+        BinaryPrimitives.WriteUInt16LittleEndian(b[6..], (ushort)Status);
+        BinaryPrimitives.WriteUInt64LittleEndian(b[8..], SessionId);
     }
 
-    public static (HandshakeStatus Status, ulong SessionId) ReadReply(ReadOnlySpan<byte> b)
+    public static HandshakeReply Read(ReadOnlySpan<byte> b)
     {
         if (BinaryPrimitives.ReadUInt32LittleEndian(b) != Protocol.HandshakeReplyMagic || BinaryPrimitives.ReadUInt16LittleEndian(b[4..]) != Protocol.Version)
             throw new ProtocolException("handshake reply: bad magic or version (not a vfio-mig peer)");
-        return ((HandshakeStatus)BinaryPrimitives.ReadUInt16LittleEndian(b[6..]), BinaryPrimitives.ReadUInt64LittleEndian(b[8..]));
+        return new HandshakeReply((HandshakeStatus)BinaryPrimitives.ReadUInt16LittleEndian(b[6..]), BinaryPrimitives.ReadUInt64LittleEndian(b[8..]));
     }
 }
 
@@ -141,7 +145,7 @@ public enum MessageType : ushort
     Heartbeat = 9,
 }
 
-/// <summary>Little-endian writer for main-channel message bodies.</summary>
+/// <summary>Little-endian writer for main-channel message bodies, into a buffer of the message's maximum size.</summary>
 public ref struct MessageWriter(Span<byte> buffer)
 {
     private readonly Span<byte> _b = buffer;
@@ -151,10 +155,12 @@ public ref struct MessageWriter(Span<byte> buffer)
     public void U32(uint v) { BinaryPrimitives.WriteUInt32LittleEndian(_b[_pos..], v); _pos += 4; }
     public void U64(ulong v) { BinaryPrimitives.WriteUInt64LittleEndian(_b[_pos..], v); _pos += 8; }
     public void I64(long v) { BinaryPrimitives.WriteInt64LittleEndian(_b[_pos..], v); _pos += 8; }
-    public void Str(string s)
+
+    /// <summary>u16 length + UTF-8 bytes, cut at a character boundary to at most <paramref name="maxBytes"/>.</summary>
+    public void Str(string s, int maxBytes)
     {
-        int n = Encoding.UTF8.GetBytes(s.AsSpan(), _b[(_pos + 2)..]);
-        if (n > ushort.MaxValue) throw new ArgumentException("string too long");
+        var room = _b.Slice(_pos + 2, Math.Min(maxBytes, _b.Length - _pos - 2));
+        System.Text.Unicode.Utf8.FromUtf16(s, room, out _, out int n);
         U16((ushort)n);
         _pos += n;
     }
@@ -163,24 +169,50 @@ public ref struct MessageWriter(Span<byte> buffer)
 /// <summary>Little-endian reader with bounds checks: a short or malformed body is a ProtocolException, never an index exception.</summary>
 public ref struct MessageReader(ReadOnlySpan<byte> body, MessageType type)
 {
+    private static readonly UTF8Encoding s_strict = new(false, true);
     private readonly ReadOnlySpan<byte> _b = body;
     private readonly MessageType _type = type;
     private int _pos = 0;
+
     private ReadOnlySpan<byte> Take(int n)
     {
-        if (_pos + n > _b.Length) throw new ProtocolException($"main channel: {_type} message truncated");
+        if (_pos + n > _b.Length) throw Malformed("truncated");
         var s = _b.Slice(_pos, n);
         _pos += n;
         return s;
     }
+
+    public readonly ProtocolException Malformed(string what) => new($"main channel: {_type} message {what}");
     public ushort U16() => BinaryPrimitives.ReadUInt16LittleEndian(Take(2));
     public uint U32() => BinaryPrimitives.ReadUInt32LittleEndian(Take(4));
     public ulong U64() => BinaryPrimitives.ReadUInt64LittleEndian(Take(8));
     public long I64() => BinaryPrimitives.ReadInt64LittleEndian(Take(8));
-    public string Str()
+
+    /// <summary>A u32 that must be 0 or 1.</summary>
+    public bool Bool()
+    {
+        uint v = U32();
+        return v <= 1 ? v == 1 : throw Malformed($"has {v} where 0 or 1 belongs");
+    }
+
+    /// <summary>A u32 count or index that must be below <paramref name="limit"/>.</summary>
+    public int Below(int limit, string what)
+    {
+        uint v = U32();
+        return v < (uint)limit ? (int)v : throw Malformed($"has {what} {v} (at most {limit - 1})");
+    }
+
+    public string Str(int maxBytes)
     {
         int n = U16();
-        try { return new UTF8Encoding(false, true).GetString(Take(n)); }
-        catch (DecoderFallbackException) { throw new ProtocolException($"main channel: {_type} message has invalid UTF-8"); }
+        if (n > maxBytes) throw Malformed($"has a string of {n} bytes (at most {maxBytes})");
+        try { return s_strict.GetString(Take(n)); }
+        catch (DecoderFallbackException) { throw Malformed("has invalid UTF-8"); }
+    }
+
+    /// <summary>Every byte of the body must have been read: a longer body is malformed.</summary>
+    public readonly void End()
+    {
+        if (_pos != _b.Length) throw Malformed($"has {_b.Length - _pos} bytes after its last field");
     }
 }

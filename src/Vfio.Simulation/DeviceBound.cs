@@ -1,4 +1,6 @@
-namespace Vfio.Migration;
+using Vfio.Migration;
+
+namespace Vfio.Simulation;
 
 /// <summary>
 /// The lower bound on downtime that simulated devices' own parameters imply (the report's <c>device_bound_ms</c>),

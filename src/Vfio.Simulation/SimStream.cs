@@ -2,7 +2,9 @@ using System.Buffers.Binary;
 using System.IO.Hashing;
 using System.Runtime.InteropServices;
 
-namespace Vfio.Migration;
+using Vfio.Migration;
+
+namespace Vfio.Simulation;
 
 /// <summary>
 /// The simulated device's migration stream: mlx5-style records, each a 16-byte little-endian header
@@ -119,8 +121,6 @@ public sealed class SimStreamGenerator
     private readonly int _recordData;
     private readonly int _records;
     private readonly int _lastLength;
-    private readonly int _corruptRecord;
-    private readonly long _limit;
     private readonly byte[] _small = new byte[64];
     private long _produced;
     // current segment: -2 = record 0, -1 = record 1, k >= 0 = data record k
@@ -133,14 +133,12 @@ public sealed class SimStreamGenerator
 
     /// <param name="knownCrcs">Each data record's CRC32C, when known (from an earlier pass over the same content): the
     /// generator then only copies its pattern.</param>
-    public SimStreamGenerator(ulong seed, long stateSize, int recordDataSize, long truncateBy = 0, int corruptRecord = -1, uint[]? knownCrcs = null)
+    public SimStreamGenerator(ulong seed, long stateSize, int recordDataSize, uint[]? knownCrcs = null)
     {
         _seed = seed;
         _stateSize = stateSize;
         _recordData = recordDataSize;
         (_records, _lastLength) = SimStream.Layout(stateSize, recordDataSize);
-        _corruptRecord = corruptRecord;
-        _limit = Math.Max(0, stateSize - truncateBy);
         if (knownCrcs is not null && knownCrcs.Length == _records) _knownCrcs = knownCrcs;
         BeginRecordZero();
     }
@@ -184,9 +182,9 @@ public sealed class SimStreamGenerator
     public int Fill(Span<byte> dst)
     {
         int done = 0;
-        while (done < dst.Length && _produced < _limit)
+        while (done < dst.Length && _produced < _stateSize)
         {
-            long want = Math.Min(dst.Length - done, _limit - _produced);
+            long want = Math.Min(dst.Length - done, _stateSize - _produced);
             long left = _partLength - _partOffset;
             int n = (int)Math.Min(want, left);
             var d = dst.Slice(done, n);
@@ -194,8 +192,6 @@ public sealed class SimStreamGenerator
             {
                 SimStream.FillData(_seed, _record, _partOffset, d);
                 if (_knownCrcs is null) _crc = Crc32C.Append(_crc, d);
-                if (_record == _corruptRecord && _partOffset == 0 && n > 0)
-                    d[0] ^= 0x5A; // after the CRC: the device must notice
             }
             else
                 _small.AsSpan((int)_partOffset, n).CopyTo(d);

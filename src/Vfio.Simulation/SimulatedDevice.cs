@@ -1,6 +1,7 @@
 using Vfio.Interop;
+using Vfio.Migration;
 
-namespace Vfio.Migration;
+namespace Vfio.Simulation;
 
 /// <summary>
 /// The simulated physical function: its VFs share one firmware command interface, so at most
@@ -67,10 +68,6 @@ public sealed record SimulatedDeviceOptions
     public double SaveBytesPerSecond { get; init; }
     /// <summary>Data bytes per firmware record (the unit of a load). Default 4 MiB.</summary>
     public int RecordDataSize { get; init; } = DefaultRecordDataSize;
-    /// <summary>Fault injection (tests): the source stream ends this many bytes early.</summary>
-    public long TruncateStreamBy { get; init; }
-    /// <summary>Fault injection (tests): one byte of this data record's data is flipped after its CRC was taken.</summary>
-    public int CorruptRecord { get; init; } = -1;
 
     /// <summary>The simulated time to load <paramref name="bytes"/>, in seconds.</summary>
     public double LoadSeconds(long bytes) => LoadBytesPerSecond <= 0 ? 0 : bytes / LoadBytesPerSecond;
@@ -78,7 +75,7 @@ public sealed record SimulatedDeviceOptions
 
 /// <summary>
 /// A device that behaves, as far as the engine can tell, like an mlx5 VF bound to mlx5_vfio_pci.
-/// <para>Its data stream is served in-process (<see cref="IDataStreamEndpoint"/>) on the engine's thread: a read
+/// <para>Its data stream is served in-process (<see cref="IDeviceDataStream"/>) on the engine's thread: a read
 /// generates the next bytes of the stream into the engine's buffer; a write parses and checks records, and the
 /// write that completes a record "loads" it: the load lasts size/rate seconds from when the record's first bytes
 /// came in (the device's own copying and checking included), holds a slot of the PF's shared command interface all
@@ -121,6 +118,9 @@ public sealed class SimulatedDevice : IMigrationDevice
     public SimulatedDeviceOptions Options => _options;
     public SimulatedPf Pf => _pf;
     public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P;
+    public IEnumerable<Type> DataPathTypes =>
+        [typeof(SimulatedDevice), typeof(Session), typeof(SimulatedPf), typeof(SimStream), typeof(SimStreamGenerator), typeof(SimStreamParser),
+         typeof(SoftwareTransitions), typeof(PreciseSleep)];
 
     /// <summary>Total simulated load time the last resume spent (sum over records), for the report's device bound.</summary>
     public double LastLoadSeconds { get; private set; }
@@ -181,21 +181,21 @@ public sealed class SimulatedDevice : IMigrationDevice
         return SimStream.Digest(hash.Value, config);
     }
 
-    public MigrationDataStream? SetState(MigrationState target)
+    public IDeviceDataStream? SetState(MigrationState target)
     {
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (target == _state) return null;
             var path = SoftwareTransitions.Path(Name, _state, target, Flags, out string op);
-            MigrationDataStream? stream = null;
+            IDeviceDataStream? stream = null;
             foreach (var next in path)
                 stream = Step(next, op);
             return stream;
         }
     }
 
-    private MigrationDataStream? Step(MigrationState next, string op)
+    private IDeviceDataStream? Step(MigrationState next, string op)
     {
         var from = _state;
         if (from == MigrationState.StopCopy)
@@ -224,12 +224,12 @@ public sealed class SimulatedDevice : IMigrationDevice
         if (from == MigrationState.Stop && next == MigrationState.StopCopy)
         {
             _session = Session.StartSave(this);
-            return _session.Stream;
+            return _session;
         }
         if (from == MigrationState.Stop && next == MigrationState.Resuming)
         {
             _session = Session.StartLoad(this);
-            return _session.Stream;
+            return _session;
         }
         return null;
     }
@@ -262,12 +262,13 @@ public sealed class SimulatedDevice : IMigrationDevice
     /// what an mlx5 VF's firmware and DMA do costs the host no CPU, so neither may the simulator beyond producing and
     /// checking the bytes.
     /// </summary>
-    private sealed class Session : IDataStreamEndpoint
+    private sealed class Session : IDeviceDataStream
     {
         private readonly SimulatedDevice _device;
         private readonly SimStreamGenerator? _generator;
         private readonly CancellationTokenSource _cancel = new();
         private volatile bool _closed;
+        private bool _disposed; // the engine's use of the stream ended (the session goes on, as a data fd's does)
         private volatile string? _error;
         private long _saveStartUs = -1;
         private long _saved;
@@ -280,10 +281,8 @@ public sealed class SimulatedDevice : IMigrationDevice
             _device = device;
             _generator = generator;
             Parser = parser;
-            Stream = new MigrationDataStream(this, device.Name);
         }
 
-        public MigrationDataStream Stream { get; }
         public SimStreamParser? Parser { get; }
         public double LoadSeconds { get; private set; }
 
@@ -292,7 +291,7 @@ public sealed class SimulatedDevice : IMigrationDevice
             var o = d._options;
             // The digest pass (StateDigest, before the engine stops the device) knows every record's CRC: reuse them.
             var crcs = s_hashCache.TryGetValue((d._seed, d._stateSize, d._recordData), out var known) ? known.Crcs : null;
-            return new Session(d, new SimStreamGenerator(d._seed, d._stateSize, d._recordData, o.TruncateStreamBy, o.CorruptRecord, crcs), null);
+            return new Session(d, new SimStreamGenerator(d._seed, d._stateSize, d._recordData, crcs), null);
         }
 
         public static Session StartLoad(SimulatedDevice d) => new(d, null, new SimStreamParser());
@@ -301,6 +300,7 @@ public sealed class SimulatedDevice : IMigrationDevice
 
         public DataRead Read(Span<byte> buffer)
         {
+            ObjectDisposedException.ThrowIf(_disposed, this);
             if (_generator is null) throw new VfioException(Op("read"), Libc.EINVAL, "the device is resuming");
             if (_closed) return new DataRead(0, DataReadStatus.EndOfStream); // the session ended: like the fd, reads end at once
             if (_saveStartUs < 0) _saveStartUs = MigrationClock.NowUs;
@@ -320,8 +320,9 @@ public sealed class SimulatedDevice : IMigrationDevice
         /// It starts when the record's first bytes came in, but not before the device's previous load ended, nor so
         /// early that it would end before the record's last byte came in.
         /// </summary>
-        public int Write(ReadOnlySpan<byte> data)
+        public void WriteAll(ReadOnlySpan<byte> data)
         {
+            ObjectDisposedException.ThrowIf(_disposed, this);
             var parser = Parser ?? throw new VfioException(Op("write"), Libc.EINVAL, "the device is saving");
             if (_error is not null) throw new VfioException(Op("write"), Libc.EIO, _error);
             if (_closed) throw new VfioException(Op("write"), Libc.EPIPE, "the session has ended");
@@ -355,8 +356,9 @@ public sealed class SimulatedDevice : IMigrationDevice
                 }
                 _firstUs = -1;
             }
-            return done;
         }
+
+        public void Dispose() => _disposed = true;
 
         /// <summary>Sleeps until <paramref name="untilUs"/> (MigrationClock): whole milliseconds cancellably, the rest with nanosleep. False when cancelled.</summary>
         private bool SleepUntil(long untilUs)
@@ -365,7 +367,7 @@ public sealed class SimulatedDevice : IMigrationDevice
             if (left >= 1500 && _cancel.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds((left - 500) / 1000)))
                 return false;
             left = untilUs - MigrationClock.NowUs;
-            if (left > 0) Native.SleepMicroseconds(left);
+            if (left > 0) PreciseSleep.Microseconds(left);
             return !_cancel.IsCancellationRequested;
         }
 

@@ -1,12 +1,13 @@
 using Vfio.Interop;
+using Vfio.Migration;
 
-namespace Vfio.Migration;
+namespace Vfio.Simulation;
 
 /// <summary>
 /// A device with no cost (<c>null:NAME</c>): it measures the transport alone. Its state lies in memory, a
 /// name-derived block of <see cref="PeriodBytes"/> (just under 4 MiB, a prime number of words, so that buffers never
 /// line up with it) repeated to the state size. Saving, the engine sends the state from where it lies
-/// (<see cref="IInPlaceDataEndpoint"/>): reading a copy into the engine's buffer would be a device's cost (on a real
+/// (<see cref="IInPlaceDataStream"/>): reading a copy into the engine's buffer would be a device's cost (on a real
 /// VF, the kernel copying from the driver's buffers), not the transport's. Resuming, it swallows writes at no cost.
 /// It keeps no digest, so a run over null devices is verified by the byte count and the stream checksum (every
 /// buffer's CRC32C, in order), which is what the transport is responsible for.
@@ -39,6 +40,7 @@ public sealed class NullDevice : IMigrationDevice
     public string Name { get; }
     public long StateSize { get; }
     public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P;
+    public IEnumerable<Type> DataPathTypes => [typeof(NullDevice), typeof(Session), typeof(SoftwareTransitions)];
 
     private byte[] OwnConfig()
     {
@@ -71,13 +73,13 @@ public sealed class NullDevice : IMigrationDevice
 
     public ulong? StateDigest() => null;
 
-    public MigrationDataStream? SetState(MigrationState target)
+    public IDeviceDataStream? SetState(MigrationState target)
     {
         lock (_lock)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (target == _state) return null;
-            MigrationDataStream? stream = null;
+            IDeviceDataStream? stream = null;
             foreach (var next in SoftwareTransitions.Path(Name, _state, target, Flags, out _))
             {
                 var from = _state;
@@ -91,7 +93,7 @@ public sealed class NullDevice : IMigrationDevice
                 {
                     // Every session reads the state from its start; the engine owns (and disposes) the stream.
                     _session = new Session(this, saving: next == MigrationState.StopCopy);
-                    stream = new MigrationDataStream(_session, Name);
+                    stream = _session;
                 }
             }
             return stream;
@@ -122,15 +124,17 @@ public sealed class NullDevice : IMigrationDevice
     public override string ToString() => Name;
 
     /// <summary>One STOP_COPY session (the state, in place) or RESUMING session (writes swallowed).</summary>
-    private sealed class Session(NullDevice device, bool saving) : IInPlaceDataEndpoint
+    private sealed class Session(NullDevice device, bool saving) : IInPlaceDataStream
     {
         private long _offset;
         private volatile bool _ended;
+        private bool _disposed; // the engine's use of the stream ended (the session goes on, as a data fd's does)
 
         public void End() => _ended = true;
 
         public ReadOnlyMemory<byte> ReadInPlace(int max)
         {
+            ObjectDisposedException.ThrowIf(_disposed, this);
             if (!saving) throw new VfioException($"read(migration data fd of {device.Name})", Libc.EINVAL, "the device is resuming");
             if (_ended) return ReadOnlyMemory<byte>.Empty; // the session ended: like a data fd, reads end at once
             int n = (int)Math.Min(Math.Min(max, PeriodBytes), device.StateSize - _offset);
@@ -146,11 +150,13 @@ public sealed class NullDevice : IMigrationDevice
             return new DataRead(chunk.Length, chunk.IsEmpty ? DataReadStatus.EndOfStream : DataReadStatus.Data);
         }
 
-        public int Write(ReadOnlySpan<byte> data)
+        public void WriteAll(ReadOnlySpan<byte> data)
         {
+            ObjectDisposedException.ThrowIf(_disposed, this);
             if (saving) throw new VfioException($"write(migration data fd of {device.Name})", Libc.EINVAL, "the device is saving");
             if (_ended) throw new VfioException($"write(migration data fd of {device.Name})", Libc.EPIPE, "the session has ended");
-            return data.Length;
         }
+
+        public void Dispose() => _disposed = true;
     }
 }

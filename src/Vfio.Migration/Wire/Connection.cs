@@ -4,11 +4,9 @@ using System.Net.Sockets;
 namespace Vfio.Migration;
 
 /// <summary>One TCP connection (main or data channel) in blocking mode, used only from dedicated threads.</summary>
-internal sealed class Connection : IDisposable
+internal sealed class Connection : IDataChannelWriter, IDisposable
 {
     public const int SocketBufferBytes = 8 << 20;
-    private readonly object _sendLock = new();
-    private byte[] _messageBuffer = new byte[4096];
     private int _disposed;
 
     public Connection(Socket socket, TimeSpan timeout, string name)
@@ -45,12 +43,12 @@ internal sealed class Connection : IDisposable
         catch (SocketException e) when (e.SocketErrorCode is SocketError.InProgress or SocketError.WouldBlock or SocketError.TimedOut)
         {
             socket.Dispose();
-            throw new MigrationException($"connect to {endpoint} ({name}): timed out after {timeout.TotalSeconds:0.#} s");
+            throw new TransportException($"connect to {endpoint} ({name}): timed out after {timeout.TotalSeconds:0.#} s");
         }
         catch (SocketException e)
         {
             socket.Dispose();
-            throw new MigrationException($"connect to {endpoint} ({name}): {e.Message}");
+            throw new TransportException($"connect to {endpoint} ({name}): {e.Message}");
         }
         return new Connection(socket, timeout, name);
     }
@@ -64,9 +62,9 @@ internal sealed class Connection : IDisposable
             int n;
             try { n = Socket.Receive(dst[done..]); }
             catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut || e.SocketErrorCode == SocketError.WouldBlock)
-            { throw new MigrationException($"{Name}: peer silent for longer than the timeout"); }
-            catch (SocketException e) { throw new MigrationException($"{Name}: receive failed: {e.Message}"); }
-            catch (ObjectDisposedException) { throw new MigrationException($"{Name}: closed"); }
+            { throw new TransportException($"{Name}: peer silent for longer than the timeout"); }
+            catch (SocketException e) { throw new TransportException($"{Name}: receive failed: {e.Message}"); }
+            catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
             if (n == 0)
             {
                 if (done == 0) return false;
@@ -88,9 +86,9 @@ internal sealed class Connection : IDisposable
             }
         }
         catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut || e.SocketErrorCode == SocketError.WouldBlock)
-        { throw new MigrationException($"{Name}: peer stopped reading for longer than the timeout"); }
-        catch (SocketException e) { throw new MigrationException($"{Name}: send failed: {e.Message}"); }
-        catch (ObjectDisposedException) { throw new MigrationException($"{Name}: closed"); }
+        { throw new TransportException($"{Name}: peer stopped reading for longer than the timeout"); }
+        catch (SocketException e) { throw new TransportException($"{Name}: send failed: {e.Message}"); }
+        catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
     }
 
     /// <summary>
@@ -126,49 +124,16 @@ internal sealed class Connection : IDisposable
                     if (n > 0) { done += n; continue; }
                     int errno = n == 0 ? Interop.Libc.EPIPE : System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
                     if (errno == Interop.Libc.EINTR) continue;
-                    if (errno == Interop.Libc.EAGAIN) throw new MigrationException($"{Name}: peer stopped reading for longer than the timeout");
-                    throw new MigrationException($"{Name}: send failed: {ErrnoNames.Name(errno)}");
+                    if (errno == Interop.Libc.EAGAIN) throw new TransportException($"{Name}: peer stopped reading for longer than the timeout");
+                    throw new TransportException($"{Name}: send failed: {ErrnoNames.Name(errno)}");
                 }
             }
         }
-        catch (ObjectDisposedException) { throw new MigrationException($"{Name}: closed"); }
+        catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
         finally
         {
             if (added) handle.DangerousRelease();
         }
-    }
-
-    /// <summary>Sends one main-channel message; safe from several threads.</summary>
-    public void SendMessage(MessageType type, ReadOnlySpan<byte> body)
-    {
-        lock (_sendLock)
-        {
-            int total = Protocol.MessageHeaderSize + body.Length;
-            if (_messageBuffer.Length < total) _messageBuffer = new byte[total];
-            var b = _messageBuffer.AsSpan(0, total);
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(b, (ushort)type);
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(b[2..], 0);
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(b[4..], (uint)body.Length);
-            body.CopyTo(b[Protocol.MessageHeaderSize..]);
-            WriteAll(b);
-        }
-    }
-
-    /// <summary>Receives one main-channel message into a reused buffer; null on clean EOF.</summary>
-    public (MessageType Type, byte[] Body, int Length)? ReceiveMessage(byte[] scratch)
-    {
-        Span<byte> header = stackalloc byte[Protocol.MessageHeaderSize];
-        if (!ReadExact(header)) return null;
-        var type = (MessageType)System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(header);
-        uint length = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(header[4..]);
-        if (!Enum.IsDefined(type))
-            throw new ProtocolException($"{Name}: unknown message type {(ushort)type}");
-        if (length > Protocol.MaxMessageBody)
-            throw new ProtocolException($"{Name}: message length {length} exceeds {Protocol.MaxMessageBody}");
-        var body = scratch.Length >= length ? scratch : new byte[length];
-        if (length > 0 && !ReadExact(body.AsSpan(0, (int)length)))
-            throw new ProtocolException($"{Name}: connection closed in the middle of a message");
-        return (type, body, (int)length);
     }
 
     /// <summary>Unblocks any thread in a send or receive on this connection.</summary>
@@ -183,10 +148,4 @@ internal sealed class Connection : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
             Socket.Dispose();
     }
-}
-
-/// <summary>A failed migration: the message says which device (if any) and why; the CLI prints it as one line.</summary>
-public class MigrationException(string message, string? device = null) : Exception(message)
-{
-    public string? Device { get; } = device;
 }

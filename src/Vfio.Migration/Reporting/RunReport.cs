@@ -27,7 +27,7 @@ public sealed class DeviceReport
     public long ExpectedBytes { get; set; }
     public ulong Checksum { get; set; }
     public ulong? Digest { get; set; }
-    /// <summary>Simulated devices: the load time the device's parameters imply for this stream (for issue 5's device bound).</summary>
+    /// <summary>Simulated devices: the load time the device's parameters imply for this stream (filled in by the caller that knows them).</summary>
     public double? SimLoadMs { get; set; }
 
     public string SummaryLine() => string.Create(CultureInfo.InvariantCulture,
@@ -37,15 +37,19 @@ public sealed class DeviceReport
 /// <summary>The outcome of a run, as printed and as written by --json.</summary>
 public sealed class RunReport
 {
-    public bool Ok { get; set; }
+    public bool Ok { get; private set; }
     public required string Role { get; init; }
     public LoadingMode Mode { get; init; }
     public int Channels { get; init; }
     public int BufferSize { get; init; }
     public int Window { get; set; }
     public List<DeviceReport> Devices { get; init; } = new();
-    public string? Error { get; set; }
-    public string? FailedDevice { get; set; }
+    /// <summary>Why the run failed (null when it succeeded), as a value: origin and device index.</summary>
+    public RunFailure? Failure { get; private set; }
+    /// <summary>The failure as one line for a person: the device by name, the peer's word marked as such.</summary>
+    public string? Error { get; private set; }
+    /// <summary>The name of the device the failure is about, on the side that reported it.</summary>
+    public string? FailedDevice { get; private set; }
     /// <summary>First source device leaving RUNNING (source clock).</summary>
     public long FirstStopUs { get; set; }
     /// <summary>Last destination device reaching RUNNING (destination clock).</summary>
@@ -55,14 +59,38 @@ public sealed class RunReport
     public RunTimeline Timeline { get; init; } = new();
     public int PoolBuffers { get; set; }
     /// <summary>
-    /// Runs whose devices are all simulated: the lower bound on downtime the simulator's parameters imply
-    /// (<see cref="DeviceBound"/>), in milliseconds; null otherwise. downtime / bound is the engine's overhead factor.
+    /// Runs whose devices are all simulated: the lower bound on downtime the simulator's parameters imply, in
+    /// milliseconds (filled in by the caller that knows the devices); null otherwise. downtime / bound is the engine's
+    /// overhead factor.
     /// </summary>
     public double? DeviceBoundMs { get; set; }
     /// <summary>DowntimeMs / DeviceBoundMs, when both are known.</summary>
     public double? BoundRatio => DeviceBoundMs is > 0 && DowntimeMs > 0 ? DowntimeMs / DeviceBoundMs : null;
 
     public long TotalBytes => Devices.Sum(d => d.Bytes);
+
+    /// <summary>
+    /// Sets the outcome: ok without a failure; otherwise the failure, its text (device names from
+    /// <paramref name="deviceNames"/>, the peer called <paramref name="peerRole"/>), and no device verified.
+    /// </summary>
+    public void SetOutcome(RunFailure? failure, string peerRole, IReadOnlyList<string> deviceNames)
+    {
+        Failure = failure;
+        Ok = failure is null;
+        Error = failure?.Describe(deviceNames, peerRole);
+        FailedDevice = failure?.Device is int i && i < deviceNames.Count ? deviceNames[i] : null;
+        if (!Ok) foreach (var d in Devices) d.Verified = false;
+    }
+
+    /// <summary>Takes the outcome another report already described (one side's, in a merged report).</summary>
+    public void CopyOutcome(RunReport from)
+    {
+        Failure = from.Failure;
+        Ok = from.Ok;
+        Error = from.Error;
+        FailedDevice = from.FailedDevice;
+        if (!Ok) foreach (var d in Devices) d.Verified = false;
+    }
     public double DowntimeMs => Ok && LastRunningUs > FirstStopUs && FirstStopUs > 0 ? (LastRunningUs - FirstStopUs) / 1000.0 : 0;
 
     /// <summary>Megabits per second (10^6 bits): all stream bytes over the time from the first source stop to the last device loaded.</summary>

@@ -1,6 +1,7 @@
 using Vfio.Interop;
+using Vfio.Migration;
 
-namespace Vfio.Migration;
+namespace Vfio.Simulation;
 
 /// <summary>What the kernel checks of a SET MIG_DEVICE_STATE request, for the devices simulated in software.</summary>
 internal static class SoftwareTransitions

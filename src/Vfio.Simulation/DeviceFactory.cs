@@ -1,4 +1,6 @@
-namespace Vfio.Migration;
+using Vfio.Migration;
+
+namespace Vfio.Simulation;
 
 /// <summary>
 /// Turns a device argument into a device: "sim:NAME" is simulated, "null:NAME" a device with no cost (the transport

@@ -1,0 +1,298 @@
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+
+namespace Vfio.Migration;
+
+/// <summary>
+/// One run of the destination, in the order of docs/protocol.md section 2: accept a source, take its device list, put
+/// the devices in RESUMING, grant the window, accept the data channels, load (loader threads, or the receive threads
+/// in coupled mode), verify, bring every device to RUNNING, report.
+/// Threads and ownership: the coordinator (the caller of Execute) owns the sequence, the sinks array (made before any
+/// other thread starts) and the report. Receive threads (<see cref="ChannelReceiver"/>) and loaders (decoupled,
+/// <see cref="DeviceSink.LoaderLoop"/>) work on the sinks. The main receive thread writes the switchover time
+/// (<see cref="_sourceFirstStopUs"/>, <see cref="_switchoverUs"/>) before setting <see cref="_switchover"/>, which the
+/// loaders wait for, and hands DeviceDone to the sinks. The heartbeat thread runs the stall watchdog. The thread that
+/// finishes the last device sets <see cref="_allFinished"/> (counted in <see cref="_finished"/>, Interlocked).
+/// Credits go out on the main channel from whichever thread loaded the buffers (its send lock orders them).
+/// </summary>
+internal sealed class DestinationRun
+{
+    private readonly IReadOnlyList<IMigrationDevice> _devices;
+    private readonly MigrationOptions _options;
+    private readonly ILogger _log;
+    private readonly MigrationProgress _progress;
+    private readonly ManualResetEventSlim _switchover = new();
+    private readonly ManualResetEventSlim _allFinished = new();
+    private DeviceSink[] _sinks = [];
+    private BufferPool? _pool;
+    private MainChannel? _main;
+    private long _switchoverUs;
+    private long _sourceFirstStopUs;
+    private int _finished;
+    private int _channels;
+    private int _channelsEnded;
+
+    public DestinationRun(IReadOnlyList<IMigrationDevice> devices, MigrationOptions options, ILogger log, MigrationProgress progress)
+    {
+        _devices = devices;
+        _options = options;
+        _log = log;
+        _progress = progress;
+    }
+
+    public RunTimeline Timeline { get; } = new();
+    public bool Coupled => _options.Loading == LoadingMode.Coupled;
+
+    public RunReport Execute(Socket listener, CancellationToken cancel)
+    {
+        using var ctl = new RunControl(cancel);
+        var threads = new List<Thread>();
+        var acceptor = new SessionAcceptor(listener, _options, _log);
+        int bufferSize = _options.BufferSize;
+        bool prepared = false;
+        long lastRunning = 0, loadEnd = 0;
+        try
+        {
+            Warmup.Prepare(_devices); // while no source is connected yet: compile the data path outside the downtime
+            (var mainConnection, ulong session, _channels) = acceptor.AcceptMain(ctl);
+            ctl.Register(mainConnection);
+            var main = _main = new MainChannel(mainConnection, "source");
+            ctl.BeforeAbort = main.TrySendError;
+            bufferSize = TakeDeviceList(main.Expect<DeviceListMessage>("before sending its device list"));
+            _pool = new BufferPool(bufferSize);
+            _pool.Reserve(_devices.Count * _options.Window + _channels); // a full window per device, and a buffer per receive thread
+            prepared = true;
+            _sinks = PrepareDevices();
+            // One registration wakes every waiting loader on abort (no registration per wait).
+            using var wake = ctl.Token.Register(() => { foreach (var s in _sinks) s.Wake(); _switchover.Set(); });
+            main.Send(new AcceptMessage(_options.Window, _devices.Select(d => d.Name).ToArray()));
+            // The main channel is watched from now on (a source that gives up while channels connect ends the run).
+            threads.Add(ctl.Start("dst main receive", () => main.ReceiveLoop(ctl, OnMessage, () => _allFinished.IsSet,
+                "before the migration completed")));
+            threads.Add(ctl.Start("dst main send", () => Heartbeats(main, ctl)));
+            var data = acceptor.AcceptDataChannels(session, _channels, ctl);
+            _log.LogInformation("session {Session:x16}: {Devices} devices, {Channels} data channels, {Mode} loading, window {Window} x {Buffer} bytes",
+                session, _devices.Count, _channels, Coupled ? "coupled" : "decoupled", _options.Window, bufferSize);
+
+            for (int c = 0; c < data.Length; c++)
+            {
+                var receiver = new ChannelReceiver(c + 1, data[c], _sinks, _pool, bufferSize,
+                    Timeline.AddTrack($"dst channel {c + 1} receive", "receive", "destination"), this);
+                threads.Add(ctl.Start($"dst channel {c + 1} receive", () => receiver.Run(ctl)));
+            }
+            if (!Coupled)
+                foreach (var sink in _sinks)
+                    threads.Add(ctl.Start($"dst loader {sink.Device.Name}", () => LoaderThread(sink, ctl), sink.Index));
+
+            try { _allFinished.Wait(ctl.Token); } catch (OperationCanceledException) { }
+            ctl.ThrowIfFailed();
+
+            // Every device loaded and verified: resume them all, P2P first (mirror of the source's quiesce).
+            var track = Timeline.AddTrack("dst main", "main", "destination");
+            loadEnd = _sinks.Max(s => s.Report.EndUs);
+            foreach (var s in _sinks)
+                if (s.Device.Flags.HasFlag(MigrationFlags.P2P)) Transition(s, MigrationState.RunningP2P, track);
+            foreach (var s in _sinks)
+                Transition(s, MigrationState.Running, track);
+            lastRunning = MigrationClock.NowUs;
+            Timeline.Mark("destination_last_running", lastRunning);
+            Timeline.Mark("source_first_stop", _sourceFirstStopUs);
+            foreach (var s in _sinks)
+            {
+                var d = s.Report;
+                main.Send(new DeviceResultMessage(s.Index, d.Verified, d.Bytes, d.Buffers, d.WaitUs, d.LoadUs, d.ConfigUs, d.StartUs, d.EndUs,
+                    d.MaxQueuedBytes, d.Error));
+            }
+            main.Send(new ResultMessage(true, lastRunning, loadEnd, null));
+            // Let the source read the result and close first; then we are done.
+            foreach (var t in threads) t.Join(_options.Timeout);
+        }
+        catch (Exception e)
+        {
+            ctl.Fail(e);
+        }
+        finally
+        {
+            if (ctl.Failed) Rollback(prepared, threads);
+            _main?.Connection.Abort();
+        }
+        return Report(ctl.Failure, bufferSize, lastRunning, loadEnd);
+    }
+
+    private int TakeDeviceList(in DeviceListMessage list)
+    {
+        if (list.Devices.Length != _devices.Count)
+            throw new MigrationException($"the source migrates {list.Devices.Length} devices, this destination has {_devices.Count}");
+        for (int i = 0; i < list.Devices.Length; i++)
+        {
+            var offer = list.Devices[i];
+            _progress.Expected[i] = (long)offer.ExpectedBytes;
+            if (!offer.Flags.HasFlag(MigrationFlags.StopCopy))
+                throw new MigrationException($"source device {offer.Name} does not support STOP_COPY", i);
+            _log.LogDebug("device {Index}: {Source} -> {Destination}, about {Bytes} bytes", i, offer.Name, _devices[i].Name, offer.ExpectedBytes);
+        }
+        return list.BufferSize;
+    }
+
+    private DeviceSink[] PrepareDevices()
+    {
+        var sinks = new DeviceSink[_devices.Count];
+        for (int i = 0; i < _devices.Count; i++)
+        {
+            var d = _devices[i];
+            var track = Timeline.AddTrack($"dst loader {d.Name}", "loader", "destination", i);
+            try
+            {
+                if (!d.Flags.HasFlag(MigrationFlags.StopCopy))
+                    throw new MigrationException("does not support migration (no STOP_COPY)", i);
+                long t0 = MigrationClock.NowUs;
+                d.SetState(MigrationState.Stop)?.Dispose();
+                var stream = d.SetState(MigrationState.Resuming)
+                    ?? throw new MigrationException("STOP->RESUMING returned no data stream", i);
+                track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: "->RESUMING");
+                sinks[i] = new DeviceSink(i, d, stream, _options.Window, _pool!, track);
+            }
+            catch (VfioException e)
+            {
+                // The sinks made so far are in the array the rollback reads: publish them.
+                _sinks = sinks.Where(s => s is not null).ToArray();
+                throw new MigrationException($"cannot enter RESUMING: {e.Message}", i);
+            }
+        }
+        return sinks;
+    }
+
+    private static void Transition(DeviceSink s, MigrationState target, TimelineTrack track)
+    {
+        long t0 = MigrationClock.NowUs;
+        try { s.Device.SetState(target)?.Dispose(); }
+        catch (VfioException e) { throw new MigrationException(e.Message, s.Index); }
+        track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: $"{s.Device.Name} ->{target}");
+    }
+
+    /// <summary>The main receive thread's dispatch: the switchover and each device's completion.</summary>
+    private bool OnMessage(in InboundMessage m)
+    {
+        switch (m.Type)
+        {
+            case MessageType.Switchover:
+                if (_switchover.IsSet) throw new ProtocolException("main channel: second switchover");
+                _sourceFirstStopUs = m.As<SwitchoverMessage>().FirstStopUs;
+                _switchoverUs = MigrationClock.NowUs;
+                Timeline.Mark("destination_switchover", _switchoverUs);
+                _switchover.Set();
+                return true;
+            case MessageType.DeviceDone:
+                var done = m.As<DeviceDoneMessage>();
+                if (done.Device >= _sinks.Length) throw new ProtocolException($"main channel: completion for unknown device {done.Device}");
+                var sink = _sinks[done.Device];
+                if (sink.SetDone(done) && Coupled) FinishDevice(sink);
+                return true;
+            default:
+                throw new ProtocolException($"main channel: unexpected {m.Type} from the source");
+        }
+    }
+
+    private void LoaderThread(DeviceSink sink, RunControl ctl)
+    {
+        ThreadPriority.FavourCurrentThread();
+        _switchover.Wait();
+        if (ctl.Token.IsCancellationRequested) return;
+        sink.Report.StartUs = MigrationClock.NowUs;
+        sink.LoaderLoop(ctl.Token, () => ReturnCredits(sink));
+        if (ctl.Token.IsCancellationRequested) return;
+        if (!sink.WaitDone(ctl.Token)) return;
+        FinishDevice(sink);
+    }
+
+    public void FinishDevice(DeviceSink sink)
+    {
+        if (Coupled) sink.Report.StartUs = _switchoverUs;
+        sink.Finish();
+        if (Coupled) sink.Report.WaitUs = Math.Max(0, sink.Report.TotalUs - sink.Report.LoadUs - sink.Report.ConfigUs);
+        _log.LogInformation("{Line}", sink.Report.SummaryLine());
+        if (Interlocked.Increment(ref _finished) == _sinks.Length) _allFinished.Set();
+    }
+
+    /// <summary>Every channel delivered its end marker: a device still waiting for a buffer will never get it.</summary>
+    public void ChannelEnded()
+    {
+        if (Interlocked.Increment(ref _channelsEnded) < _channels) return;
+        foreach (var s in _sinks)
+            if (s.MissingBuffers(out var what)) throw new ProtocolException(what, s.Index);
+    }
+
+    /// <summary>
+    /// Publishes a device's progress and returns the credits of the buffers a loader (or, coupled, a receive thread)
+    /// has just loaded, from that thread: handing them to another thread to send would cost a wakeup per buffer.
+    /// </summary>
+    public void ReturnCredits(DeviceSink sink)
+    {
+        Volatile.Write(ref _progress.Bytes[sink.Index], Volatile.Read(ref sink.LoadedBytes));
+        long n = Interlocked.Exchange(ref sink.PendingCredits, 0);
+        if (n == 0) return;
+        try { _main!.Send(new CreditMessage(sink.Index, (uint)n)); }
+        catch (MigrationException) when (_allFinished.IsSet) { /* the source has its result and closed: credits no longer matter */ }
+    }
+
+    /// <summary>A heartbeat every second, after the check for devices whose next buffer was lost.</summary>
+    private void Heartbeats(MainChannel main, RunControl ctl)
+    {
+        long timeoutUs = (long)_options.Timeout.TotalMicroseconds;
+        try
+        {
+            main.Heartbeats(ctl, _allFinished, () =>
+            {
+                long now = MigrationClock.NowUs;
+                foreach (var s in _sinks)
+                    if (s.Stalled(now, timeoutUs, out var what)) throw new MigrationException(what, s.Index);
+            });
+        }
+        catch (MigrationException e) when (e is TransportException && _allFinished.IsSet)
+        {
+            // Every device is done: the source may already have read the result and closed the main channel while a
+            // last heartbeat was being sent. Nothing is lost.
+        }
+    }
+
+    /// <summary>Never leaves a device half-loaded: every destination device is reset, every thread joined, every buffer returned.</summary>
+    private void Rollback(bool prepared, List<Thread> threads)
+    {
+        // The reset also unblocks a loader in write(2) on devices that abort a load on reset.
+        if (prepared) ResetDevices(onlyIfNotRunning: false);
+        foreach (var t in threads) t.Join(_options.Timeout);
+        foreach (var s in _sinks)
+        {
+            s.Drain();
+            s.Stream.Dispose();
+        }
+        // A loader or receive thread that was finishing its device when the run failed may have moved it on
+        // (RESUMING->STOP) after the reset above: reset once more whatever is not back in RUNNING.
+        if (prepared) ResetDevices(onlyIfNotRunning: true);
+    }
+
+    private void ResetDevices(bool onlyIfNotRunning)
+    {
+        foreach (var d in _devices)
+        {
+            try { if (!onlyIfNotRunning || d.GetState() != MigrationState.Running) d.Reset(); }
+            catch (Exception e) when (e is VfioException or ObjectDisposedException) { _log.LogError("{Device}: reset failed: {Error}", d.Name, e.Message); }
+        }
+    }
+
+    private RunReport Report(RunFailure? failure, int bufferSize, long lastRunning, long loadEnd)
+    {
+        var report = new RunReport
+        {
+            Role = "destination", Mode = _options.Loading, Channels = _channels == 0 ? _options.Channels : _channels, BufferSize = bufferSize,
+            Window = _options.Window, Timeline = Timeline, PoolBuffers = _pool?.Allocated ?? 0,
+            FirstStopUs = _sourceFirstStopUs, LastRunningUs = lastRunning, LoadEndUs = loadEnd,
+        };
+        if (_sinks.Length == _devices.Count) report.Devices.AddRange(_sinks.Select(s => s.Report));
+        else report.Devices.AddRange(_devices.Select(d => new DeviceReport { Name = d.Name }));
+        if (failure is null && !_sinks.All(s => s.Report.Verified))
+            failure = new RunFailure(FailureOrigin.Local, "not every device was verified");
+        report.SetOutcome(failure, "source", _devices.Select(d => d.Name).ToArray());
+        return report;
+    }
+}

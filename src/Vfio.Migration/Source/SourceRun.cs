@@ -1,0 +1,258 @@
+using System.Net;
+using Microsoft.Extensions.Logging;
+
+namespace Vfio.Migration;
+
+/// <summary>
+/// One run of the source, in the order of docs/protocol.md section 2: connect and hand over the device list, take the
+/// destination's window, connect the data channels, quiesce and stop the devices, let the save threads read them,
+/// wait for the destination's result.
+/// Threads and ownership: the coordinator (the caller of Execute) owns the sequence and, after the run, the report.
+/// Save threads (<see cref="DeviceSaver"/>, one per device) read their device and queue packets; sender threads
+/// (<see cref="ChannelSender"/>, one per data channel) take them from the scheduler. The main receive thread writes
+/// the destination's answers (<see cref="_results"/> entries, <see cref="_result"/>) and adds credits; the coordinator
+/// reads them only after <see cref="_resultArrived"/> is set. <see cref="_sent"/> is written by the save threads
+/// (Interlocked) and read by the main receive thread, to refuse credits for buffers never sent.
+/// </summary>
+internal sealed class SourceRun
+{
+    private readonly IReadOnlyList<IMigrationDevice> _devices;
+    private readonly MigrationOptions _options;
+    private readonly ILogger _log;
+    private readonly MigrationProgress _progress;
+    private readonly RunTimeline _timeline = new();
+    private readonly BufferPool _pool;
+    private readonly DeviceReport[] _results;
+    private readonly long[] _sent;
+    private readonly ManualResetEventSlim _resultArrived = new();
+    private CreditGate[] _credits = [];
+    private ResultMessage _result;
+    private int _window;
+
+    public SourceRun(IReadOnlyList<IMigrationDevice> devices, MigrationOptions options, ILogger log, MigrationProgress progress)
+    {
+        _devices = devices;
+        _options = options;
+        _log = log;
+        _progress = progress;
+        _pool = new BufferPool(options.BufferSize);
+        _sent = new long[devices.Count];
+        _results = devices.Select(d => new DeviceReport { Name = d.Name, SourceName = d.Name }).ToArray();
+    }
+
+    public RunReport Execute(IPEndPoint destination, CancellationToken cancel)
+    {
+        using var ctl = new RunControl(cancel);
+        var threads = new List<Thread>();
+        var scheduler = _options.SchedulerFactory?.Invoke(_options.Channels) ?? new NextIdleScheduler();
+        var mainTrack = _timeline.AddTrack("src main", "main", "source");
+        bool stopped = false;
+        long firstStop = 0;
+        MainChannel? main = null;
+        try
+        {
+            ulong session = (ulong)Random.Shared.NextInt64() ^ (ulong)Environment.ProcessId << 48;
+            main = new MainChannel(Connect(destination, 0, session, ctl), "destination");
+            ctl.BeforeAbort = main.TrySendError;
+            main.Send(new DeviceListMessage(_options.BufferSize, _options.Loading,
+                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags)).ToArray()));
+            TakeAccept(main.Expect<AcceptMessage>("before accepting"));
+            _log.LogInformation("connected to {Destination}: {Devices} devices, {Channels} data channels, window {Window} x {Buffer} bytes",
+                destination, _devices.Count, _options.Channels, _window, _options.BufferSize);
+
+            var data = new Connection[_options.Channels];
+            for (int c = 0; c < data.Length; c++)
+                data[c] = Connect(destination, (ushort)(c + 1), session, ctl);
+            _credits = _devices.Select(_ => new CreditGate(_window)).ToArray();
+            // One registration wakes every waiter on abort (no registration per wait: the data path allocates nothing).
+            using var wake = ctl.Token.Register(() =>
+            {
+                scheduler.Cancel();
+                foreach (var g in _credits) g.Cancel();
+            });
+
+            var mainMessages = main;
+            threads.Add(ctl.Start("src main receive", () => mainMessages.ReceiveLoop(ctl, OnMessage, () => _resultArrived.IsSet,
+                "before reporting a result")));
+            threads.Add(ctl.Start("src heartbeat", () => mainMessages.Heartbeats(ctl, _resultArrived)));
+            var senders = new List<Thread>();
+            for (int c = 0; c < data.Length; c++)
+            {
+                var sender = new ChannelSender(c + 1, _options.DataChannelWriter?.Invoke(c + 1, data[c]) ?? data[c], scheduler, _pool,
+                    _timeline.AddTrack($"src channel {c + 1} send", "send", "source"));
+                senders.Add(ctl.Start($"src channel {c + 1} send", () => sender.Run(ctl.Token)));
+            }
+
+            // Source digests are taken while the devices still run (they are outside the downtime).
+            var digests = _devices.Select(d => d.StateDigest()).ToArray();
+
+            // The save threads exist before the downtime starts (starting a thread can take milliseconds on a busy
+            // machine); they wait for the devices to be stopped. The data path's code is compiled now, too.
+            Warmup.Prepare(_devices);
+            _pool.Reserve(_devices.Count * (_window + 1)); // every buffer in flight, and each device's config
+            var go = new ManualResetEventSlim();
+            var started = new DeviceSaver.StartLine(_devices.Count);
+            var savers = new List<Thread>();
+            for (int i = 0; i < _devices.Count; i++)
+            {
+                var saver = new DeviceSaver(i, _devices[i], digests[i], _credits[i], scheduler, _pool, _sent, _progress, started,
+                    _timeline.AddTrack($"src save {_devices[i].Name}", "save", "source", i), mainMessages, _log);
+                savers.Add(ctl.Start($"src save {_devices[i].Name}", () =>
+                {
+                    go.Wait(ctl.Token);
+                    _results[saver.Index].Checksum = saver.Run(ctl.Token);
+                }, i));
+            }
+            threads.AddRange(savers);
+
+            firstStop = MigrationClock.NowUs;
+            stopped = true;
+            _timeline.Mark("source_first_stop", firstStop);
+            Quiesce(mainTrack);
+            main.Send(new SwitchoverMessage(firstStop));
+            go.Set();
+            _log.LogInformation("switchover: {Devices} devices stopped", _devices.Count);
+            foreach (var t in savers) t.Join();
+            scheduler.Complete();
+            foreach (var t in senders) t.Join();
+            threads.AddRange(senders);
+            try { _resultArrived.Wait(ctl.Token); } catch (OperationCanceledException) { }
+            ctl.ThrowIfFailed();
+            // Ok only with the destination's word that every device was loaded and verified.
+            if (_results.Select((d, i) => (d, i)).FirstOrDefault(x => !x.d.Verified) is { d: not null } unverified)
+                ctl.Fail(new RunFailure(FailureOrigin.Peer, "reported success without verifying the device", unverified.i));
+        }
+        catch (Exception e)
+        {
+            ctl.Fail(e);
+        }
+        finally
+        {
+            if (ctl.Failed)
+            {
+                foreach (var t in threads) t.Join(_options.Timeout);
+                if (scheduler is NextIdleScheduler q) q.Drain(_pool);
+                if (stopped) RestoreRunning();
+            }
+            else
+            {
+                main?.Connection.Abort();
+                foreach (var t in threads) t.Join(_options.Timeout);
+            }
+        }
+        return Report(ctl.Failure, firstStop);
+    }
+
+    private Connection Connect(IPEndPoint ep, ushort channel, ulong session, RunControl ctl)
+    {
+        var c = Connection.Connect(ep, _options.Timeout, channel == 0 ? "main channel" : $"data channel {channel}");
+        ctl.Register(c);
+        c.ReceiveTimeout = _options.Timeout;
+        Span<byte> hs = stackalloc byte[Protocol.HandshakeSize];
+        new Handshake(channel, session, (ushort)_options.Channels).Write(hs);
+        c.WriteAll(hs);
+        Span<byte> reply = stackalloc byte[Protocol.HandshakeReplySize];
+        if (!c.ReadExact(reply))
+            throw new TransportException($"{c.Name}: destination closed the connection during the handshake");
+        var status = HandshakeReply.Read(reply).Status;
+        if (status != HandshakeStatus.Ok)
+            throw new MigrationException($"{c.Name}: destination refused the handshake ({status})", null, FailureOrigin.Peer);
+        if (channel != 0) c.ReceiveTimeout = TimeSpan.Zero;
+        return c;
+    }
+
+    private void TakeAccept(in AcceptMessage accept)
+    {
+        if (accept.DeviceNames.Length != _devices.Count)
+            throw new ProtocolException($"main channel: destination has {accept.DeviceNames.Length} devices, source {_devices.Count}");
+        _window = accept.Window;
+        for (int i = 0; i < _devices.Count; i++)
+            _results[i] = new DeviceReport { Name = accept.DeviceNames[i], SourceName = _devices[i].Name };
+    }
+
+    /// <summary>Every P2P-capable device to RUNNING_P2P before any goes to STOP, so that none DMAs into a stopped peer.</summary>
+    private void Quiesce(TimelineTrack track)
+    {
+        foreach (var d in _devices)
+            if (d.Flags.HasFlag(MigrationFlags.P2P)) Transition(d, MigrationState.RunningP2P, track);
+        foreach (var d in _devices)
+            Transition(d, MigrationState.Stop, track);
+    }
+
+    private static void Transition(IMigrationDevice d, MigrationState target, TimelineTrack track)
+    {
+        long t0 = MigrationClock.NowUs;
+        var from = d.GetState();
+        d.SetState(target)?.Dispose();
+        track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: $"{d.Name} {from}->{target}");
+    }
+
+    /// <summary>The main receive thread's dispatch: credits, per-device results, the result.</summary>
+    private bool OnMessage(in InboundMessage m)
+    {
+        switch (m.Type)
+        {
+            case MessageType.Credit:
+                var credit = m.As<CreditMessage>();
+                int dev = CheckDevice(credit.Device, "credit");
+                if (_credits[dev].Granted + credit.Credits > Interlocked.Read(ref _sent[dev]) + _window)
+                    throw new ProtocolException($"main channel: destination returned more credits than buffers were sent", dev);
+                _credits[dev].Add(credit.Credits);
+                return true;
+            case MessageType.DeviceResult:
+                var r = m.As<DeviceResultMessage>();
+                var d = _results[CheckDevice(r.Device, "result")];
+                d.Verified = r.Verified;
+                d.Bytes = r.Bytes;
+                d.Buffers = r.Buffers;
+                d.WaitUs = r.WaitUs; d.LoadUs = r.LoadUs; d.ConfigUs = r.ConfigUs;
+                d.StartUs = r.StartUs; d.EndUs = r.EndUs;
+                d.MaxQueuedBytes = r.MaxQueuedBytes;
+                d.Error = r.Error;
+                return true;
+            case MessageType.Result:
+                _result = m.As<ResultMessage>();
+                _resultArrived.Set();
+                if (!_result.Ok)
+                    throw new MigrationException(_result.Message ?? "reported failure", null, FailureOrigin.Peer);
+                return false;
+            default:
+                throw new ProtocolException($"main channel: unexpected {m.Type} from the destination");
+        }
+    }
+
+    private int CheckDevice(int device, string what) =>
+        device < _devices.Count ? device : throw new ProtocolException($"main channel: {what} for unknown device {device}");
+
+    /// <summary>After a failure, every source device goes back to RUNNING (reset if a transition fails).</summary>
+    private void RestoreRunning()
+    {
+        foreach (var d in _devices)
+        {
+            try { d.SetState(MigrationState.Running)?.Dispose(); }
+            catch (Exception e)
+            {
+                _log.LogWarning("{Device}: back to RUNNING failed ({Error}); resetting", d.Name, e.Message);
+                try { d.Reset(); } catch (Exception e2) { _log.LogError("{Device}: reset failed: {Error}", d.Name, e2.Message); }
+            }
+        }
+    }
+
+    private RunReport Report(RunFailure? failure, long firstStop)
+    {
+        var report = new RunReport
+        {
+            Role = "source", Mode = _options.Loading, Channels = _options.Channels, BufferSize = _options.BufferSize,
+            Timeline = _timeline, Window = _window, FirstStopUs = firstStop, PoolBuffers = _pool.Allocated,
+        };
+        report.Devices.AddRange(_results);
+        report.SetOutcome(failure, "destination", _devices.Select(d => d.Name).ToArray());
+        if (report.Ok)
+        {
+            report.LastRunningUs = _result.LastRunningUs;
+            report.LoadEndUs = _result.LoadEndUs;
+            _timeline.Mark("destination_last_running", _result.LastRunningUs);
+        }
+        return report;
+    }
+}

@@ -1,0 +1,101 @@
+using Vfio.Migration;
+
+namespace Vfio.Tests.Migration;
+
+internal enum WireFaultKind
+{
+    /// <summary>Flip a payload byte after the CRC was computed.</summary>
+    CorruptPayload,
+    /// <summary>Send the packet twice.</summary>
+    Duplicate,
+    /// <summary>Never send the packet.</summary>
+    Drop,
+    /// <summary>Send half of the payload, close the channel, and send nothing more on it.</summary>
+    Truncate,
+}
+
+/// <summary>A fault the source's data channels inject on the packet of one device and buffer.</summary>
+internal sealed record WireFault(WireFaultKind Kind, int Device = 0, int Buffer = 0)
+{
+    public MigrationOptions Apply(MigrationOptions options) =>
+        options with { DataChannelWriter = (channel, inner) => new FaultyChannelWriter(this, channel, inner) };
+}
+
+/// <summary>Wraps a data channel's writer and applies the fault to the packet it names; everything else passes.</summary>
+internal sealed class FaultyChannelWriter(WireFault fault, int channel, IDataChannelWriter inner) : IDataChannelWriter
+{
+    private bool _cut;
+
+    public void WritePacket(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
+    {
+        if (_cut) return;
+        var h = PacketHeader.Read(header, channel);
+        if (h.Flags == PacketFlags.ChannelEnd || h.Device != fault.Device || h.Buffer != fault.Buffer)
+        {
+            inner.WritePacket(header, payload);
+            return;
+        }
+        switch (fault.Kind)
+        {
+            case WireFaultKind.Drop:
+                return;
+            case WireFaultKind.CorruptPayload:
+                var corrupt = payload.ToArray(); // a copy: the bytes may be a device's own memory
+                corrupt[payload.Length / 2] ^= 0x01;
+                inner.WritePacket(header, corrupt);
+                return;
+            case WireFaultKind.Duplicate:
+                inner.WritePacket(header, payload);
+                inner.WritePacket(header, payload);
+                return;
+            case WireFaultKind.Truncate:
+                inner.WritePacket(header, payload[..(payload.Length / 2)]);
+                ((Connection)inner).Abort();
+                _cut = true;
+                return;
+        }
+    }
+}
+
+/// <summary>
+/// A device whose saved stream is altered after the device produced it: it ends <paramref name="truncateBy"/> bytes
+/// early, or the byte at <paramref name="corruptOffset"/> is flipped (transport checks pass; the destination device
+/// must refuse it).
+/// </summary>
+internal sealed class FaultyStreamDevice(IMigrationDevice inner, long truncateBy = 0, long corruptOffset = -1) : IMigrationDevice
+{
+    public string Name => inner.Name;
+    public MigrationFlags Flags => inner.Flags;
+    public MigrationState GetState() => inner.GetState();
+    public ulong? StopCopySizeEstimate() => inner.StopCopySizeEstimate();
+    public byte[] SaveConfig() => inner.SaveConfig();
+    public void RestoreConfig(ReadOnlySpan<byte> config) => inner.RestoreConfig(config);
+    public void Reset() => inner.Reset();
+    public ulong? StateDigest() => inner.StateDigest();
+    public void Dispose() => inner.Dispose();
+
+    public IDeviceDataStream? SetState(MigrationState target)
+    {
+        var stream = inner.SetState(target);
+        return stream is not null && target == MigrationState.StopCopy
+            ? new Stream(stream, (long)inner.StopCopySizeEstimate()! - truncateBy, corruptOffset)
+            : stream;
+    }
+
+    private sealed class Stream(IDeviceDataStream inner, long limit, long corruptOffset) : IDeviceDataStream
+    {
+        private long _offset;
+
+        public DataRead Read(Span<byte> buffer)
+        {
+            if (_offset >= limit) return new DataRead(0, DataReadStatus.EndOfStream);
+            var r = inner.Read(buffer[..(int)Math.Min(buffer.Length, limit - _offset)]);
+            if (corruptOffset >= _offset && corruptOffset < _offset + r.Bytes) buffer[(int)(corruptOffset - _offset)] ^= 0x5A;
+            _offset += r.Bytes;
+            return r;
+        }
+
+        public void WriteAll(ReadOnlySpan<byte> data) => inner.WriteAll(data);
+        public void Dispose() => inner.Dispose();
+    }
+}
