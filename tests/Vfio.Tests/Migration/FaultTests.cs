@@ -14,13 +14,15 @@ public class FaultTests
         return Loopback.Run(src, dst, fault?.Apply(options) ?? options, cancel: TestContext.Current.CancellationToken);
     }
 
-    private static void AssertFailedCleanly(RunReport report, SimulatedDevice[] src, SimulatedDevice[] dst, string expected, string? device)
+    /// <summary>The destination found the fault itself (<paramref name="device"/>: about which device), and nothing is left half-done.</summary>
+    private static void AssertFailedCleanly(RunReport report, SimulatedDevice[] src, SimulatedDevice[] dst, string expected, int? device)
     {
         Assert.False(report.Ok);
-        Assert.NotNull(report.Error);
-        Assert.Contains(expected, report.Error, StringComparison.OrdinalIgnoreCase);
-        if (device is not null)
-            Assert.Contains(device, report.Error);
+        Assert.Equal(FailureOrigin.Local, report.Failure!.Origin);
+        Assert.Equal(device, report.Failure.Device);
+        Assert.Contains(expected, report.Failure.Message, StringComparison.OrdinalIgnoreCase);
+        if (device is int i)
+            Assert.StartsWith(dst[i].Name + ": ", report.Error);
         Assert.All(report.Devices, d => Assert.False(d.Verified));
         // Source devices run again; destination devices were reset: running, with their own (not a partial) state.
         Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
@@ -38,7 +40,7 @@ public class FaultTests
     {
         var (src, dst) = TestDevices.Pairs(2);
         var report = RunWithFault(new WireFault(WireFaultKind.CorruptPayload, Device: 1, Buffer: 3), src, dst, mode);
-        AssertFailedCleanly(report, src, dst, "CRC32C mismatch", "sim:dst1");
+        AssertFailedCleanly(report, src, dst, "CRC32C mismatch", 1);
         Assert.Equal("sim:dst1", report.FailedDevice);
     }
 
@@ -47,7 +49,7 @@ public class FaultTests
     {
         var (src, dst) = TestDevices.Pairs(2);
         var report = RunWithFault(new WireFault(WireFaultKind.Duplicate, Device: 0, Buffer: 2), src, dst);
-        AssertFailedCleanly(report, src, dst, "duplicate", "sim:dst0");
+        AssertFailedCleanly(report, src, dst, "duplicate", 0);
     }
 
     [Fact]
@@ -55,7 +57,7 @@ public class FaultTests
     {
         var (src, dst) = TestDevices.Pairs(2);
         var report = RunWithFault(new WireFault(WireFaultKind.Drop, Device: 1, Buffer: 1), src, dst);
-        AssertFailedCleanly(report, src, dst, "buffer 1", "sim:dst1");
+        AssertFailedCleanly(report, src, dst, "buffer 1", 1);
     }
 
     [Fact]
@@ -64,7 +66,7 @@ public class FaultTests
         var (src, dst) = TestDevices.Pairs(1);
         // 256 KiB in 32 KiB buffers: 8 data buffers, the config/end buffer is index 8.
         var report = RunWithFault(new WireFault(WireFaultKind.Drop, Device: 0, Buffer: 8), src, dst);
-        AssertFailedCleanly(report, src, dst, "never arrived", "sim:dst0");
+        AssertFailedCleanly(report, src, dst, "never arrived", 0);
     }
 
     [Fact]
@@ -112,8 +114,9 @@ public class FaultTests
         long offset = SimStream.Record0Size + SimStream.Record1Size + 2L * (SimStream.DataOverhead + TestDevices.Fast().RecordDataSize) + 32;
         var report = RunWithFault(null, [src[0], new FaultyStreamDevice(src[1], corruptOffset: offset)], dst);
         Assert.False(report.Ok);
+        Assert.Equal((FailureOrigin.Local, (int?)1), (report.Failure!.Origin, report.Failure.Device));
         Assert.Equal("sim:dst1", report.FailedDevice);
-        Assert.Contains("sim:dst1", report.Error);
+        Assert.Contains("refused", report.Failure.Message);
         Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
         Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
     }
@@ -124,8 +127,9 @@ public class FaultTests
         var (src, dst) = TestDevices.Pairs(1);
         var report = RunWithFault(null, [new FaultyStreamDevice(src[0], truncateBy: 1000)], dst);
         Assert.False(report.Ok);
-        Assert.Contains("incomplete stream", report.Error);
-        Assert.Contains("sim:dst0", report.Error);
+        Assert.Equal((FailureOrigin.Local, (int?)0), (report.Failure!.Origin, report.Failure.Device));
+        Assert.Contains("incomplete stream", report.Failure.Message);
+        Assert.Equal("sim:dst0", report.FailedDevice);
         Assert.Equal(MigrationState.Running, src[0].GetState());
         Assert.Equal(MigrationState.Running, dst[0].GetState());
     }
@@ -197,7 +201,8 @@ public class FaultTests
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var report = new MigrationSource(src, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(1) }).Run(ep, TestContext.Current.CancellationToken);
         Assert.False(report.Ok);
-        Assert.Contains("timeout", report.Error, StringComparison.OrdinalIgnoreCase);
+        Assert.Equal(FailureOrigin.Transport, report.Failure!.Origin);
+        Assert.Contains("timeout", report.Failure.Message, StringComparison.OrdinalIgnoreCase);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(3.5));
         Assert.Equal(MigrationState.Running, src[0].GetState());
     }
@@ -234,6 +239,7 @@ public class CancellationTests
         }, cancel: cts.Token);
         Assert.False(report.Ok, $"finished in {sw.ElapsedMilliseconds} ms: " + string.Join("; ", report.SummaryLines()));
         Assert.InRange(loadedAtCancel, 1, (2 << 20) - 1);
+        Assert.Equal(FailureOrigin.Cancelled, report.Failure!.Origin);
         Assert.Equal("cancelled", report.Error);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"took {sw.Elapsed}");
         Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
@@ -255,6 +261,7 @@ public class LoopbackFailureTests
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var report = Loopback.Run(src, dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(20) }, null, null, target, TestContext.Current.CancellationToken);
         Assert.False(report.Ok);
+        Assert.Equal(FailureOrigin.Transport, report.Failure!.Origin);
         Assert.StartsWith($"connect to {target}", report.Error);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(6), $"took {sw.Elapsed}");
         Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
