@@ -199,3 +199,22 @@ public class MessageTests
         }
     }
 }
+
+/// <summary>docs/protocol.md is the protocol a stranger implements: its table of messages must say what the code does.</summary>
+public class ProtocolDocumentTests
+{
+    [Fact]
+    public void Message_table_gives_each_types_number_and_largest_body()
+    {
+        var rows = File.ReadLines(Path.Combine(RepoPaths.Root(), "docs", "protocol.md"))
+            .Select(l => l.Split('|', StringSplitOptions.TrimEntries))
+            .Where(c => c.Length == 7 && Enum.GetNames<MessageType>().Contains(c[2]))
+            .ToDictionary(c => Enum.Parse<MessageType>(c[2]), c => (Number: int.Parse(c[1]), Max: int.Parse(c[5])));
+        Assert.Equal(Enum.GetValues<MessageType>().Order(), rows.Keys.Order());
+        foreach (var (type, row) in rows)
+        {
+            Assert.Equal((int)type, row.Number);
+            Assert.True(MessageCodec.MaxBodySize(type) == row.Max, $"{type}: the document says {row.Max}, the code {MessageCodec.MaxBodySize(type)}");
+        }
+    }
+}
