@@ -34,7 +34,8 @@ internal static class Warmup
     private static void PrepareType(Type type)
     {
         if (type.ContainsGenericParameters) return;
-        const BindingFlags all = BindingFlags.DeclaredOnly | BindingFlags.Instance | BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic;
+        const BindingFlags all =
+            BindingFlags.DeclaredOnly | BindingFlags.Instance | BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic;
         foreach (var m in type.GetMethods(all).Cast<MethodBase>().Concat(type.GetConstructors(all)))
         {
             if (m.IsAbstract || m.ContainsGenericParameters || m.GetMethodBody() is null) continue;

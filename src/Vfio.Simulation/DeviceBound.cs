@@ -45,7 +45,8 @@ public static class DeviceBound
     public static double? Compute(IReadOnlyList<IMigrationDevice> devices) => Compute(devices, devices);
 
     /// <summary>The bound in seconds for devices given by their parameters; devices with the same Pf object share a PF.</summary>
-    public static double Compute(IReadOnlyList<(SimulatedDeviceOptions Source, SimulatedDeviceOptions Destination, object Pf, int Concurrency)> devices)
+    public static double Compute(
+        IReadOnlyList<(SimulatedDeviceOptions Source, SimulatedDeviceOptions Destination, object Pf, int Concurrency)> devices)
     {
         double bound = 0;
         var pfWork = new Dictionary<object, (double Work, double FirstSaved, int Concurrency)>(ReferenceEqualityComparer.Instance);

@@ -86,7 +86,8 @@ public sealed record SimulatedDeviceOptions
 /// </summary>
 public sealed class SimulatedDevice : IMigrationDevice
 {
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(ulong Seed, long Size, int Record), (ulong Hash, uint[] Crcs)> s_hashCache = new();
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<(ulong Seed, long Size, int Record), (ulong Hash, uint[] Crcs)>
+        s_hashCache = new();
     private readonly object _lock = new();
     private readonly SimulatedDeviceOptions _options;
     private readonly SimulatedPf _pf;
@@ -360,7 +361,10 @@ public sealed class SimulatedDevice : IMigrationDevice
 
         public void Dispose() => _disposed = true;
 
-        /// <summary>Sleeps until <paramref name="untilUs"/> (MigrationClock): whole milliseconds cancellably, the rest with nanosleep. False when cancelled.</summary>
+        /// <summary>
+        /// Sleeps until <paramref name="untilUs"/> (MigrationClock): whole milliseconds cancellably, the rest with nanosleep.
+        /// False when cancelled.
+        /// </summary>
         private bool SleepUntil(long untilUs)
         {
             long left = untilUs - MigrationClock.NowUs;

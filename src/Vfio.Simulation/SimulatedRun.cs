@@ -2,7 +2,10 @@ using Vfio.Migration;
 
 namespace Vfio.Simulation;
 
-/// <summary>What simulated devices know about a run that the engine does not: the bound their parameters imply, and the load time each was charged.</summary>
+/// <summary>
+/// What simulated devices know about a run that the engine does not: the bound their parameters imply, and the load time
+/// each was charged.
+/// </summary>
 public static class SimulatedRun
 {
     /// <summary>

@@ -11,7 +11,8 @@ internal static class SoftwareTransitions
     /// model's state machine gives the kernel's path for a combination transition; throws the VfioException the kernel's
     /// refusal would give. <paramref name="operation"/> names the request, for errors on the way.
     /// </summary>
-    public static IReadOnlyList<MigrationState> Path(string device, MigrationState from, MigrationState target, MigrationFlags flags, out string operation)
+    public static IReadOnlyList<MigrationState> Path(string device, MigrationState from, MigrationState target, MigrationFlags flags,
+        out string operation)
     {
         operation = $"VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE {from}->{target}) on {device}";
         if (from == MigrationState.Error)

@@ -27,7 +27,8 @@ internal sealed class ChannelReceiver(int channel, Connection connection, Device
                 throw new ProtocolException($"data channel {channel}: packet for device {h.Device}, the session has {sinks.Length}");
             var sink = sinks[h.Device];
             if (h.Length > bufferSize || (h.Flags == PacketFlags.Data && h.Length == 0))
-                throw new ProtocolException($"buffer {h.Buffer} on channel {channel}: payload length {h.Length} (buffer size {bufferSize})", h.Device);
+                throw new ProtocolException(
+                    $"buffer {h.Buffer} on channel {channel}: payload length {h.Length} (buffer size {bufferSize})", h.Device);
             var buf = pool.Rent();
             bool handedOver = false;
             try

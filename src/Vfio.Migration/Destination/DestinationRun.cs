@@ -71,7 +71,8 @@ internal sealed class DestinationRun
                 "before the migration completed")));
             threads.Add(ctl.Start("dst main send", () => Heartbeats(main, ctl)));
             var data = acceptor.AcceptDataChannels(session, _channels, ctl);
-            _log.LogInformation("session {Session:x16}: {Devices} devices, {Channels} data channels, {Mode} loading, window {Window} x {Buffer} bytes",
+            _log.LogInformation(
+                "session {Session:x16}: {Devices} devices, {Channels} data channels, {Mode} loading, window {Window} x {Buffer} bytes",
                 session, _devices.Count, _channels, Coupled ? "coupled" : "decoupled", _options.Window, bufferSize);
 
             for (int c = 0; c < data.Length; c++)
@@ -276,7 +277,10 @@ internal sealed class DestinationRun
         foreach (var d in _devices)
         {
             try { if (!onlyIfNotRunning || d.GetState() != MigrationState.Running) d.Reset(); }
-            catch (Exception e) when (e is VfioException or ObjectDisposedException) { _log.LogError("{Device}: reset failed: {Error}", d.Name, e.Message); }
+            catch (Exception e) when (e is VfioException or ObjectDisposedException)
+            {
+                _log.LogError("{Device}: reset failed: {Error}", d.Name, e.Message);
+            }
         }
     }
 

@@ -74,7 +74,8 @@ internal sealed class DeviceSink
             if (index < _next || (Finished && index >= _next))
                 throw new ProtocolException($"{Where(index, channel)}: duplicate (already loaded)", Index);
             if (index >= _next + _window)
-                throw new ProtocolException($"{Where(index, channel)}: outside the window [{_next}, {_next + _window}) the destination granted", Index);
+                throw new ProtocolException(
+                    $"{Where(index, channel)}: outside the window [{_next}, {_next + _window}) the destination granted", Index);
             if (_endIndex >= 0 && index > _endIndex)
                 throw new ProtocolException($"{Where(index, channel)}: after the device's end (config) buffer {_endIndex}", Index);
             ref var slot = ref _ring[index % _window];
@@ -271,8 +272,8 @@ internal sealed class DeviceSink
     {
         var done = _done!.Value;
         if (Report.Buffers != done.DataBuffers || (ulong)Report.Bytes != done.Bytes)
-            throw new MigrationException($"loaded {Report.Bytes} bytes in {Report.Buffers} buffers, the source sent {done.Bytes} bytes in {done.DataBuffers}",
-                Index);
+            throw new MigrationException(
+                $"loaded {Report.Bytes} bytes in {Report.Buffers} buffers, the source sent {done.Bytes} bytes in {done.DataBuffers}", Index);
         ulong checksum = _hash.GetCurrentHashAsUInt64();
         Report.Checksum = checksum;
         if (checksum != done.Checksum)

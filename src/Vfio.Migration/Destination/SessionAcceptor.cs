@@ -69,7 +69,8 @@ internal sealed class SessionAcceptor(Socket listener, MigrationOptions options,
                 Reply(c, status, hs.SessionId);
                 if (status != HandshakeStatus.Ok)
                 {
-                    log.LogWarning("refused a channel connection (session {Session:x16}, channel {Channel}): {Status}", hs.SessionId, hs.ChannelIndex, status);
+                    log.LogWarning("refused a channel connection (session {Session:x16}, channel {Channel}): {Status}",
+                        hs.SessionId, hs.ChannelIndex, status);
                     c.Dispose();
                     continue;
                 }

@@ -37,7 +37,10 @@ public interface IMigrationDevice : IDisposable
     /// </summary>
     void Reset();
 
-    /// <summary>A digest of the device's whole state (stream and config) that source and destination can compare, or null if the device has none.</summary>
+    /// <summary>
+    /// A digest of the device's whole state (stream and config) that source and destination can compare, or null if the
+    /// device has none.
+    /// </summary>
     ulong? StateDigest();
 
     /// <summary>

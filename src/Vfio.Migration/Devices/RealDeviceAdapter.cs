@@ -72,7 +72,8 @@ public sealed class RealDeviceAdapter : IMigrationDevice
         _device.ReadConfig(0, ids);
         if (!ids.SequenceEqual(config[..4]))
             throw new VfioException($"restore config state of {Name}", Vfio.Interop.Libc.EINVAL,
-                $"source device is {config[1]:x2}{config[0]:x2}:{config[3]:x2}{config[2]:x2}, this one {ids[1]:x2}{ids[0]:x2}:{ids[3]:x2}{ids[2]:x2}");
+                $"source device is {config[1]:x2}{config[0]:x2}:{config[3]:x2}{config[2]:x2}, "
+                + $"this one {ids[1]:x2}{ids[0]:x2}:{ids[3]:x2}{ids[2]:x2}");
         ushort command = (ushort)(config[4] | config[5] << 8);
         _device.WriteConfigUInt16(4, (ushort)(command & 0x0007)); // IO, memory, bus master
     }
@@ -83,7 +84,8 @@ public sealed class RealDeviceAdapter : IMigrationDevice
     {
         if (_device.Sysfs is not { } sysfs) return null;
         string? text = VfioSysfs.ReadAttribute(Path.Combine(sysfs.SysfsPath, "digest"));
-        return text is { Length: >= 16 } && ulong.TryParse(text.AsSpan(0, 16), System.Globalization.NumberStyles.HexNumber, null, out ulong d) ? d : null;
+        return text is { Length: >= 16 } && ulong.TryParse(text.AsSpan(0, 16), System.Globalization.NumberStyles.HexNumber, null, out ulong d)
+            ? d : null;
     }
 
     public void Dispose() => _device.Dispose();

@@ -31,7 +31,8 @@ public sealed class DeviceReport
     public double? SimLoadMs { get; set; }
 
     public string SummaryLine() => string.Create(CultureInfo.InvariantCulture,
-        $"{Name} total loading time {TotalUs / 1000} ms, wait {WaitUs / 1000} ms load {LoadUs / 1000} ms ({Bytes} bytes, {Buffers} buffers{(Verified ? ", verified" : Error is null ? "" : ", FAILED: " + Error)})");
+        $"{Name} total loading time {TotalUs / 1000} ms, wait {WaitUs / 1000} ms load {LoadUs / 1000} ms "
+        + $"({Bytes} bytes, {Buffers} buffers{(Verified ? ", verified" : Error is null ? "" : ", FAILED: " + Error)})");
 }
 
 /// <summary>The outcome of a run, as printed and as written by --json.</summary>
@@ -103,10 +104,15 @@ public sealed class RunReport
         foreach (var d in Devices) yield return d.SummaryLine();
         if (Ok)
             yield return string.Create(CultureInfo.InvariantCulture,
-                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms{(DeviceBoundMs is double b ? $" (device bound {b:0} ms{(BoundRatio is double r ? $", x{r:0.000}" : "")})" : "")}, {ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
+                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms{BoundText()}, "
+                + $"{ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
         else
             yield return $"result FAILED{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: {Error}";
     }
+
+    private string BoundText() => DeviceBoundMs is double b
+        ? string.Create(CultureInfo.InvariantCulture, $" (device bound {b:0} ms{(BoundRatio is double r ? $", x{r:0.000}" : "")})")
+        : "";
 
     public void WriteJson(Stream output)
     {

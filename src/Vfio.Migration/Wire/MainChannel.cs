@@ -113,7 +113,10 @@ internal sealed class MainChannel(Connection connection, string peerRole)
         }
     }
 
-    /// <summary>Sends a heartbeat every second until <paramref name="done"/> is set or the run fails, calling <paramref name="everySecond"/> first.</summary>
+    /// <summary>
+    /// Sends a heartbeat every second until <paramref name="done"/> is set or the run fails, calling
+    /// <paramref name="everySecond"/> before each.
+    /// </summary>
     public void Heartbeats(RunControl ctl, ManualResetEventSlim done, Action? everySecond = null)
     {
         // (ManualResetEventSlim's own timed wait: WaitHandle.WaitAny over kernel-style handles wakes measurably late.)

@@ -16,7 +16,7 @@ public interface IMessage<TSelf> where TSelf : struct, IMessage<TSelf>
 /// <summary>Encodes and decodes message bodies.</summary>
 public static class MessageCodec
 {
-    /// <summary>Writes the body of <paramref name="message"/> into <paramref name="body"/> (at least MaxBodySize bytes); returns its length.</summary>
+    /// <summary>Writes the body of <paramref name="message"/> into <paramref name="body"/> (at least MaxBodySize bytes); its length.</summary>
     public static int Write<T>(in T message, Span<byte> body) where T : struct, IMessage<T>
     {
         var w = new MessageWriter(body[..T.MaxBodySize]);

@@ -82,7 +82,8 @@ public readonly record struct HandshakeReply(HandshakeStatus Status, ulong Sessi
 
     public static HandshakeReply Read(ReadOnlySpan<byte> b)
     {
-        if (BinaryPrimitives.ReadUInt32LittleEndian(b) != Protocol.HandshakeReplyMagic || BinaryPrimitives.ReadUInt16LittleEndian(b[4..]) != Protocol.Version)
+        if (BinaryPrimitives.ReadUInt32LittleEndian(b) != Protocol.HandshakeReplyMagic
+            || BinaryPrimitives.ReadUInt16LittleEndian(b[4..]) != Protocol.Version)
             throw new ProtocolException("handshake reply: bad magic or version (not a vfio-mig peer)");
         return new HandshakeReply((HandshakeStatus)BinaryPrimitives.ReadUInt16LittleEndian(b[6..]), BinaryPrimitives.ReadUInt64LittleEndian(b[8..]));
     }

@@ -86,13 +86,14 @@ public class FaultTests
         using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 8);
         var ep = (IPEndPoint)listener.LocalEndPoint!;
         RunReport? dreport = null;
-        var t = new Thread(() => dreport = new MigrationDestination(dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(3) }).Run(listener))
-            { IsBackground = true };
+        var destination = new MigrationDestination(dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(3) });
+        var t = new Thread(() => dreport = destination.Run(listener)) { IsBackground = true };
         t.Start();
         using (var peer = RawPeer.Connect(ep, channel: 0, session: 42, dataChannels: 1))
         {
             Assert.Equal(HandshakeStatus.Ok, peer.Reply.Status);
-            peer.Send(new DeviceListMessage(32 << 10, LoadingMode.Decoupled, [new DeviceOffer("sim:vf0", 0, MigrationFlags.StopCopy | MigrationFlags.P2P)]));
+            var offer = new DeviceOffer("sim:vf0", 0, MigrationFlags.StopCopy | MigrationFlags.P2P);
+            peer.Send(new DeviceListMessage(32 << 10, LoadingMode.Decoupled, [offer]));
             Assert.Equal(MessageType.Accept, peer.ReceiveType());
             using var data = RawPeer.Connect(ep, channel: 1, session: 43, dataChannels: 1);
             Assert.Equal(HandshakeStatus.UnknownSession, data.Reply.Status);
@@ -199,7 +200,8 @@ public class FaultTests
         }) { IsBackground = true };
         t.Start();
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        var report = new MigrationSource(src, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(1) }).Run(ep, TestContext.Current.CancellationToken);
+        var source = new MigrationSource(src, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(1) });
+        var report = source.Run(ep, TestContext.Current.CancellationToken);
         Assert.False(report.Ok);
         Assert.Equal(FailureOrigin.Transport, report.Failure!.Origin);
         Assert.Contains("timeout", report.Failure.Message, StringComparison.OrdinalIgnoreCase);
@@ -259,7 +261,8 @@ public class LoopbackFailureTests
         var target = (IPEndPoint)closed.LocalEndpoint;
         closed.Stop();
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        var report = Loopback.Run(src, dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(20) }, null, null, target, TestContext.Current.CancellationToken);
+        var options = TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(20) };
+        var report = Loopback.Run(src, dst, options, null, null, target, TestContext.Current.CancellationToken);
         Assert.False(report.Ok);
         Assert.Equal(FailureOrigin.Transport, report.Failure!.Origin);
         Assert.StartsWith($"connect to {target}", report.Error);

@@ -19,7 +19,7 @@ public class LoopbackTests
     public void Decoupled_loading_migrates_every_device_byte_exact(int devices, int channels)
     {
         var (src, dst) = TestDevices.Pairs(devices);
-        var report = SimulatedRun.Annotate(Loopback.Run(src, dst, TestDevices.Options(channels), cancel: TestContext.Current.CancellationToken), src, dst);
+        var report = TestDevices.Migrate(src, dst, TestDevices.Options(channels));
         AssertOk(report, devices, channels);
         TestDevices.AssertSameState(src, dst);
         Assert.All(src, s => Assert.Equal(MigrationState.Stop, s.GetState()));
@@ -34,7 +34,7 @@ public class LoopbackTests
     public void Coupled_loading_migrates_every_device_byte_exact(int devices, int channels)
     {
         var (src, dst) = TestDevices.Pairs(devices);
-        var report = SimulatedRun.Annotate(Loopback.Run(src, dst, TestDevices.Options(channels, LoadingMode.Coupled), cancel: TestContext.Current.CancellationToken), src, dst);
+        var report = TestDevices.Migrate(src, dst, TestDevices.Options(channels, LoadingMode.Coupled));
         AssertOk(report, devices, channels);
         Assert.Equal(LoadingMode.Coupled, report.Mode);
         TestDevices.AssertSameState(src, dst);
@@ -45,7 +45,7 @@ public class LoopbackTests
     {
         var opts = TestDevices.Fast(300_001) with { RecordDataSize = 10_007 };
         var (src, dst) = TestDevices.Pairs(3, opts);
-        var report = SimulatedRun.Annotate(Loopback.Run(src, dst, TestDevices.Options(2, buffer: 12_288), cancel: TestContext.Current.CancellationToken), src, dst);
+        var report = TestDevices.Migrate(src, dst, TestDevices.Options(2, buffer: 12_288));
         AssertOk(report, 3, 2);
         Assert.All(report.Devices, d => Assert.Equal(300_001, d.Bytes));
         Assert.All(report.Devices, d => Assert.Equal(25, d.Buffers)); // ceil(300001 / 12288)
@@ -56,7 +56,7 @@ public class LoopbackTests
     public void Report_has_timings_and_timeline_for_every_device_and_channel()
     {
         var (src, dst) = TestDevices.Pairs(2);
-        var report = SimulatedRun.Annotate(Loopback.Run(src, dst, TestDevices.Options(3), cancel: TestContext.Current.CancellationToken), src, dst);
+        var report = TestDevices.Migrate(src, dst, TestDevices.Options(3));
         AssertOk(report, 2, 3);
         foreach (var d in report.Devices)
         {
@@ -92,7 +92,7 @@ public class LoopbackTests
     public void Json_report_uses_the_documented_names()
     {
         var (src, dst) = TestDevices.Pairs(2);
-        var report = SimulatedRun.Annotate(Loopback.Run(src, dst, TestDevices.Options(2), cancel: TestContext.Current.CancellationToken), src, dst);
+        var report = TestDevices.Migrate(src, dst, TestDevices.Options(2));
         using var doc = System.Text.Json.JsonDocument.Parse(report.ToJson());
         var root = doc.RootElement;
         Assert.Equal("ok", root.GetProperty("result").GetString());

@@ -48,7 +48,7 @@ public class MeasurementTests
         try
         {
             Assert.All(src, d => Assert.IsType<NullDevice>(d));
-            var report = SimulatedRun.Annotate(Loopback.Run(src, dst, TestDevices.Options(2), cancel: TestContext.Current.CancellationToken), src, dst);
+            var report = TestDevices.Migrate(src, dst, TestDevices.Options(2));
             Assert.True(report.Ok, report.Error);
             Assert.Null(report.DeviceBoundMs); // not simulated: no model to bound it
             foreach (var d in report.Devices)
@@ -63,7 +63,7 @@ public class MeasurementTests
             Assert.True(report.ThroughputMbps > 0);
             // A second session reads the state from its start again.
             foreach (var d in src) d.SetState(MigrationState.Running);
-            var again = SimulatedRun.Annotate(Loopback.Run(src, dst, TestDevices.Options(1), cancel: TestContext.Current.CancellationToken), src, dst);
+            var again = TestDevices.Migrate(src, dst, TestDevices.Options(1));
             Assert.True(again.Ok, again.Error);
             Assert.Equal(report.Devices.Select(d => d.Checksum), again.Devices.Select(d => d.Checksum));
         }
@@ -170,7 +170,7 @@ public class MeasurementTests
         var pf = new SimulatedPf("bound", 2);
         var src = Enumerable.Range(0, 4).Select(i => new SimulatedDevice($"sim:vf{i}", opts)).ToArray();
         var dst = Enumerable.Range(0, 4).Select(i => new SimulatedDevice($"sim:dst{i}", opts, pf)).ToArray();
-        var report = SimulatedRun.Annotate(Loopback.Run(src, dst, TestDevices.Options(3, buffer: 64 << 10), cancel: TestContext.Current.CancellationToken), src, dst);
+        var report = TestDevices.Migrate(src, dst, TestDevices.Options(3, buffer: 64 << 10));
         Assert.True(report.Ok, report.Error);
         Assert.NotNull(report.DeviceBoundMs);
         // 4 x 1 MiB at 64 MiB/s over 2 slots: about 31 ms.
@@ -252,10 +252,10 @@ public class AllocationTests
             var opts = new SimulatedDeviceOptions { StateSize = size, RecordDataSize = 256 << 10, LoadBytesPerSecond = 0 };
             var (src, dst) = TestDevices.Pairs(2, opts);
             var options = TestDevices.Options(2, buffer: 64 << 10, window: 4);
-            SimulatedRun.Annotate(Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken), src, dst); // warm (digests, JIT, pools)
+            TestDevices.Migrate(src, dst, options); // warm (digests, JIT, pools)
             foreach (var d in src) d.SetState(MigrationState.Running);
             long before = GC.GetTotalAllocatedBytes(precise: true);
-            var report = SimulatedRun.Annotate(Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken), src, dst);
+            var report = TestDevices.Migrate(src, dst, options);
             long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
             Assert.True(report.Ok, report.Error);
             Assert.True(report.PoolBuffers <= 2 * 2 * (4 + 2), $"{report.PoolBuffers} pooled buffers");

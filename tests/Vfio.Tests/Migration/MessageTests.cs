@@ -20,7 +20,10 @@ public class MessageTests
         Assert.Throws<ProtocolException>(() => MessageCodec.Read<T>(body)).Message;
 
     private static readonly DeviceListMessage s_list = new(1 << 20, LoadingMode.Coupled,
-        [new DeviceOffer("0000:3b:00.2", 64 << 20, MigrationFlags.StopCopy | MigrationFlags.P2P), new DeviceOffer("sim:vf1", 0, MigrationFlags.StopCopy)]);
+        [
+            new DeviceOffer("0000:3b:00.2", 64 << 20, MigrationFlags.StopCopy | MigrationFlags.P2P),
+            new DeviceOffer("sim:vf1", 0, MigrationFlags.StopCopy),
+        ]);
 
     public static TheoryData<string> Kinds => new(Enum.GetNames<MessageType>());
 
@@ -136,7 +139,7 @@ public class MessageTests
         Assert.Equal(DeviceListMessage.MaxBodySize, MessageCodec.LargestBody);
         Assert.True(MessageCodec.LargestBody <= Protocol.MaxMessageBody);
         var full = new DeviceListMessage(1 << 20, LoadingMode.Decoupled,
-            Enumerable.Range(0, Protocol.MaxDevices).Select(i => new DeviceOffer(new string('x', 2000), ulong.MaxValue, MigrationFlags.StopCopy)).ToArray());
+            Enumerable.Repeat(new DeviceOffer(new string('x', 2000), ulong.MaxValue, MigrationFlags.StopCopy), Protocol.MaxDevices).ToArray());
         Assert.Equal(DeviceListMessage.MaxBodySize, Encode(full).Length);
     }
 
@@ -147,12 +150,14 @@ public class MessageTests
         using (var bad = new SocketPair())
         {
             bad.SendRaw(99, []);
-            Assert.Contains("unknown message type 99", Assert.Throws<ProtocolException>(() => new MainChannel(bad.A, "source").TryReceive(out _)).Message);
+            var channel = new MainChannel(bad.A, "source");
+            Assert.Contains("unknown message type 99", Assert.Throws<ProtocolException>(() => channel.TryReceive(out _)).Message);
         }
         using (var big = new SocketPair())
         {
             big.SendRaw((ushort)MessageType.Credit, new byte[9]);
-            Assert.Contains("at most 8", Assert.Throws<ProtocolException>(() => new MainChannel(big.A, "source").TryReceive(out _)).Message);
+            var channel = new MainChannel(big.A, "source");
+            Assert.Contains("at most 8", Assert.Throws<ProtocolException>(() => channel.TryReceive(out _)).Message);
         }
 
         using var pair = new SocketPair();

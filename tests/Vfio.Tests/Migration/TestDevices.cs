@@ -12,7 +12,8 @@ internal static class TestDevices
         LoadBytesPerSecond = 1L << 30,
     };
 
-    public static (SimulatedDevice[] Src, SimulatedDevice[] Dst) Pairs(int n, SimulatedDeviceOptions? options = null, Func<int, SimulatedDeviceOptions>? perDevice = null)
+    public static (SimulatedDevice[] Src, SimulatedDevice[] Dst) Pairs(int n, SimulatedDeviceOptions? options = null,
+        Func<int, SimulatedDeviceOptions>? perDevice = null)
     {
         var srcPf = new SimulatedPf("src-pf");
         var dstPf = new SimulatedPf("dst-pf");
@@ -29,6 +30,10 @@ internal static class TestDevices
         Window = window,
         Timeout = TimeSpan.FromSeconds(20),
     };
+
+    /// <summary>A loopback migration, with what the simulated devices know added to its report (the device bound, load times).</summary>
+    public static RunReport Migrate(IMigrationDevice[] src, IMigrationDevice[] dst, MigrationOptions options) =>
+        SimulatedRun.Annotate(Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken), src, dst);
 
     /// <summary>Byte-exact: every destination device holds the state its source had (stream digest and config).</summary>
     public static void AssertSameState(SimulatedDevice[] src, SimulatedDevice[] dst)

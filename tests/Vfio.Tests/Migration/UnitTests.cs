@@ -21,7 +21,8 @@ public class UnitTests
         var data = new byte[70_000];
         new Random(7).NextBytes(data);
         // (also across the folding path's thresholds where the CPU has it: 1024 bytes, 256-byte steps, 16-byte lanes)
-        foreach (int len in new[] { 0, 1, 7, 8, 1023, 1024, 1025, 1039, 1040, 1279, 1280, 1296, 12_287, 12_288, 12_289, 24_576, 30_001, 65_536, 69_999 })
+        int[] lengths = [0, 1, 7, 8, 1023, 1024, 1025, 1039, 1040, 1279, 1280, 1296, 12_287, 12_288, 12_289, 24_576, 30_001, 65_536, 69_999];
+        foreach (int len in lengths)
             foreach (int off in new[] { 0, 1, 3 })
             {
                 var span = data.AsSpan(off, Math.Min(len, data.Length - off));
@@ -73,9 +74,11 @@ public class UnitTests
         sink.Offer(1, PacketFlags.Data, pool.Rent(), 10, 0, 1);
         Assert.Contains("duplicate", Assert.Throws<ProtocolException>(() => sink.Offer(1, PacketFlags.Data, pool.Rent(), 10, 0, 2)).Message);
         Assert.Contains("outside the window", Assert.Throws<ProtocolException>(() => sink.Offer(4, PacketFlags.Data, pool.Rent(), 10, 0, 1)).Message);
-        Assert.Contains("before data buffer 1", Assert.Throws<ProtocolException>(() => sink.Offer(0, PacketFlags.Config | PacketFlags.End, pool.Rent(), 10, 0, 1)).Message);
+        Assert.Contains("before data buffer 1",
+            Assert.Throws<ProtocolException>(() => sink.Offer(0, PacketFlags.Config | PacketFlags.End, pool.Rent(), 10, 0, 1)).Message);
         sink.Offer(2, PacketFlags.Config | PacketFlags.End, pool.Rent(), 10, 0, 1);
-        Assert.Contains("after the device's end", Assert.Throws<ProtocolException>(() => sink.Offer(3, PacketFlags.Data, pool.Rent(), 10, 0, 1)).Message);
+        Assert.Contains("after the device's end",
+            Assert.Throws<ProtocolException>(() => sink.Offer(3, PacketFlags.Data, pool.Rent(), 10, 0, 1)).Message);
         Assert.Equal(20, sink.Report.MaxQueuedBytes);
         dev.Reset();
     }

@@ -101,7 +101,8 @@ public class BarChartTests
         var doc = XDocument.Parse(SvgBarChart.Render("downtime", "ms", "devices", groups));
         XNamespace ns = "http://www.w3.org/2000/svg";
         var bars = doc.Descendants(ns + "rect").Where(r => r.Element(ns + "title") is not null)
-            .ToDictionary(r => r.Element(ns + "title")!.Value, r => double.Parse(r.Attribute("height")!.Value, System.Globalization.CultureInfo.InvariantCulture));
+            .ToDictionary(r => r.Element(ns + "title")!.Value,
+                r => double.Parse(r.Attribute("height")!.Value, System.Globalization.CultureInfo.InvariantCulture));
         Assert.Equal(4, bars.Count);
         // Heights are proportional to the values.
         Assert.Equal(500.0 / 200.0, bars["4 VFs coupled: 500"] / bars["1 VF decoupled: 200"], 2);
@@ -136,7 +137,8 @@ public class TimelineLayoutTests
     {
         var timeline = new Timeline("t", ["a"], [new("a", SpanKind.Save, -5, 10)], 0, 10);
         var svg = XDocument.Parse(SvgTimeline.Render(timeline)).Root!;
-        var rect = svg.Descendants().Single(e => e.Name.LocalName == "rect" && e.Elements().Any(t => t.Name.LocalName == "title" && t.Value.StartsWith("a:", StringComparison.Ordinal)));
+        var rect = svg.Descendants().Single(e => e.Name.LocalName == "rect"
+            && e.Elements().Any(t => t.Name.LocalName == "title" && t.Value.StartsWith("a:", StringComparison.Ordinal)));
         var plot = svg.Descendants().First(e => e.Name.LocalName == "rect" && e.Attribute("fill")?.Value == "#f5f5f5");
         Assert.Equal(plot.Attribute("x")!.Value, rect.Attribute("x")!.Value);
     }
