@@ -11,16 +11,14 @@ namespace Vfio.Cli;
 /// <summary>`list` and `info`: what VFIO devices this host has.</summary>
 internal static class DeviceCommands
 {
-    /// <summary>Where sysfs and /dev are; tests point this at a fake tree.</summary>
-    internal static VfioHostPaths Paths { get; set; } = VfioHostPaths.Default;
-
-    public static IEnumerable<Command> Create()
+    /// <param name="paths">Where sysfs and /dev are: the host's, or a fake tree in tests.</param>
+    public static IEnumerable<Command> Create(VfioHostPaths paths)
     {
-        yield return CreateList();
-        yield return CreateInfo();
+        yield return CreateList(paths);
+        yield return CreateInfo(paths);
     }
 
-    private static Command CreateList()
+    private static Command CreateList(VfioHostPaths paths)
     {
         var json = new Option<bool>("--json") { Description = "Print a JSON array instead of a table" };
         var noProbe = new Option<bool>("--no-probe")
@@ -37,7 +35,6 @@ internal static class DeviceCommands
             var output = parseResult.InvocationConfiguration.Output;
             var error = parseResult.InvocationConfiguration.Error;
             bool asJson = parseResult.GetValue(json);
-            var paths = Paths;
             if (!paths.HasVfio)
             {
                 error.WriteLine($"vfio-mig: no {paths.VfioDir} on this host: VFIO is not available, so there are no VFIO devices");
@@ -71,7 +68,7 @@ internal static class DeviceCommands
         return command;
     }
 
-    private static Command CreateInfo()
+    private static Command CreateInfo(VfioHostPaths paths)
     {
         var json = new Option<bool>("--json") { Description = "Print a JSON object instead of text" };
         var device = new Argument<string>("DEVICE") { Description = "PCI address (0000:af:00.2) or mdev UUID" };
@@ -87,7 +84,7 @@ internal static class DeviceCommands
             var name = parseResult.GetValue(device) ?? "";
             try
             {
-                var info = DeviceReport.Collect(name, Paths);
+                var info = DeviceReport.Collect(name, paths);
                 output.Write(parseResult.GetValue(json) ? info.ToJson() + Environment.NewLine : info.ToText());
                 return 0;
             }
