@@ -84,7 +84,7 @@ internal static class DeviceCommands
             var name = parseResult.GetValue(device) ?? "";
             try
             {
-                var info = DeviceReport.Collect(name, paths);
+                var info = DeviceInfoReport.Collect(name, paths);
                 output.Write(parseResult.GetValue(json) ? info.ToJson() + Environment.NewLine : info.ToText());
                 return 0;
             }
@@ -189,7 +189,7 @@ internal static class DeviceCommands
     }
 
     /// <summary>Everything `info` shows about one device, gathered by opening it.</summary>
-    internal sealed class DeviceReport
+    internal sealed class DeviceInfoReport
     {
         private VfioSysfsDevice _sysfs = null!;
         private VfioOpenMode _via;
@@ -201,9 +201,9 @@ internal static class DeviceCommands
         private ulong? _dataSize;
         private readonly List<string> _notes = [];
 
-        public static DeviceReport Collect(string name, VfioHostPaths paths)
+        public static DeviceInfoReport Collect(string name, VfioHostPaths paths)
         {
-            var r = new DeviceReport();
+            var r = new DeviceInfoReport();
             using var device = VfioDevice.Open(name, paths);
             r._sysfs = device.Sysfs ?? VfioSysfs.Resolve(name, paths);
             r._via = device.OpenedVia;
