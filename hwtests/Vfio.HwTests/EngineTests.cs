@@ -166,12 +166,15 @@ public class EngineTests
 
     /// <summary>
     /// The parent's max_concurrent_loads (M) bounds the loads running at once, and the downtime follows: 2 pairs, then
-    /// 4 pairs, with a 2 s load each. Peak concurrent loads never exceed M; 2 pairs load in parallel when M allows;
-    /// the downtime is at least ceil(N/M) load times, and going from 2 to 4 pairs costs about one more load time when
-    /// M is 2 or 3 and much less than one when M is 4 or more (decoupled loading: every loader writes as soon as its
-    /// buffers arrive). Coupled loading only gets the per-run bounds: a receive thread blocked in one device's load
-    /// can hold the next device's buffers behind it (seen in the guest: 2 pairs, peak 1, downtime 4.5 s for 2 s loads),
-    /// which is the seed thread's case against it, not a limit of the module.
+    /// 4, with a 2 s load each. Every run gets the bounds the module's slots and sleeps impose whatever the machine's
+    /// load (<see cref="EngineSetup.Check"/>): peak concurrent loads at most M, downtime at least ceil(N/M) load times;
+    /// a limit not honoured breaks them, noise cannot. Decoupled loading (every loader writes as soon as its buffers
+    /// arrive) must also fill the slots: the peak is min(N, M), so the engine adds no wave of its own. Going from 2 to 4
+    /// pairs costs at least half a load time per extra wave where the limit forces extra waves (M of 2 or 3); where it
+    /// does not, the two runs' wall times differ by noise alone and the peak is what shows that no wave was added.
+    /// Coupled loading only gets the per-run bounds: a receive thread blocked in one device's load can hold the next
+    /// device's buffers behind it, so its loads may serialize beyond what the limit requires (the reason for a loading
+    /// thread per device, not a limit of the module).
     /// </summary>
     [Theory]
     [MemberData(nameof(ModeRows))]
@@ -195,19 +198,19 @@ public class EngineTests
             downtime[n] = outcome.DowntimeMs;
             log.Add($"{n} pairs: downtime {outcome.DowntimeMs:0} ms, parent peak concurrent loads {peak}, load_ms " +
                     string.Join(" ", outcome.Devices.Select(d => d.LoadMs.ToString("0", CultureInfo.InvariantCulture))));
+            // A load lasts 2 s, far longer than the spread of the devices' arrivals, so the loads overlap as far as M allows.
             if (mode == "decoupled")
-                Assert.True(peak >= Math.Min(2, max), $"{string.Join("\n", log)}\nthe loads of {n} devices never overlapped");
+                Assert.True(peak == Math.Min(n, max),
+                    $"{string.Join("\n", log)}\n{n} loads with at most {max} at once, but the module counted a peak of {peak}");
         }
         string all2 = string.Join("\n", log);
         TestContext.Current.TestOutputHelper?.WriteLine(all2);
         if (mode == "coupled") return; // a receive thread loading one device stalls its channel: runs may serialize more than the limit requires
-        double extra = downtime[4] - downtime[2];
         int extraWaves = Waves(4, max) - Waves(2, max);
+        if (extraWaves == 0) return; // no extra wave: the peak above proves it, and the wall times differ by noise alone
+        double extra = downtime[4] - downtime[2];
         Assert.True(extra >= extraWaves * loadMs * 0.5,
             $"{all2}\n4 pairs took {extra:0} ms longer than 2; the limit implies {extraWaves} more load time(s) of {loadMs} ms");
-        if (extraWaves == 0)
-            Assert.True(extra < loadMs,
-                $"{all2}\n4 pairs took {extra:0} ms longer than 2 although the limit lets all 4 load at once (one load is {loadMs} ms)");
     }
 
     internal static int Waves(int devices, int maxConcurrent) => (devices + maxConcurrent - 1) / Math.Max(1, maxConcurrent);
