@@ -7,7 +7,7 @@ using Xunit;
 namespace Vfio.HwTests;
 
 /// <summary>
-/// The migration engine end to end on real /dev/vfio devices (issue 4): `vfio-mig loopback --device SRC=DST ...`
+/// The migration engine end to end on real /dev/vfio devices: `vfio-mig loopback --device SRC=DST ...`
 /// run in-process (what users run) and the engine API (Loopback.Run over RealDeviceAdapter), for 1, 2 and 4 pairs,
 /// decoupled and coupled loading.
 ///
@@ -88,9 +88,11 @@ public class EngineTests
             // docs/protocol.md section 5: on success the destinations run and the sources stay stopped (the workload
             // moved); they return to RUNNING when closed (see the CLI test) or after a failed run (see below).
             foreach (var d in destinations)
-                Assert.True(d.GetState() == MigrationState.Running, $"destination {d.Name} is {MigrationStateMachine.Name(d.GetState())} after the run, not RUNNING");
+                Assert.True(d.GetState() == MigrationState.Running,
+                    $"destination {d.Name} is {MigrationStateMachine.Name(d.GetState())} after the run, not RUNNING");
             foreach (var d in sources)
-                Assert.True(d.GetState() == MigrationState.Stop, $"source {d.Name} is {MigrationStateMachine.Name(d.GetState())} after a successful run, not STOP");
+                Assert.True(d.GetState() == MigrationState.Stop,
+                    $"source {d.Name} is {MigrationStateMachine.Name(d.GetState())} after a successful run, not STOP");
             if (kind == PairKind.Sim)
                 for (int i = 0; i < list.Count; i++)
                     // The engine compared the destination's digest with the source's (first 64 bits of the sysfs sha256).
@@ -145,7 +147,8 @@ public class EngineTests
             Assert.True(report.FailedDevice == badDst, $"failed device '{report.FailedDevice}', expected {badDst}\n{text}");
             Assert.All(report.Devices, d => Assert.False(d.Verified));
             foreach (var d in sources.Concat(destinations))
-                Assert.True(d.GetState() == MigrationState.Running, $"{d.Name} is {MigrationStateMachine.Name(d.GetState())} after a failed run, not RUNNING\n{text}");
+                Assert.True(d.GetState() == MigrationState.Running,
+                    $"{d.Name} is {MigrationStateMachine.Name(d.GetState())} after a failed run, not RUNNING\n{text}");
         }
         finally
         {
@@ -153,7 +156,8 @@ public class EngineTests
         }
         // The scenario happened as intended: the good destination had loaded its state when the run failed.
         Assert.True(SimKnobs.ReadLong(list[0].Dst, "bytes_loaded") >= StateBytes,
-            $"{list[0].Dst} loaded {SimKnobs.Read(list[0].Dst, "bytes_loaded")} bytes: the run failed before its load, so this test did not cover a device failed mid-load");
+            $"{list[0].Dst} loaded {SimKnobs.Read(list[0].Dst, "bytes_loaded")} bytes: the run failed before its load, "
+            + "so this test did not cover a device failed mid-load");
         Assert.Equal(badDigest, SimKnobs.Read(badDst, "digest"));
         Assert.Equal(setup.SourceDigests[0], SimKnobs.Read(list[0].Src, "digest")); // a source is never changed by a run
 
@@ -253,7 +257,8 @@ public class EngineTests
         j.Devices.Select(d => new DeviceOutcome(d.Name, d.Source, d.Bytes, d.WaitMs, d.LoadMs, d.TotalMs, d.Verified)).ToList());
 
     private static RunOutcome ToOutcome(RunReport r) => new(r.Ok, r.DowntimeMs,
-        r.Devices.Select(d => new DeviceOutcome(d.Name, d.SourceName, d.Bytes, d.WaitUs / 1000.0, d.LoadUs / 1000.0, d.TotalUs / 1000.0, d.Verified)).ToList());
+        r.Devices.Select(d => new DeviceOutcome(d.Name, d.SourceName, d.Bytes, d.WaitUs / 1000.0, d.LoadUs / 1000.0, d.TotalUs / 1000.0, d.Verified))
+            .ToList());
 }
 
 public sealed record DeviceOutcome(string Name, string? Source, long Bytes, double WaitMs, double LoadMs, double TotalMs, bool Verified);
@@ -309,7 +314,10 @@ public sealed class EngineSetup : IDisposable
 
     public IReadOnlyList<string> SourceDigests { get; } = [];
 
-    /// <summary>Checks a successful run; <paramref name="sourceState"/>: what sysfs mig_state the sources show now (STOP while the engine holds them after success).</summary>
+    /// <summary>
+    /// Checks a successful run; <paramref name="sourceState"/>: what sysfs mig_state the sources show now (STOP while the
+    /// engine holds them after success).
+    /// </summary>
     public void Check(RunOutcome run, string text, string sourceState = "RUNNING")
     {
         string ctx = "\n" + text;
@@ -329,7 +337,8 @@ public sealed class EngineSetup : IDisposable
 
         int waves = EngineTests.Waves(_pairs.Count, MaxConcurrentLoads);
         Assert.True(run.DowntimeMs >= waves * ExpectedLoadMs * EngineTestsTolerance,
-            $"downtime {run.DowntimeMs} ms, but {_pairs.Count} loads of {ExpectedLoadMs} ms with at most {MaxConcurrentLoads} at once need {waves * ExpectedLoadMs} ms" + ctx);
+            $"downtime {run.DowntimeMs} ms, but {_pairs.Count} loads of {ExpectedLoadMs} ms with at most {MaxConcurrentLoads} at once "
+            + $"need {waves * ExpectedLoadMs} ms" + ctx);
         long parentPeak = SimKnobs.ReadParent("peak_concurrent_loads");
         Assert.True(parentPeak >= 1 && parentPeak <= MaxConcurrentLoads,
             $"parent peak_concurrent_loads {parentPeak}, max_concurrent_loads {MaxConcurrentLoads}" + ctx);

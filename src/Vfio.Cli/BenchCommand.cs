@@ -23,11 +23,22 @@ internal static class BenchCommand
             DefaultValueFactory = _ => "1,2,4,6,8",
         };
         var repeat = new Option<int>("--repeat") { Description = "Runs per scenario (the median is reported)", DefaultValueFactory = _ => 3 };
-        var nullDevices = new Option<bool>("--null") { Description = "Devices with no cost and in-memory state: measure the transport alone, against iperf3" };
+        var nullDevices = new Option<bool>("--null")
+        {
+            Description = "Devices with no cost and in-memory state: measure the transport alone, against iperf3",
+        };
         var pairs = new Option<string[]>("--device") { Description = "Real device pairs SRC=DST to benchmark instead of simulated devices (repeat)" };
         var skipMemory = new Option<bool>("--skip-memory") { Description = "Skip the memory scenario (4 devices of 1 GiB)" };
-        var memorySize = new Option<string>("--memory-state-size") { Description = "State per device in the memory scenario", DefaultValueFactory = _ => "1GiB" };
-        var output = new Option<string>("--out") { Description = "Folder for bench.md, bench.csv and bench.svg", DefaultValueFactory = _ => "bench-results" };
+        var memorySize = new Option<string>("--memory-state-size")
+        {
+            Description = "State per device in the memory scenario",
+            DefaultValueFactory = _ => "1GiB",
+        };
+        var output = new Option<string>("--out")
+        {
+            Description = "Folder for bench.md, bench.csv and bench.svg",
+            DefaultValueFactory = _ => "bench-results",
+        };
         var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file" };
         var shared = new MigrationOptionSet();
         // The channel sweep sets its own counts: --channels applies to the other sections only.
@@ -55,7 +66,9 @@ internal static class BenchCommand
                     DeviceCounts = ParseList(r.GetValue(devices)!, "--devices", 1, Protocol.MaxDevices),
                     Modes = ParseModes(r.GetValue(loading)!),
                     Channels = migration.Channels,
-                    ChannelSweep = r.GetValue(channelSweep) is "none" or "" ? [] : ParseList(r.GetValue(channelSweep)!, "--channel-sweep", 1, Protocol.MaxChannels),
+                    ChannelSweep = r.GetValue(channelSweep) is "none" or ""
+                        ? []
+                        : ParseList(r.GetValue(channelSweep)!, "--channel-sweep", 1, Protocol.MaxChannels),
                     Repeat = Positive(r.GetValue(repeat), "--repeat"),
                     Sim = shared.Simulation(r),
                     PfConcurrency = shared.PfConcurrency(r),
@@ -71,7 +84,8 @@ internal static class BenchCommand
                 {
                     throw new UsageException($"--out: cannot create {dir}: {e.Message}");
                 }
-                if (r.GetValue(json) is string jsonFile && Path.GetDirectoryName(Path.GetFullPath(jsonFile)) is string jsonDir && !Directory.Exists(jsonDir))
+                if (r.GetValue(json) is string jsonFile && Path.GetDirectoryName(Path.GetFullPath(jsonFile)) is string jsonDir
+                    && !Directory.Exists(jsonDir))
                     throw new UsageException($"--json: directory {jsonDir} does not exist");
 
                 var result = new BenchRunner(settings, stdout).Run("vfio-mig " + string.Join(' ', r.Tokens.Select(t => t.Value)));

@@ -270,7 +270,8 @@ internal static class DeviceCommands
                 sb.Append('\n');
                 var table = new List<string[]> { new[] { "REGION", "INDEX", "SIZE", "OFFSET", "FLAGS" } };
                 foreach (var region in _regions)
-                    table.Add([region.Name, region.Index.ToString(CultureInfo.InvariantCulture), $"0x{region.Size:x}", $"0x{region.Offset:x}", RegionFlags(region)]);
+                    table.Add([region.Name, region.Index.ToString(CultureInfo.InvariantCulture), $"0x{region.Size:x}", $"0x{region.Offset:x}",
+                        RegionFlags(region)]);
                 sb.Append(Table(table));
             }
             foreach (var note in _notes)

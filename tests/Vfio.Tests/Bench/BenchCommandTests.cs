@@ -79,7 +79,13 @@ public class BenchCommandTests : IDisposable
 
         // The report's device bound is computed from the parameters of the devices the run created, and both options
         // change it (a record loads only once it was saved), so the bound shows that they reached the devices.
-        var sim = new SimulatedDeviceOptions { StateSize = 4 << 20, LoadBytesPerSecond = 100 << 20, SaveBytesPerSecond = 40 << 20, RecordDataSize = 1 << 20 };
+        var sim = new SimulatedDeviceOptions
+        {
+            StateSize = 4 << 20,
+            LoadBytesPerSecond = 100 << 20,
+            SaveBytesPerSecond = 40 << 20,
+            RecordDataSize = 1 << 20,
+        };
         double bound = row.GetProperty("device_bound_ms").GetDouble();
         Assert.Equal(Bound(sim), bound, 3);
         Assert.NotEqual(Bound(sim with { RecordDataSize = SimulatedDeviceOptions.DefaultRecordDataSize }), bound, 3);
