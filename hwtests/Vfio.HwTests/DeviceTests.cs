@@ -145,13 +145,15 @@ public class DeviceTests
             Assert.True(entry.IsMigratable, $"{d}: {entry.MigrationStatus}");
         }
         var output = new StringWriter();
-        int code = Vfio.Cli.Program.BuildRoot().Parse(["list", "--json"]).Invoke(new InvocationConfiguration { Output = output, Error = new StringWriter() });
+        int code = Vfio.Cli.Program.BuildRoot().Parse(["list", "--json"])
+            .Invoke(new InvocationConfiguration { Output = output, Error = new StringWriter() });
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(output.ToString());
         var names = doc.RootElement.EnumerateArray().Select(e => e.GetProperty("name").GetString()).ToList();
         Assert.Contains(devices[0], names);
         var info = new StringWriter();
-        Assert.Equal(0, Vfio.Cli.Program.BuildRoot().Parse(["info", devices[0]]).Invoke(new InvocationConfiguration { Output = info, Error = new StringWriter() }));
+        Assert.Equal(0, Vfio.Cli.Program.BuildRoot().Parse(["info", devices[0]])
+            .Invoke(new InvocationConfiguration { Output = info, Error = new StringWriter() }));
         Assert.Contains("STOP_COPY", info.ToString());
     }
 }

@@ -28,7 +28,8 @@ public static class EngineEnv
                 Assert.Skip("no vfio_mig_sim devices: VFIO_MIG_SIM_DEVICES is not set (hwtests/guest/run-in-guest.sh sets it in its QEMU guest)");
             HwEnv.RequireVfio();
             if (HwEnv.SimDevices.Count < 2 * count)
-                Assert.Skip($"{count} pairs need {2 * count} vfio_mig_sim devices; VFIO_MIG_SIM_DEVICES names {HwEnv.SimDevices.Count} (run-in-guest.sh --devices {2 * count})");
+                Assert.Skip($"{count} pairs need {2 * count} vfio_mig_sim devices; VFIO_MIG_SIM_DEVICES names {HwEnv.SimDevices.Count} "
+                            + $"(run-in-guest.sh --devices {2 * count})");
             return Pairs(HwEnv.SimDevices).Take(count).ToList();
         }
         if (HwEnv.RealDevices.Count == 0)
@@ -123,7 +124,9 @@ public sealed class SimKnobs : IDisposable
     public void Dispose()
     {
         var errors = new List<string>();
-        foreach (var (path, value) in _saved.OrderBy(s => s.Path.StartsWith(ModuleParameters, StringComparison.Ordinal) ? 0 : Path.GetFileName(s.Path) == "seed" ? 2 : 1))
+        var order = _saved.OrderBy(s =>
+            s.Path.StartsWith(ModuleParameters, StringComparison.Ordinal) ? 0 : Path.GetFileName(s.Path) == "seed" ? 2 : 1);
+        foreach (var (path, value) in order)
         {
             try { WritePath(path, value); }
             catch (Exception e) { errors.Add(e.Message); }
@@ -134,7 +137,7 @@ public sealed class SimKnobs : IDisposable
     }
 }
 
-/// <summary>The parts of `vfio-mig ... --json` the tests read (issue 3's names).</summary>
+/// <summary>The parts of `vfio-mig ... --json` the tests read, by the names the report writes.</summary>
 public sealed record JsonRun(string Result, string Mode, int Channels, double DowntimeMs, IReadOnlyList<JsonDevice> Devices, string Raw)
 {
     public static JsonRun Parse(string json)

@@ -7,7 +7,7 @@ using Xunit;
 namespace Vfio.HwTests;
 
 /// <summary>
-/// The migration engine end to end on real /dev/vfio devices (issue 4): `vfio-mig loopback --device SRC=DST ...`
+/// The migration engine end to end on real /dev/vfio devices: `vfio-mig loopback --device SRC=DST ...`
 /// run in-process (what users run) and the engine API (Loopback.Run over RealDeviceAdapter), for 1, 2 and 4 pairs,
 /// decoupled and coupled loading.
 ///
@@ -88,9 +88,11 @@ public class EngineTests
             // docs/protocol.md section 5: on success the destinations run and the sources stay stopped (the workload
             // moved); they return to RUNNING when closed (see the CLI test) or after a failed run (see below).
             foreach (var d in destinations)
-                Assert.True(d.GetState() == MigrationState.Running, $"destination {d.Name} is {MigrationStateMachine.Name(d.GetState())} after the run, not RUNNING");
+                Assert.True(d.GetState() == MigrationState.Running,
+                    $"destination {d.Name} is {MigrationStateMachine.Name(d.GetState())} after the run, not RUNNING");
             foreach (var d in sources)
-                Assert.True(d.GetState() == MigrationState.Stop, $"source {d.Name} is {MigrationStateMachine.Name(d.GetState())} after a successful run, not STOP");
+                Assert.True(d.GetState() == MigrationState.Stop,
+                    $"source {d.Name} is {MigrationStateMachine.Name(d.GetState())} after a successful run, not STOP");
             if (kind == PairKind.Sim)
                 for (int i = 0; i < list.Count; i++)
                     // The engine compared the destination's digest with the source's (first 64 bits of the sysfs sha256).
@@ -145,7 +147,8 @@ public class EngineTests
             Assert.True(report.FailedDevice == badDst, $"failed device '{report.FailedDevice}', expected {badDst}\n{text}");
             Assert.All(report.Devices, d => Assert.False(d.Verified));
             foreach (var d in sources.Concat(destinations))
-                Assert.True(d.GetState() == MigrationState.Running, $"{d.Name} is {MigrationStateMachine.Name(d.GetState())} after a failed run, not RUNNING\n{text}");
+                Assert.True(d.GetState() == MigrationState.Running,
+                    $"{d.Name} is {MigrationStateMachine.Name(d.GetState())} after a failed run, not RUNNING\n{text}");
         }
         finally
         {
@@ -153,7 +156,8 @@ public class EngineTests
         }
         // The scenario happened as intended: the good destination had loaded its state when the run failed.
         Assert.True(SimKnobs.ReadLong(list[0].Dst, "bytes_loaded") >= StateBytes,
-            $"{list[0].Dst} loaded {SimKnobs.Read(list[0].Dst, "bytes_loaded")} bytes: the run failed before its load, so this test did not cover a device failed mid-load");
+            $"{list[0].Dst} loaded {SimKnobs.Read(list[0].Dst, "bytes_loaded")} bytes: the run failed before its load, "
+            + "so this test did not cover a device failed mid-load");
         Assert.Equal(badDigest, SimKnobs.Read(badDst, "digest"));
         Assert.Equal(setup.SourceDigests[0], SimKnobs.Read(list[0].Src, "digest")); // a source is never changed by a run
 
@@ -166,12 +170,15 @@ public class EngineTests
 
     /// <summary>
     /// The parent's max_concurrent_loads (M) bounds the loads running at once, and the downtime follows: 2 pairs, then
-    /// 4 pairs, with a 2 s load each. Peak concurrent loads never exceed M; 2 pairs load in parallel when M allows;
-    /// the downtime is at least ceil(N/M) load times, and going from 2 to 4 pairs costs about one more load time when
-    /// M is 2 or 3 and much less than one when M is 4 or more (decoupled loading: every loader writes as soon as its
-    /// buffers arrive). Coupled loading only gets the per-run bounds: a receive thread blocked in one device's load
-    /// can hold the next device's buffers behind it (seen in the guest: 2 pairs, peak 1, downtime 4.5 s for 2 s loads),
-    /// which is the seed thread's case against it, not a limit of the module.
+    /// 4, with a 2 s load each. Every run gets the bounds the module's slots and sleeps impose whatever the machine's
+    /// load (<see cref="EngineSetup.Check"/>): peak concurrent loads at most M, downtime at least ceil(N/M) load times;
+    /// a limit not honoured breaks them, noise cannot. Decoupled loading (every loader writes as soon as its buffers
+    /// arrive) must also fill the slots: the peak is min(N, M), so the engine adds no wave of its own. Going from 2 to 4
+    /// pairs costs at least half a load time per extra wave where the limit forces extra waves (M of 2 or 3); where it
+    /// does not, the two runs' wall times differ by noise alone and the peak is what shows that no wave was added.
+    /// Coupled loading only gets the per-run bounds: a receive thread blocked in one device's load can hold the next
+    /// device's buffers behind it, so its loads may serialize beyond what the limit requires (the reason for a loading
+    /// thread per device, not a limit of the module).
     /// </summary>
     [Theory]
     [MemberData(nameof(ModeRows))]
@@ -195,19 +202,19 @@ public class EngineTests
             downtime[n] = outcome.DowntimeMs;
             log.Add($"{n} pairs: downtime {outcome.DowntimeMs:0} ms, parent peak concurrent loads {peak}, load_ms " +
                     string.Join(" ", outcome.Devices.Select(d => d.LoadMs.ToString("0", CultureInfo.InvariantCulture))));
+            // A load lasts 2 s, far longer than the spread of the devices' arrivals, so the loads overlap as far as M allows.
             if (mode == "decoupled")
-                Assert.True(peak >= Math.Min(2, max), $"{string.Join("\n", log)}\nthe loads of {n} devices never overlapped");
+                Assert.True(peak == Math.Min(n, max),
+                    $"{string.Join("\n", log)}\n{n} loads with at most {max} at once, but the module counted a peak of {peak}");
         }
         string all2 = string.Join("\n", log);
         TestContext.Current.TestOutputHelper?.WriteLine(all2);
         if (mode == "coupled") return; // a receive thread loading one device stalls its channel: runs may serialize more than the limit requires
-        double extra = downtime[4] - downtime[2];
         int extraWaves = Waves(4, max) - Waves(2, max);
+        if (extraWaves == 0) return; // no extra wave: the peak above proves it, and the wall times differ by noise alone
+        double extra = downtime[4] - downtime[2];
         Assert.True(extra >= extraWaves * loadMs * 0.5,
             $"{all2}\n4 pairs took {extra:0} ms longer than 2; the limit implies {extraWaves} more load time(s) of {loadMs} ms");
-        if (extraWaves == 0)
-            Assert.True(extra < loadMs,
-                $"{all2}\n4 pairs took {extra:0} ms longer than 2 although the limit lets all 4 load at once (one load is {loadMs} ms)");
     }
 
     internal static int Waves(int devices, int maxConcurrent) => (devices + maxConcurrent - 1) / Math.Max(1, maxConcurrent);
@@ -250,7 +257,8 @@ public class EngineTests
         j.Devices.Select(d => new DeviceOutcome(d.Name, d.Source, d.Bytes, d.WaitMs, d.LoadMs, d.TotalMs, d.Verified)).ToList());
 
     private static RunOutcome ToOutcome(RunReport r) => new(r.Ok, r.DowntimeMs,
-        r.Devices.Select(d => new DeviceOutcome(d.Name, d.SourceName, d.Bytes, d.WaitUs / 1000.0, d.LoadUs / 1000.0, d.TotalUs / 1000.0, d.Verified)).ToList());
+        r.Devices.Select(d => new DeviceOutcome(d.Name, d.SourceName, d.Bytes, d.WaitUs / 1000.0, d.LoadUs / 1000.0, d.TotalUs / 1000.0, d.Verified))
+            .ToList());
 }
 
 public sealed record DeviceOutcome(string Name, string? Source, long Bytes, double WaitMs, double LoadMs, double TotalMs, bool Verified);
@@ -306,7 +314,10 @@ public sealed class EngineSetup : IDisposable
 
     public IReadOnlyList<string> SourceDigests { get; } = [];
 
-    /// <summary>Checks a successful run; <paramref name="sourceState"/>: what sysfs mig_state the sources show now (STOP while the engine holds them after success).</summary>
+    /// <summary>
+    /// Checks a successful run; <paramref name="sourceState"/>: what sysfs mig_state the sources show now (STOP while the
+    /// engine holds them after success).
+    /// </summary>
     public void Check(RunOutcome run, string text, string sourceState = "RUNNING")
     {
         string ctx = "\n" + text;
@@ -326,7 +337,8 @@ public sealed class EngineSetup : IDisposable
 
         int waves = EngineTests.Waves(_pairs.Count, MaxConcurrentLoads);
         Assert.True(run.DowntimeMs >= waves * ExpectedLoadMs * EngineTestsTolerance,
-            $"downtime {run.DowntimeMs} ms, but {_pairs.Count} loads of {ExpectedLoadMs} ms with at most {MaxConcurrentLoads} at once need {waves * ExpectedLoadMs} ms" + ctx);
+            $"downtime {run.DowntimeMs} ms, but {_pairs.Count} loads of {ExpectedLoadMs} ms with at most {MaxConcurrentLoads} at once "
+            + $"need {waves * ExpectedLoadMs} ms" + ctx);
         long parentPeak = SimKnobs.ReadParent("peak_concurrent_loads");
         Assert.True(parentPeak >= 1 && parentPeak <= MaxConcurrentLoads,
             $"parent peak_concurrent_loads {parentPeak}, max_concurrent_loads {MaxConcurrentLoads}" + ctx);

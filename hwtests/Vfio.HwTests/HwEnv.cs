@@ -121,7 +121,8 @@ public sealed class OpenDevice : IDisposable
         Assert.Equal(target, State);
         bool expectFd = MigrationStateMachine.ReturnsDataFd(from, target, Flags);
         Assert.True(expectFd == (stream is not null),
-            $"{Name}: {MigrationStateMachine.Name(from)} -> {MigrationStateMachine.Name(target)} returned {(stream is null ? "no" : "a")} data fd, expected {(expectFd ? "one" : "none")}");
+            $"{Name}: {MigrationStateMachine.Name(from)} -> {MigrationStateMachine.Name(target)} returned {(stream is null ? "no" : "a")} data fd, "
+            + $"expected {(expectFd ? "one" : "none")}");
         return stream;
     }
 

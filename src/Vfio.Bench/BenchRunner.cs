@@ -9,7 +9,10 @@ public sealed record BenchSettings
     public BenchDeviceKind Kind { get; init; } = BenchDeviceKind.Simulated;
     public IReadOnlyList<int> DeviceCounts { get; init; } = [1, 2, 4, 8];
     public IReadOnlyList<LoadingMode> Modes { get; init; } = [LoadingMode.Decoupled, LoadingMode.Coupled];
-    /// <summary>Channels for the device-count sweep (the seed thread's 6).</summary>
+    /// <summary>
+    /// Channels for the device-count sweep: 6, as in the ConnectX-7 VF migrations over QEMU's multifd channels that the
+    /// simulated devices are modelled on.
+    /// </summary>
     public int Channels { get; init; } = 6;
     /// <summary>Channel counts for the channel sweep (at <see cref="ChannelSweepDevices"/> devices, decoupled); empty: no sweep.</summary>
     public IReadOnlyList<int> ChannelSweep { get; init; } = [1, 2, 4, 6, 8];
@@ -44,7 +47,8 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             rows.Add(RunScenario(new BenchScenario("channels", sweepDevices, c, LoadingMode.Decoupled, settings.Sim.StateSize), settings.Repeat));
 
         if (settings.Memory && settings.Kind != BenchDeviceKind.Real)
-            rows.Add(RunScenario(new BenchScenario("memory", settings.MemoryDevices, settings.Channels, LoadingMode.Decoupled, settings.MemoryStateSize), 1));
+            rows.Add(RunScenario(
+                new BenchScenario("memory", settings.MemoryDevices, settings.Channels, LoadingMode.Decoupled, settings.MemoryStateSize), 1));
 
         return new BenchResult(settings.Kind, rows, CheckTargets(rows), MachineDescription(), command);
     }
@@ -134,8 +138,12 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             if (settings.Kind == BenchDeviceKind.Simulated)
             {
                 bool met = row.AllVerified && row.BoundRatio is double ratio && ratio <= 1 + settings.BoundTolerance;
-                targets.Add(new BenchTarget(string.Create(CultureInfo.InvariantCulture, $"downtime within {settings.BoundTolerance * 100:0}% of the device bound, {row.Scenario.Devices} devices"), met,
-                    string.Create(CultureInfo.InvariantCulture, $"downtime {row.DowntimeMedianMs:0.0} ms, bound {row.DeviceBoundMs:0.0} ms, ratio {row.BoundRatio:0.000}")));
+                targets.Add(new BenchTarget(
+                    string.Create(CultureInfo.InvariantCulture,
+                        $"downtime within {settings.BoundTolerance * 100:0}% of the device bound, {row.Scenario.Devices} devices"),
+                    met,
+                    string.Create(CultureInfo.InvariantCulture,
+                        $"downtime {row.DowntimeMedianMs:0.0} ms, bound {row.DeviceBoundMs:0.0} ms, ratio {row.BoundRatio:0.000}")));
             }
         }
         if (settings.Kind == BenchDeviceKind.Null)
@@ -143,15 +151,27 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             foreach (var row in rows.Where(r => r.Scenario.Section != "memory"))
             {
                 bool met = row.AllVerified && row.IperfRatio is double ratio && ratio >= settings.IperfFraction;
-                targets.Add(new BenchTarget(string.Create(CultureInfo.InvariantCulture, $"transport at least {settings.IperfFraction * 100:0}% of iperf3, {row.Scenario.Channels} streams, {row.Scenario.Devices} devices"), met,
-                    row.IperfMbps is null ? $"iperf3 not measured: {row.IperfWhy}" : string.Create(CultureInfo.InvariantCulture, $"{row.ThroughputMbps:0} vs {row.IperfMbps:0} Mbit/s, ratio {row.IperfRatio:0.000}")));
+                targets.Add(new BenchTarget(
+                    string.Create(CultureInfo.InvariantCulture,
+                        $"transport at least {settings.IperfFraction * 100:0}% of iperf3, "
+                        + $"{row.Scenario.Channels} streams, {row.Scenario.Devices} devices"),
+                    met,
+                    row.IperfMbps is null
+                        ? $"iperf3 not measured: {row.IperfWhy}"
+                        : string.Create(CultureInfo.InvariantCulture,
+                            $"{row.ThroughputMbps:0} vs {row.IperfMbps:0} Mbit/s, ratio {row.IperfRatio:0.000}")));
             }
         }
         foreach (var row in rows.Where(r => r.Scenario.Section == "memory"))
         {
             bool met = row.AllVerified && row.PeakRssBytes is long peak && peak < settings.MemoryLimitBytes;
-            targets.Add(new BenchTarget($"peak RSS under {settings.MemoryLimitBytes >> 20} MiB, {row.Scenario.Devices} devices of {Size(row.Scenario.StateSize)}", met,
-                row.PeakRssBytes is long p ? string.Create(CultureInfo.InvariantCulture, $"peak RSS {p / 1048576.0:0.0} MiB, {(row.AllVerified ? "verified" : "NOT verified")}") : "peak RSS unknown (no /proc)"));
+            targets.Add(new BenchTarget(
+                $"peak RSS under {settings.MemoryLimitBytes >> 20} MiB, {row.Scenario.Devices} devices of {Size(row.Scenario.StateSize)}",
+                met,
+                row.PeakRssBytes is long p
+                    ? string.Create(CultureInfo.InvariantCulture,
+                        $"peak RSS {p / 1048576.0:0.0} MiB, {(row.AllVerified ? "verified" : "NOT verified")}")
+                    : "peak RSS unknown (no /proc)"));
         }
         return targets;
     }
@@ -159,9 +179,13 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
     internal static string Describe(BenchRow row)
     {
         var s = row.Scenario;
-        string text = string.Create(CultureInfo.InvariantCulture, $"{s.Section,-8} {s.Devices} dev x {Size(s.StateSize)}, {s.Channels} ch, {s.ModeName,-9}: downtime {row.DowntimeMedianMs:0.0} ms (min {row.DowntimeMinMs:0.0}), {row.ThroughputMbps:0} Mbit/s");
-        if (row.DeviceBoundMs is double bound) text += string.Create(CultureInfo.InvariantCulture, $", bound {bound:0.0} ms (x{row.BoundRatio:0.000})");
-        if (row.IperfMbps is double iperf) text += string.Create(CultureInfo.InvariantCulture, $", iperf3 {iperf:0} Mbit/s (x{row.IperfRatio:0.000})");
+        string text = string.Create(CultureInfo.InvariantCulture,
+            $"{s.Section,-8} {s.Devices} dev x {Size(s.StateSize)}, {s.Channels} ch, {s.ModeName,-9}: "
+            + $"downtime {row.DowntimeMedianMs:0.0} ms (min {row.DowntimeMinMs:0.0}), {row.ThroughputMbps:0} Mbit/s");
+        if (row.DeviceBoundMs is double bound)
+            text += string.Create(CultureInfo.InvariantCulture, $", bound {bound:0.0} ms (x{row.BoundRatio:0.000})");
+        if (row.IperfMbps is double iperf)
+            text += string.Create(CultureInfo.InvariantCulture, $", iperf3 {iperf:0} Mbit/s (x{row.IperfRatio:0.000})");
         if (row.PeakRssBytes is long rss) text += string.Create(CultureInfo.InvariantCulture, $", peak RSS {rss / 1048576.0:0} MiB");
         if (!row.AllVerified) text += $", FAILED: {row.Error ?? "not verified"}";
         return text;
@@ -176,7 +200,11 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
     private static string MachineDescription()
     {
         string cpu = "unknown CPU";
-        try { cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? cpu; }
+        try
+        {
+            cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim()
+                ?? cpu;
+        }
         catch (IOException) { }
         return $"{Environment.ProcessorCount} CPUs ({cpu}), {Environment.OSVersion.VersionString}, .NET {Environment.Version}";
     }

@@ -42,12 +42,18 @@ public static class BenchWriters
             md.AppendLine();
             md.AppendLine($"## {SectionTitle(section.Key)}");
             md.AppendLine();
-            md.AppendLine("| devices | state | channels | loading | downtime ms | device bound ms | ratio | Mbit/s | iperf3 Mbit/s | vs iperf3 | mean wait ms | mean load ms | peak RSS MiB | verified |");
+            md.AppendLine("| devices | state | channels | loading | downtime ms | device bound ms | ratio | Mbit/s | iperf3 Mbit/s | vs iperf3 "
+                + "| mean wait ms | mean load ms | peak RSS MiB | verified |");
             md.AppendLine("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
             foreach (var r in section)
             {
                 var s = r.Scenario;
-                md.AppendLine(string.Create(CultureInfo.InvariantCulture, $"| {s.Devices} | {BenchRunner.Size(s.StateSize)} | {s.Channels} | {s.ModeName} | {r.DowntimeMedianMs:0.0} ({r.DowntimeMinMs:0.0}) | {F(r.DeviceBoundMs)} | {F(r.BoundRatio, "0.000")} | {r.ThroughputMbps:0} | {F(r.IperfMbps, "0")} | {F(r.IperfRatio, "0.000")} | {r.MeanWaitMs:0.0} | {r.MeanLoadMs:0.0} | {F(r.PeakRssBytes / 1048576.0, "0")} | {(r.AllVerified ? "yes" : "NO: " + r.Error)} |"));
+                md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                    $"| {s.Devices} | {BenchRunner.Size(s.StateSize)} | {s.Channels} | {s.ModeName} "
+                    + $"| {r.DowntimeMedianMs:0.0} ({r.DowntimeMinMs:0.0}) | {F(r.DeviceBoundMs)} | {F(r.BoundRatio, "0.000")} "
+                    + $"| {r.ThroughputMbps:0} | {F(r.IperfMbps, "0")} | {F(r.IperfRatio, "0.000")} "
+                    + $"| {r.MeanWaitMs:0.0} | {r.MeanLoadMs:0.0} | {F(r.PeakRssBytes / 1048576.0, "0")} "
+                    + $"| {(r.AllVerified ? "yes" : "NO: " + r.Error)} |"));
             }
         }
         var seed = result.Rows.Where(r => r.Scenario.Section == "devices" && r.Scenario.Devices == 4).ToList();
@@ -58,10 +64,12 @@ public static class BenchWriters
             foreach (var r in seed)
             {
                 md.AppendLine();
-                md.AppendLine(string.Create(CultureInfo.InvariantCulture, $"{r.Scenario.ModeName}, {r.Scenario.Channels} channels, downtime {r.DowntimeMedianMs:0.0} ms:"));
+                md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{r.Scenario.ModeName}, {r.Scenario.Channels} channels, downtime {r.DowntimeMedianMs:0.0} ms:"));
                 md.AppendLine();
                 foreach (var d in r.PerDevice)
-                    md.AppendLine(string.Create(CultureInfo.InvariantCulture, $"    {d.Name} total loading time {d.TotalMs:0} ms, wait {d.WaitMs:0} ms load {d.LoadMs:0} ms"));
+                    md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                        $"    {d.Name} total loading time {d.TotalMs:0} ms, wait {d.WaitMs:0} ms load {d.LoadMs:0} ms"));
             }
         }
         if (result.Targets.Count > 0)

@@ -12,25 +12,43 @@ internal static class BenchCommand
     public static Command Create()
     {
         var devices = new Option<string>("--devices") { Description = "Device counts to sweep, e.g. 1,2,4,8", DefaultValueFactory = _ => "1,2,4,8" };
-        var loading = new Option<string>("--loading") { Description = "Loading modes to compare: decoupled,coupled", DefaultValueFactory = _ => "decoupled,coupled" };
-        var channels = new Option<int>("--channels") { Description = "Data channels for the device-count sweep", DefaultValueFactory = _ => 6 };
-        var channelSweep = new Option<string>("--channel-sweep") { Description = "Channel counts to sweep at 4 devices (decoupled), or 'none'", DefaultValueFactory = _ => "1,2,4,6,8" };
+        var loading = new Option<string>("--loading")
+        {
+            Description = "Loading modes to compare: decoupled,coupled",
+            DefaultValueFactory = _ => "decoupled,coupled",
+        };
+        var channelSweep = new Option<string>("--channel-sweep")
+        {
+            Description = "Channel counts to sweep at 4 devices (decoupled), or 'none'",
+            DefaultValueFactory = _ => "1,2,4,6,8",
+        };
         var repeat = new Option<int>("--repeat") { Description = "Runs per scenario (the median is reported)", DefaultValueFactory = _ => 3 };
-        var stateSize = new Option<string>("--state-size") { Description = "State per device, e.g. 64MiB", DefaultValueFactory = _ => "64MiB" };
-        var loadRate = new Option<string>("--sim-load-rate") { Description = "Simulated devices: load rate per second", DefaultValueFactory = _ => "320MiB" };
-        var pf = new Option<int>("--sim-pf-concurrency") { Description = "Simulated devices: concurrent loads per PF", DefaultValueFactory = _ => SimulatedPf.DefaultConcurrentLoads };
-        var nullDevices = new Option<bool>("--null") { Description = "Devices with no cost and in-memory state: measure the transport alone, against iperf3" };
+        var nullDevices = new Option<bool>("--null")
+        {
+            Description = "Devices with no cost and in-memory state: measure the transport alone, against iperf3",
+        };
         var pairs = new Option<string[]>("--device") { Description = "Real device pairs SRC=DST to benchmark instead of simulated devices (repeat)" };
         var skipMemory = new Option<bool>("--skip-memory") { Description = "Skip the memory scenario (4 devices of 1 GiB)" };
-        var memorySize = new Option<string>("--memory-state-size") { Description = "State per device in the memory scenario", DefaultValueFactory = _ => "1GiB" };
-        var bufferSize = new Option<string>("--buffer-size") { Description = "Bytes per data buffer", DefaultValueFactory = _ => "1MiB" };
-        var window = new Option<int>("--window") { Description = "Buffers per device in flight (credits)", DefaultValueFactory = _ => MigrationOptions.DefaultWindow };
-        var output = new Option<string>("--out") { Description = "Folder for bench.md, bench.csv and bench.svg", DefaultValueFactory = _ => "bench-results" };
+        var memorySize = new Option<string>("--memory-state-size")
+        {
+            Description = "State per device in the memory scenario",
+            DefaultValueFactory = _ => "1GiB",
+        };
+        var output = new Option<string>("--out")
+        {
+            Description = "Folder for bench.md, bench.csv and bench.svg",
+            DefaultValueFactory = _ => "bench-results",
+        };
         var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file" };
+        var shared = new MigrationOptionSet();
+        // The channel sweep sets its own counts: --channels applies to the other sections only.
+        shared.Channels.Description = "Data channels for the device-count sweep";
 
-        var command = new Command("bench", "Benchmark migrations: device counts 1,2,4,8, decoupled vs coupled loading, channel counts; writes Markdown, CSV, a chart and JSON");
-        foreach (var o in new Option[] { devices, loading, channels, channelSweep, repeat, stateSize, loadRate, pf, nullDevices, pairs, skipMemory, memorySize, bufferSize, window, output, json })
+        var command = new Command("bench",
+            "Benchmark migrations: device counts 1,2,4,8, decoupled vs coupled loading, channel counts; writes Markdown, CSV, a chart and JSON");
+        foreach (var o in new Option[] { devices, loading, channelSweep, repeat, nullDevices, pairs, skipMemory, memorySize, output, json })
             command.Options.Add(o);
+        shared.AddTo(command);
 
         command.SetAction(r =>
         {
@@ -41,29 +59,19 @@ internal static class BenchCommand
                 var realPairs = (r.GetValue(pairs) ?? []).Select(ParsePair).ToList();
                 bool isNull = r.GetValue(nullDevices);
                 if (isNull && realPairs.Count > 0) throw new UsageException("give either --null or --device pairs, not both");
-                long buffer = Sizes.Parse(r.GetValue(bufferSize)!, "--buffer-size");
-                var migration = new MigrationOptions
-                {
-                    BufferSize = buffer > int.MaxValue ? int.MaxValue : (int)buffer,
-                    Window = r.GetValue(window),
-                    Channels = r.GetValue(channels),
-                };
-                try { migration.Validate(); }
-                catch (ArgumentException e) { throw new UsageException(e.Message); }
+                var migration = shared.Options(r);
                 var settings = new BenchSettings
                 {
                     Kind = isNull ? BenchDeviceKind.Null : realPairs.Count > 0 ? BenchDeviceKind.Real : BenchDeviceKind.Simulated,
                     DeviceCounts = ParseList(r.GetValue(devices)!, "--devices", 1, Protocol.MaxDevices),
                     Modes = ParseModes(r.GetValue(loading)!),
                     Channels = migration.Channels,
-                    ChannelSweep = r.GetValue(channelSweep) is "none" or "" ? [] : ParseList(r.GetValue(channelSweep)!, "--channel-sweep", 1, Protocol.MaxChannels),
+                    ChannelSweep = r.GetValue(channelSweep) is "none" or ""
+                        ? []
+                        : ParseList(r.GetValue(channelSweep)!, "--channel-sweep", 1, Protocol.MaxChannels),
                     Repeat = Positive(r.GetValue(repeat), "--repeat"),
-                    Sim = new SimulatedDeviceOptions
-                    {
-                        StateSize = Sizes.Parse(r.GetValue(stateSize)!, "--state-size"),
-                        LoadBytesPerSecond = Sizes.Parse(r.GetValue(loadRate)!, "--sim-load-rate", rate: true),
-                    },
-                    PfConcurrency = Positive(r.GetValue(pf), "--sim-pf-concurrency"),
+                    Sim = shared.Simulation(r),
+                    PfConcurrency = shared.PfConcurrency(r),
                     RealPairs = realPairs,
                     Memory = !r.GetValue(skipMemory),
                     MemoryStateSize = Sizes.Parse(r.GetValue(memorySize)!, "--memory-state-size"),
@@ -76,7 +84,8 @@ internal static class BenchCommand
                 {
                     throw new UsageException($"--out: cannot create {dir}: {e.Message}");
                 }
-                if (r.GetValue(json) is string jsonFile && Path.GetDirectoryName(Path.GetFullPath(jsonFile)) is string jsonDir && !Directory.Exists(jsonDir))
+                if (r.GetValue(json) is string jsonFile && Path.GetDirectoryName(Path.GetFullPath(jsonFile)) is string jsonDir
+                    && !Directory.Exists(jsonDir))
                     throw new UsageException($"--json: directory {jsonDir} does not exist");
 
                 var result = new BenchRunner(settings, stdout).Run("vfio-mig " + string.Join(' ', r.Tokens.Select(t => t.Value)));

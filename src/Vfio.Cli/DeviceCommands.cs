@@ -11,16 +11,14 @@ namespace Vfio.Cli;
 /// <summary>`list` and `info`: what VFIO devices this host has.</summary>
 internal static class DeviceCommands
 {
-    /// <summary>Where sysfs and /dev are; tests point this at a fake tree.</summary>
-    internal static VfioHostPaths Paths { get; set; } = VfioHostPaths.Default;
-
-    public static IEnumerable<Command> Create()
+    /// <param name="paths">Where sysfs and /dev are: the host's, or a fake tree in tests.</param>
+    public static IEnumerable<Command> Create(VfioHostPaths paths)
     {
-        yield return CreateList();
-        yield return CreateInfo();
+        yield return CreateList(paths);
+        yield return CreateInfo(paths);
     }
 
-    private static Command CreateList()
+    private static Command CreateList(VfioHostPaths paths)
     {
         var json = new Option<bool>("--json") { Description = "Print a JSON array instead of a table" };
         var noProbe = new Option<bool>("--no-probe")
@@ -37,7 +35,6 @@ internal static class DeviceCommands
             var output = parseResult.InvocationConfiguration.Output;
             var error = parseResult.InvocationConfiguration.Error;
             bool asJson = parseResult.GetValue(json);
-            var paths = Paths;
             if (!paths.HasVfio)
             {
                 error.WriteLine($"vfio-mig: no {paths.VfioDir} on this host: VFIO is not available, so there are no VFIO devices");
@@ -71,7 +68,7 @@ internal static class DeviceCommands
         return command;
     }
 
-    private static Command CreateInfo()
+    private static Command CreateInfo(VfioHostPaths paths)
     {
         var json = new Option<bool>("--json") { Description = "Print a JSON object instead of text" };
         var device = new Argument<string>("DEVICE") { Description = "PCI address (0000:af:00.2) or mdev UUID" };
@@ -87,7 +84,7 @@ internal static class DeviceCommands
             var name = parseResult.GetValue(device) ?? "";
             try
             {
-                var info = DeviceReport.Collect(name, Paths);
+                var info = DeviceInfoReport.Collect(name, paths);
                 output.Write(parseResult.GetValue(json) ? info.ToJson() + Environment.NewLine : info.ToText());
                 return 0;
             }
@@ -192,7 +189,7 @@ internal static class DeviceCommands
     }
 
     /// <summary>Everything `info` shows about one device, gathered by opening it.</summary>
-    internal sealed class DeviceReport
+    internal sealed class DeviceInfoReport
     {
         private VfioSysfsDevice _sysfs = null!;
         private VfioOpenMode _via;
@@ -204,9 +201,9 @@ internal static class DeviceCommands
         private ulong? _dataSize;
         private readonly List<string> _notes = [];
 
-        public static DeviceReport Collect(string name, VfioHostPaths paths)
+        public static DeviceInfoReport Collect(string name, VfioHostPaths paths)
         {
-            var r = new DeviceReport();
+            var r = new DeviceInfoReport();
             using var device = VfioDevice.Open(name, paths);
             r._sysfs = device.Sysfs ?? VfioSysfs.Resolve(name, paths);
             r._via = device.OpenedVia;
@@ -273,7 +270,8 @@ internal static class DeviceCommands
                 sb.Append('\n');
                 var table = new List<string[]> { new[] { "REGION", "INDEX", "SIZE", "OFFSET", "FLAGS" } };
                 foreach (var region in _regions)
-                    table.Add([region.Name, region.Index.ToString(CultureInfo.InvariantCulture), $"0x{region.Size:x}", $"0x{region.Offset:x}", RegionFlags(region)]);
+                    table.Add([region.Name, region.Index.ToString(CultureInfo.InvariantCulture), $"0x{region.Size:x}", $"0x{region.Offset:x}",
+                        RegionFlags(region)]);
                 sb.Append(Table(table));
             }
             foreach (var note in _notes)

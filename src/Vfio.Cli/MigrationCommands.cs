@@ -10,27 +10,35 @@ namespace Vfio.Cli;
 /// <summary>`send`, `receive` and `loopback`: migrate device state over a main channel and N data channels.</summary>
 public static class MigrationCommands
 {
+    /// <summary>The options of send, receive and loopback: the shared ones that shape a run, and those of a single run.</summary>
     private sealed class Common
     {
-        public readonly Option<string[]> Device = new("--device") { Description = "A device: PCI address, mdev UUID, sim:NAME (simulated) or null:NAME (no cost: the transport alone) (repeat for several; order pairs source and destination)", AllowMultipleArgumentsPerToken = false };
-        public readonly Option<int> Channels = new("--channels") { Description = "Data channels (TCP connections besides the main channel)", DefaultValueFactory = _ => 6 };
-        public readonly Option<string> BufferSize = new("--buffer-size") { Description = "Bytes per data buffer read from a device, e.g. 1MiB", DefaultValueFactory = _ => "1MiB" };
-        public readonly Option<string> Loading = new("--loading") { Description = "decoupled (a loading thread per device) or coupled (receive threads load)", DefaultValueFactory = _ => "decoupled" };
-        public readonly Option<int> Window = new("--window") { Description = "Buffers per device the destination lets be in flight (credits)", DefaultValueFactory = _ => MigrationOptions.DefaultWindow };
-        public readonly Option<string> StateSize = new("--state-size") { Description = "Simulated devices: state (stream) size, e.g. 64MiB", DefaultValueFactory = _ => "64MiB" };
-        public readonly Option<string> LoadRate = new("--sim-load-rate") { Description = "Simulated devices: load rate per second, e.g. 320MiB (0 = free)", DefaultValueFactory = _ => "320MiB" };
-        public readonly Option<string> SaveRate = new("--sim-save-rate") { Description = "Simulated devices: save rate per second (0 = unlimited)", DefaultValueFactory = _ => "0" };
-        public readonly Option<int> PfLimit = new("--sim-pf-concurrency") { Description = "Simulated devices: concurrent loads the shared PF allows", DefaultValueFactory = _ => SimulatedPf.DefaultConcurrentLoads };
-        public readonly Option<string> RecordSize = new("--sim-record-size") { Description = "Simulated devices: data bytes per firmware record (the unit of a load)", DefaultValueFactory = _ => "4MiB" };
+        public readonly MigrationOptionSet Shared = new();
+        public readonly Option<string[]> Device = new("--device")
+        {
+            Description = "A device: PCI address, mdev UUID, sim:NAME (simulated) or null:NAME (no cost: the transport alone) " +
+                          "(repeat for several; order pairs source and destination)",
+            AllowMultipleArgumentsPerToken = false,
+        };
+        public readonly Option<string> Loading = new("--loading")
+        {
+            Description = "decoupled (a loading thread per device) or coupled (receive threads load)",
+            DefaultValueFactory = _ => "decoupled",
+        };
         public readonly Option<string?> Json = new("--json") { Description = "Write the report as JSON to this file" };
-        public readonly Option<string?> Trace = new("--trace") { Description = "Write the run's timeline as Chrome trace-event JSON (opens in Perfetto, ui.perfetto.dev) to this file" };
+        public readonly Option<string?> Trace = new("--trace")
+        {
+            Description = "Write the run's timeline as Chrome trace-event JSON (opens in Perfetto, ui.perfetto.dev) to this file",
+        };
         public readonly Option<string?> Svg = new("--svg") { Description = "Write the run's timeline as a self-contained SVG picture to this file" };
-        public readonly Option<double> Timeout = new("--timeout") { Description = "Seconds a silent peer is tolerated", DefaultValueFactory = _ => 30 };
         public readonly Option<bool> Verbose = new("--verbose") { Description = "Debug log lines" };
 
         public void AddTo(Command c)
         {
-            foreach (var o in new Option[] { Device, Channels, BufferSize, Loading, Window, StateSize, LoadRate, SaveRate, PfLimit, RecordSize, Json, Trace, Svg, Timeout, Verbose })
+            c.Options.Add(Device);
+            c.Options.Add(Loading);
+            Shared.AddTo(c);
+            foreach (var o in new Option[] { Json, Trace, Svg, Verbose })
                 c.Options.Add(o);
         }
 
@@ -43,39 +51,10 @@ public static class MigrationCommands
                 "coupled" => LoadingMode.Coupled,
                 _ => throw new UsageException($"--loading must be decoupled or coupled, not '{loading}'"),
             };
-            double timeout = r.GetValue(Timeout);
-            if (!(timeout > 0 && timeout < 86400)) throw new UsageException("--timeout must be a positive number of seconds");
-            long buffer = Sizes.Parse(r.GetValue(BufferSize)!, "--buffer-size");
-            var o = new MigrationOptions
-            {
-                Channels = r.GetValue(Channels),
-                BufferSize = buffer > int.MaxValue ? int.MaxValue : (int)buffer,
-                Loading = mode,
-                Window = r.GetValue(Window),
-                Timeout = TimeSpan.FromSeconds(timeout),
-            };
-            try { o.Validate(); }
-            catch (ArgumentException e) { throw new UsageException(e.Message); }
-            return o;
+            return Shared.Options(r) with { Loading = mode };
         }
 
-        public DeviceFactory Factory(ParseResult r)
-        {
-            long record = Sizes.Parse(r.GetValue(RecordSize)!, "--sim-record-size");
-            if (record < 1 || record > 64 << 20) throw new UsageException("--sim-record-size must be between 1 byte and 64MiB");
-            var sim = new SimulatedDeviceOptions
-            {
-                StateSize = Sizes.Parse(r.GetValue(StateSize)!, "--state-size"),
-                LoadBytesPerSecond = Sizes.Parse(r.GetValue(LoadRate)!, "--sim-load-rate", rate: true),
-                SaveBytesPerSecond = Sizes.Parse(r.GetValue(SaveRate)!, "--sim-save-rate", rate: true),
-                RecordDataSize = (int)record,
-            };
-            if (sim.StateSize < SimStream.MinStateSize || sim.StateSize > SimStream.MaxStateSize)
-                throw new UsageException($"--state-size must be between {SimStream.MinStateSize} bytes and 1TiB");
-            int pf = r.GetValue(PfLimit);
-            if (pf < 1) throw new UsageException("--sim-pf-concurrency must be at least 1");
-            return new DeviceFactory(sim, new SimulatedPf("sim-pf", pf));
-        }
+        public DeviceFactory Factory(ParseResult r) => new(Shared.Simulation(r), new SimulatedPf("sim-pf", Shared.PfConcurrency(r)));
     }
 
     /// <summary>Bad input: printed as one line, exit code 2.</summary>
@@ -109,7 +88,7 @@ public static class MigrationCommands
                 n ??= 4;
                 if (n < 1 || n > Protocol.MaxDevices) throw new UsageException($"--sim must be between 1 and {Protocol.MaxDevices}");
                 if (useNull) log.LogDebug("null devices: {Count} x {Bytes} bytes", n, factory.SimOptions.StateSize);
-                if (r.GetResult(common.Channels) is null) options = options with { Channels = 6 };
+                if (r.GetResult(common.Shared.Channels) is null) options = options with { Channels = 6 };
             }
             var src = new List<IMigrationDevice>();
             var dst = new List<IMigrationDevice>();

@@ -11,7 +11,7 @@ public static class Program
     {
         var root = new RootCommand("vfio-mig: VFIO device live migration over multifd channels, with per-device load timings.");
         // Each area of the tool adds its own commands.
-        foreach (var command in DeviceCommands.Create())
+        foreach (var command in DeviceCommands.Create(VfioHostPaths.Default))
             root.Subcommands.Add(command);
         foreach (var command in MigrationCommands.Create()) root.Subcommands.Add(command);
         root.Subcommands.Add(BenchCommand.Create());

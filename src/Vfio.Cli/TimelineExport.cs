@@ -30,9 +30,12 @@ public static class TimelineExport
             foreach (var s in t.Spans)
                 spans.Add(new TimelineSpan(t.Name, Map(s.Kind), (s.StartUs - origin) / 1000.0, (s.EndUs - origin) / 1000.0, Describe(s)));
         double downStart = 0;
-        double downEnd = report.LastRunningUs > origin ? (report.LastRunningUs - origin) / 1000.0 : spans.Select(s => s.EndMs).DefaultIfEmpty(0).Max();
+        double downEnd = report.LastRunningUs > origin
+            ? (report.LastRunningUs - origin) / 1000.0
+            : spans.Select(s => s.EndMs).DefaultIfEmpty(0).Max();
         return new Timeline(
-            title ?? $"vfio-mig {report.Role}: {report.Devices.Count} devices, {report.Channels} channels, {report.ModeName} loading, downtime {report.DowntimeMs:0} ms",
+            title ?? $"vfio-mig {report.Role}: {report.Devices.Count} devices, {report.Channels} channels, {report.ModeName} loading, "
+                + $"downtime {report.DowntimeMs:0} ms",
             ordered.Select(t => t.Name).ToList(), spans, downStart, downEnd);
     }
 

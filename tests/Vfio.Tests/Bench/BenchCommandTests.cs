@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using Vfio.Cli;
+using Vfio.Migration;
 
 namespace Vfio.Tests.Bench;
 
@@ -64,11 +65,43 @@ public class BenchCommandTests : IDisposable
         }
     }
 
+    [Fact]
+    public void SimulatedDevicesTakeTheRecordSizeAndSaveRate()
+    {
+        string json = Path.Combine(_dir, "sim.json");
+        var (code, output, error) = Run("bench", "--devices", "1", "--loading", "decoupled", "--channel-sweep", "none", "--repeat", "1",
+            "--state-size", "4MiB", "--sim-load-rate", "100MiB", "--sim-save-rate", "40MiB", "--sim-record-size", "1MiB",
+            "--skip-memory", "--out", _dir, "--json", json);
+        Assert.True(code == 0, output + error);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var row = Assert.Single(doc.RootElement.GetProperty("rows").EnumerateArray());
+        Assert.True(row.GetProperty("verified").GetBoolean());
+
+        // The report's device bound is computed from the parameters of the devices the run created, and both options
+        // change it (a record loads only once it was saved), so the bound shows that they reached the devices.
+        var sim = new SimulatedDeviceOptions
+        {
+            StateSize = 4 << 20,
+            LoadBytesPerSecond = 100 << 20,
+            SaveBytesPerSecond = 40 << 20,
+            RecordDataSize = 1 << 20,
+        };
+        double bound = row.GetProperty("device_bound_ms").GetDouble();
+        Assert.Equal(Bound(sim), bound, 3);
+        Assert.NotEqual(Bound(sim with { RecordDataSize = SimulatedDeviceOptions.DefaultRecordDataSize }), bound, 3);
+        Assert.NotEqual(Bound(sim with { SaveBytesPerSecond = 0 }), bound, 3);
+    }
+
+    private static double Bound(SimulatedDeviceOptions sim) =>
+        DeviceBound.Compute([(sim, sim, new object(), SimulatedPf.DefaultConcurrentLoads)]) * 1000;
+
     [Theory]
     [InlineData("--devices", "0")]
     [InlineData("--loading", "sideways")]
     [InlineData("--repeat", "0")]
     [InlineData("--state-size", "lots")]
+    [InlineData("--sim-save-rate", "lots")]
+    [InlineData("--sim-record-size", "0")]
     [InlineData("--device", "nopair")]
     [InlineData("--json", "/nonexistent-dir/bench.json")]
     [InlineData("--out", "/proc/version/x")]

@@ -5,22 +5,23 @@ using Xunit;
 
 namespace Vfio.Tests.Core;
 
-[CollectionDefinition("DeviceCommands paths", DisableParallelization = true)]
-public sealed class DeviceCommandsPathsCollection;
-
-/// <summary>`vfio-mig list` and `info` run in-process against fake trees (DeviceCommands.Paths is process-wide).</summary>
-[Collection("DeviceCommands paths")]
-public sealed class CliDeviceCommandsTests : IDisposable
+/// <summary>`vfio-mig list` and `info` run in-process against fake trees.</summary>
+public sealed class CliDeviceCommandsTests
 {
-    private readonly VfioHostPaths _saved = DeviceCommands.Paths;
+    /// <summary>The device commands reading sysfs and /dev under <paramref name="paths"/>.</summary>
+    private static (int Code, string Out, string Err) Invoke(VfioHostPaths paths, params string[] args)
+    {
+        var root = new RootCommand();
+        foreach (var command in DeviceCommands.Create(paths))
+            root.Subcommands.Add(command);
+        return Invoke(root, args);
+    }
 
-    public void Dispose() => DeviceCommands.Paths = _saved;
-
-    private static (int Code, string Out, string Err) Invoke(params string[] args)
+    private static (int Code, string Out, string Err) Invoke(RootCommand root, params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        int code = Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        int code = root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
         return (code, output.ToString(), error.ToString());
     }
 
@@ -30,8 +31,7 @@ public sealed class CliDeviceCommandsTests : IDisposable
     public void List_WithoutDevVfio_SaysSoInOneLineAndExitsZero()
     {
         using var fake = new FakeSysfs();
-        DeviceCommands.Paths = fake.Paths;
-        var (code, stdout, stderr) = Invoke("list");
+        var (code, stdout, stderr) = Invoke(fake.Paths, "list");
         Assert.Equal(0, code);
         Assert.Equal("", stdout);
         var line = Assert.Single(Lines(stderr));
@@ -43,8 +43,7 @@ public sealed class CliDeviceCommandsTests : IDisposable
     public void ListJson_WithoutDevVfio_PrintsAnEmptyArray()
     {
         using var fake = new FakeSysfs();
-        DeviceCommands.Paths = fake.Paths;
-        var (code, stdout, stderr) = Invoke("list", "--json");
+        var (code, stdout, stderr) = Invoke(fake.Paths, "list", "--json");
         Assert.Equal(0, code);
         Assert.Equal("[]", stdout.Trim());
         Assert.Single(Lines(stderr));
@@ -53,8 +52,7 @@ public sealed class CliDeviceCommandsTests : IDisposable
     [Fact]
     public void List_OnThisMachine_WorksWithTheRealPaths()
     {
-        DeviceCommands.Paths = VfioHostPaths.Default;
-        var (code, stdout, _) = Invoke("list", "--json", "--no-probe");
+        var (code, stdout, _) = Invoke(Program.BuildRoot(), "list", "--json", "--no-probe");
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(stdout);
         Assert.Equal(JsonValueKind.Array, doc.RootElement.ValueKind);
@@ -67,8 +65,7 @@ public sealed class CliDeviceCommandsTests : IDisposable
     {
         using var fake = new FakeSysfs();
         fake.CreateDevVfio();
-        DeviceCommands.Paths = fake.Paths;
-        var (code, stdout, _) = Invoke("list", "--json");
+        var (code, stdout, _) = Invoke(fake.Paths, "list", "--json");
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(stdout);
         var items = doc.RootElement.EnumerateArray().ToList();
@@ -88,8 +85,7 @@ public sealed class CliDeviceCommandsTests : IDisposable
     {
         using var fake = new FakeSysfs();
         fake.CreateDevVfio();
-        DeviceCommands.Paths = fake.Paths;
-        var (code, stdout, _) = Invoke("list", "--no-probe");
+        var (code, stdout, _) = Invoke(fake.Paths, "list", "--no-probe");
         Assert.Equal(0, code);
         var lines = Lines(stdout);
         Assert.Equal(4, lines.Length);
@@ -104,8 +100,7 @@ public sealed class CliDeviceCommandsTests : IDisposable
     public void Info_OfAMissingDevice_ExitsNonZeroWithOneLine()
     {
         using var fake = new FakeSysfs();
-        DeviceCommands.Paths = fake.Paths;
-        var (code, stdout, stderr) = Invoke("info", "0000:01:00.0");
+        var (code, stdout, stderr) = Invoke(fake.Paths, "info", "0000:01:00.0");
         Assert.NotEqual(0, code);
         Assert.Equal("", stdout);
         var line = Assert.Single(Lines(stderr));
@@ -117,8 +112,7 @@ public sealed class CliDeviceCommandsTests : IDisposable
     {
         using var fake = new FakeSysfs();
         fake.CreateDevVfio();
-        DeviceCommands.Paths = fake.Paths;
-        var (code, _, stderr) = Invoke("info", FakeSysfs.MlxVfCore, "--json");
+        var (code, _, stderr) = Invoke(fake.Paths, "info", FakeSysfs.MlxVfCore, "--json");
         Assert.Equal(1, code);
         var line = Assert.Single(Lines(stderr));
         Assert.Contains("mlx5_core", line);
@@ -129,8 +123,7 @@ public sealed class CliDeviceCommandsTests : IDisposable
     public void Info_WithoutDevVfio_ExitsNonZero()
     {
         using var fake = new FakeSysfs();
-        DeviceCommands.Paths = fake.Paths;
-        var (code, _, stderr) = Invoke("info", FakeSysfs.Mdev);
+        var (code, _, stderr) = Invoke(fake.Paths, "info", FakeSysfs.Mdev);
         Assert.Equal(1, code);
         Assert.Contains("VFIO is not available", Assert.Single(Lines(stderr)));
     }

@@ -1,0 +1,103 @@
+using System.CommandLine;
+using Vfio.Migration;
+using UsageException = Vfio.Cli.MigrationCommands.UsageException;
+
+namespace Vfio.Cli;
+
+/// <summary>
+/// The options that shape a migration run, the transport's and the simulated devices', defined once for every command
+/// that migrates (loopback, send, receive, bench) so that their names, defaults and checks cannot drift apart.
+/// </summary>
+internal sealed class MigrationOptionSet
+{
+    public readonly Option<int> Channels = new("--channels")
+    {
+        Description = "Data channels (TCP connections besides the main channel)",
+        DefaultValueFactory = _ => 6,
+    };
+    public readonly Option<string> BufferSize = new("--buffer-size")
+    {
+        Description = "Bytes per data buffer read from a device, e.g. 1MiB",
+        DefaultValueFactory = _ => "1MiB",
+    };
+    public readonly Option<int> Window = new("--window")
+    {
+        Description = "Buffers per device the destination lets be in flight (credits)",
+        DefaultValueFactory = _ => MigrationOptions.DefaultWindow,
+    };
+    public readonly Option<double> Timeout = new("--timeout") { Description = "Seconds a silent peer is tolerated", DefaultValueFactory = _ => 30 };
+    public readonly Option<string> StateSize = new("--state-size")
+    {
+        Description = "Simulated devices: state (stream) size, e.g. 64MiB",
+        DefaultValueFactory = _ => "64MiB",
+    };
+    public readonly Option<string> LoadRate = new("--sim-load-rate")
+    {
+        Description = "Simulated devices: load rate per second, e.g. 320MiB (0 = free)",
+        DefaultValueFactory = _ => "320MiB",
+    };
+    public readonly Option<string> SaveRate = new("--sim-save-rate")
+    {
+        Description = "Simulated devices: save rate per second (0 = unlimited)",
+        DefaultValueFactory = _ => "0",
+    };
+    public readonly Option<int> PfLimit = new("--sim-pf-concurrency")
+    {
+        Description = "Simulated devices: concurrent loads the shared PF allows",
+        DefaultValueFactory = _ => SimulatedPf.DefaultConcurrentLoads,
+    };
+    public readonly Option<string> RecordSize = new("--sim-record-size")
+    {
+        Description = "Simulated devices: data bytes per firmware record (the unit of a load)",
+        DefaultValueFactory = _ => "4MiB",
+    };
+
+    public void AddTo(Command c)
+    {
+        foreach (var o in new Option[] { Channels, BufferSize, Window, Timeout, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
+            c.Options.Add(o);
+    }
+
+    /// <summary>The transport's options, checked; the loading mode is left at its default for the command to set.</summary>
+    public MigrationOptions Options(ParseResult r)
+    {
+        double timeout = r.GetValue(Timeout);
+        if (!(timeout > 0 && timeout < 86400)) throw new UsageException("--timeout must be a positive number of seconds");
+        long buffer = Sizes.Parse(r.GetValue(BufferSize)!, "--buffer-size");
+        var o = new MigrationOptions
+        {
+            Channels = r.GetValue(Channels),
+            BufferSize = buffer > int.MaxValue ? int.MaxValue : (int)buffer,
+            Window = r.GetValue(Window),
+            Timeout = TimeSpan.FromSeconds(timeout),
+        };
+        try { o.Validate(); }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
+        return o;
+    }
+
+    /// <summary>The simulated devices' parameters, checked.</summary>
+    public SimulatedDeviceOptions Simulation(ParseResult r)
+    {
+        long record = Sizes.Parse(r.GetValue(RecordSize)!, "--sim-record-size");
+        if (record < 1 || record > 64 << 20) throw new UsageException("--sim-record-size must be between 1 byte and 64MiB");
+        var sim = new SimulatedDeviceOptions
+        {
+            StateSize = Sizes.Parse(r.GetValue(StateSize)!, "--state-size"),
+            LoadBytesPerSecond = Sizes.Parse(r.GetValue(LoadRate)!, "--sim-load-rate", rate: true),
+            SaveBytesPerSecond = Sizes.Parse(r.GetValue(SaveRate)!, "--sim-save-rate", rate: true),
+            RecordDataSize = (int)record,
+        };
+        if (sim.StateSize < SimStream.MinStateSize || sim.StateSize > SimStream.MaxStateSize)
+            throw new UsageException($"--state-size must be between {SimStream.MinStateSize} bytes and 1TiB");
+        return sim;
+    }
+
+    /// <summary>Concurrent loads a simulated PF allows, checked.</summary>
+    public int PfConcurrency(ParseResult r)
+    {
+        int pf = r.GetValue(PfLimit);
+        if (pf < 1) throw new UsageException("--sim-pf-concurrency must be at least 1");
+        return pf;
+    }
+}
