@@ -35,8 +35,8 @@ build() {
 }
 
 # The CLI as one self-contained executable that can be copied to a test host without .NET. ReadyToRun: a migration
-# is one run per process, so its data path must not start as unoptimised tier-0 code inside the downtime (a run of
-# 4 simulated VFs: x1.05 of the device bound JIT-compiled, x1.035 precompiled; docs/performance.md).
+# is one run per process, so its data path must not start as unoptimised tier-0 code inside the downtime
+# (docs/performance.md has the side-by-side figures).
 publish_cli() {
     mkdir -p "$ART/bin"
     dotnet publish src/Vfio.Cli -c $CONFIG -r linux-x64 --self-contained -p:PublishSingleFile=true -p:PublishReadyToRun=true \

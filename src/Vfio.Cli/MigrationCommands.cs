@@ -71,8 +71,10 @@ public static class MigrationCommands
     {
         var common = new Common();
         var sim = new Option<int?>("--sim") { Description = "Migrate N simulated VFs (sim:vf0..) to N simulated VFs" };
-        var nullDevices = new Option<bool>("--null") { Description = "Use devices with no cost (null:vf0..; --sim N sets how many, 4 by default): measures the transport alone; --state-size sets their state" };
-        var command = new Command("loopback", "Migrate devices within this process over loopback TCP (default: --sim 4 --channels 6); --device SRC=DST pairs real devices");
+        var nullDevices = new Option<bool>("--null") { Description = "Use devices with no cost (null:vf0..; --sim N sets how many, 4 by default): "
+            + "measures the transport alone; --state-size sets their state" };
+        var command = new Command("loopback", "Migrate devices within this process over loopback TCP (default: --sim 4 --channels 6); --device "
+            + "SRC=DST pairs real devices");
         common.AddTo(command);
         command.Options.Add(sim);
         command.Options.Add(nullDevices);
@@ -298,7 +300,8 @@ public static class MigrationCommands
                 return e > 0 ? $"{n} {Math.Min(100, b * 100 / e)}%" : $"{n} {b >> 20}MiB";
             });
             string line = string.Create(CultureInfo.InvariantCulture,
-                $"{total / 1048576.0:0.0}/{expected / 1048576.0:0.0} MiB  {(Environment.TickCount64 - _start) / 1000.0:0.0}s  {string.Join("  ", parts)}");
+                $"{total / 1048576.0:0.0}/{expected / 1048576.0:0.0} MiB  {(Environment.TickCount64 - _start) / 1000.0:0.0}s  "
+                    + $"{string.Join("  ", parts)}");
             if (line.Length > 150) line = line[..150];
             lock (_out) { _out.Write("\r" + line + "\u001b[K"); _out.Flush(); _drawn = true; }
         }

@@ -22,13 +22,15 @@ public static class SvgBarChart
         double Y(double v) => top + plotHeight - v / axisMax * plotHeight;
 
         var svg = new StringBuilder();
-        svg.Append(Inv($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n"));
+        svg.Append(Inv($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" "
+            + $"font-family=\"sans-serif\" font-size=\"12\">\n"));
         svg.Append("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
         svg.Append(Inv($"<text x=\"{left}\" y=\"24\" font-size=\"16\" font-weight=\"bold\">{Escape(title)}</text>\n"));
         double lx = left;
         for (int s = 0; s < series.Count; s++)
         {
-            svg.Append(Inv($"<rect x=\"{lx}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{Palette[s % Palette.Length]}\"/><text x=\"{lx + 16}\" y=\"44\">{Escape(series[s])}</text>\n"));
+            svg.Append(Inv($"<rect x=\"{lx}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{Palette[s % Palette.Length]}\"/><text x=\"{lx + 16}\" "
+                + $"y=\"44\">{Escape(series[s])}</text>\n"));
             lx += 40 + series[s].Length * 7;
         }
         for (double v = 0; v <= axisMax + step * 1e-9; v += step)
@@ -36,7 +38,8 @@ public static class SvgBarChart
             svg.Append(Inv($"<line x1=\"{left}\" y1=\"{Y(v):0.##}\" x2=\"{left + plotWidth}\" y2=\"{Y(v):0.##}\" stroke=\"#ddd\"/>"));
             svg.Append(Inv($"<text x=\"{left - 6}\" y=\"{Y(v) + 4:0.##}\" text-anchor=\"end\">{v:0.###}</text>\n"));
         }
-        svg.Append(Inv($"<text transform=\"translate(18 {top + plotHeight / 2}) rotate(-90)\" text-anchor=\"middle\">{Escape(valueAxisLabel)}</text>\n"));
+        svg.Append(Inv($"<text transform=\"translate(18 {top + plotHeight / 2}) rotate(-90)\" "
+            + $"text-anchor=\"middle\">{Escape(valueAxisLabel)}</text>\n"));
         svg.Append(Inv($"<text x=\"{left + plotWidth / 2}\" y=\"{height - 16}\" text-anchor=\"middle\">{Escape(groupAxisLabel)}</text>\n"));
 
         double groupWidth = plotWidth / Math.Max(groups.Count, 1);
@@ -48,10 +51,14 @@ public static class SvgBarChart
             {
                 int s = series.IndexOf(name);
                 double x = gx + s * barWidth;
-                svg.Append(Inv($"<rect x=\"{x:0.##}\" y=\"{Y(value):0.##}\" width=\"{barWidth * 0.92:0.##}\" height=\"{top + plotHeight - Y(value):0.##}\" fill=\"{Palette[s % Palette.Length]}\"><title>{Escape(groups[g].Label)} {Escape(name)}: {value:0.##}</title></rect>"));
-                svg.Append(Inv($"<text x=\"{x + barWidth * 0.46:0.##}\" y=\"{Y(value) - 3:0.##}\" text-anchor=\"middle\" font-size=\"10\">{value:0.#}</text>\n"));
+                svg.Append(Inv($"<rect x=\"{x:0.##}\" y=\"{Y(value):0.##}\" width=\"{barWidth * 0.92:0.##}\" "
+                    + $"height=\"{top + plotHeight - Y(value):0.##}\" fill=\"{Palette[s % Palette.Length]}\"><title>{Escape(groups[g].Label)} "
+                        + $"{Escape(name)}: {value:0.##}</title></rect>"));
+                svg.Append(Inv($"<text x=\"{x + barWidth * 0.46:0.##}\" y=\"{Y(value) - 3:0.##}\" text-anchor=\"middle\" "
+                    + $"font-size=\"10\">{value:0.#}</text>\n"));
             }
-            svg.Append(Inv($"<text x=\"{left + (g + 0.5) * groupWidth:0.##}\" y=\"{top + plotHeight + 18}\" text-anchor=\"middle\">{Escape(groups[g].Label)}</text>\n"));
+            svg.Append(Inv($"<text x=\"{left + (g + 0.5) * groupWidth:0.##}\" y=\"{top + plotHeight + 18}\" "
+                + $"text-anchor=\"middle\">{Escape(groups[g].Label)}</text>\n"));
         }
         svg.Append(Inv($"<line x1=\"{left}\" y1=\"{top + plotHeight}\" x2=\"{left + plotWidth}\" y2=\"{top + plotHeight}\" stroke=\"#333\"/>\n"));
         svg.Append("</svg>\n");

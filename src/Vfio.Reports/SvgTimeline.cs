@@ -41,14 +41,18 @@ public static class SvgTimeline
         double height = plotBottom + 60;
 
         var svg = new StringBuilder();
-        svg.Append(Inv($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:0.##}\" height=\"{height}\" viewBox=\"0 0 {width:0.##} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n"));
+        svg.Append(Inv($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:0.##}\" height=\"{height}\" viewBox=\"0 0 {width:0.##} {height}\" "
+            + $"font-family=\"sans-serif\" font-size=\"12\">\n"));
         svg.Append("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
         svg.Append(Inv($"<text x=\"{labelWidth:0.##}\" y=\"22\" font-size=\"16\" font-weight=\"bold\">{Escape(timeline.Title)}</text>\n"));
         WriteLegend(svg, timeline, labelWidth);
 
         double downtimeMs = timeline.DowntimeEndMs - timeline.DowntimeStartMs;
-        svg.Append(Inv($"<rect x=\"{X(timeline.DowntimeStartMs):0.##}\" y=\"{Top - 8}\" width=\"{Math.Max(downtimeMs / msPerPx, 0.5):0.##}\" height=\"{plotBottom - Top + 8}\" fill=\"#e63946\" fill-opacity=\"0.08\" stroke=\"#e63946\" stroke-dasharray=\"4 3\"><title>downtime {downtimeMs:0.#} ms</title></rect>\n"));
-        svg.Append(Inv($"<text x=\"{X(timeline.DowntimeStartMs) + 4:0.##}\" y=\"{Top - 12}\" fill=\"#e63946\">downtime {downtimeMs:0.#} ms</text>\n"));
+        svg.Append(Inv($"<rect x=\"{X(timeline.DowntimeStartMs):0.##}\" y=\"{Top - 8}\" width=\"{Math.Max(downtimeMs / msPerPx, 0.5):0.##}\" "
+            + $"height=\"{plotBottom - Top + 8}\" fill=\"#e63946\" fill-opacity=\"0.08\" stroke=\"#e63946\" "
+            + $"stroke-dasharray=\"4 3\"><title>downtime {downtimeMs:0.#} ms</title></rect>\n"));
+        svg.Append(Inv($"<text x=\"{X(timeline.DowntimeStartMs) + 4:0.##}\" y=\"{Top - 12}\" fill=\"#e63946\">downtime {downtimeMs:0.#} "
+            + $"ms</text>\n"));
 
         WriteAxis(svg, endMs, X, labelWidth, plotBottom);
 
@@ -61,10 +65,13 @@ public static class SvgTimeline
             // A span that began before the run's origin (set-up on another thread) is drawn from the origin.
             foreach (var span in Coalesce(spansByTrack[track], msPerPx).Select(sp => sp.StartMs < 0 ? sp with { StartMs = 0 } : sp))
             {
-                svg.Append(Inv($"<rect x=\"{X(span.StartMs):0.##}\" y=\"{y}\" width=\"{Math.Max(span.DurationMs / msPerPx, 0.5):0.##}\" height=\"{RowHeight}\" fill=\"{Colours[span.Kind]}\">"));
-                svg.Append(Inv($"<title>{Escape(track)}: {span.Kind.ToString().ToLowerInvariant()} {span.StartMs:0.#}-{span.EndMs:0.#} ms{(span.Detail is null ? "" : " " + Escape(span.Detail))}</title></rect>\n"));
+                svg.Append(Inv($"<rect x=\"{X(span.StartMs):0.##}\" y=\"{y}\" width=\"{Math.Max(span.DurationMs / msPerPx, 0.5):0.##}\" "
+                    + $"height=\"{RowHeight}\" fill=\"{Colours[span.Kind]}\">"));
+                svg.Append(Inv($"<title>{Escape(track)}: {span.Kind.ToString().ToLowerInvariant()} {span.StartMs:0.#}-{span.EndMs:0.#} "
+                    + $"ms{(span.Detail is null ? "" : " " + Escape(span.Detail))}</title></rect>\n"));
             }
-            svg.Append(Inv($"<text x=\"{labelWidth + PlotWidth + 8:0.##}\" y=\"{y + RowHeight - 6}\" fill=\"#333\">{Escape(totals[track])}</text>\n"));
+            svg.Append(Inv($"<text x=\"{labelWidth + PlotWidth + 8:0.##}\" y=\"{y + RowHeight - 6}\" "
+                + $"fill=\"#333\">{Escape(totals[track])}</text>\n"));
         }
         svg.Append("</svg>\n");
         return svg.ToString();
@@ -75,7 +82,8 @@ public static class SvgTimeline
         foreach (var kind in timeline.Spans.Select(s => s.Kind).Distinct().OrderBy(k => k))
         {
             string name = kind.ToString().ToLowerInvariant();
-            svg.Append(Inv($"<rect x=\"{x}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{Colours[kind]}\"/><text x=\"{x + 16}\" y=\"44\">{name}</text>\n"));
+            svg.Append(Inv($"<rect x=\"{x}\" y=\"34\" width=\"12\" height=\"12\" fill=\"{Colours[kind]}\"/><text x=\"{x + 16}\" "
+                + $"y=\"44\">{name}</text>\n"));
             x += 30 + name.Length * 7;
         }
     }
@@ -83,14 +91,16 @@ public static class SvgTimeline
     private static void WriteAxis(StringBuilder svg, double endMs, Func<double, double> x, double labelWidth, double plotBottom)
     {
         double step = NiceStep(endMs / 10);
-        svg.Append(Inv($"<line x1=\"{labelWidth:0.##}\" y1=\"{plotBottom}\" x2=\"{labelWidth + PlotWidth:0.##}\" y2=\"{plotBottom}\" stroke=\"#333\"/>\n"));
+        svg.Append(Inv($"<line x1=\"{labelWidth:0.##}\" y1=\"{plotBottom}\" x2=\"{labelWidth + PlotWidth:0.##}\" y2=\"{plotBottom}\" "
+            + $"stroke=\"#333\"/>\n"));
         for (double t = 0; t <= endMs + step * 1e-9; t += step)
         {
             double px = x(t);
             svg.Append(Inv($"<line x1=\"{px:0.##}\" y1=\"{Top - 4}\" x2=\"{px:0.##}\" y2=\"{plotBottom + 4}\" stroke=\"#ddd\"/>"));
             svg.Append(Inv($"<text x=\"{px:0.##}\" y=\"{plotBottom + 18}\" text-anchor=\"middle\">{t:0.###}</text>\n"));
         }
-        svg.Append(Inv($"<text x=\"{labelWidth + PlotWidth / 2:0.##}\" y=\"{plotBottom + 40}\" text-anchor=\"middle\">time since the run started (ms)</text>\n"));
+        svg.Append(Inv($"<text x=\"{labelWidth + PlotWidth / 2:0.##}\" y=\"{plotBottom + 40}\" text-anchor=\"middle\">time since the run started "
+            + $"(ms)</text>\n"));
     }
 
     /// <summary>1, 2 or 5 times a power of ten, at least <paramref name="rough"/>.</summary>

@@ -53,7 +53,10 @@ public sealed class SimulatedPf
     }
 }
 
-/// <summary>Parameters of a simulated device. The defaults model one mlx5 VF in the seed thread (about 200 ms to load alone).</summary>
+/// <summary>
+/// Parameters of a simulated device. The defaults model one ConnectX-7 mlx5 VF as measured for QEMU's multifd loading
+/// threads (about 200 ms to load alone).
+/// </summary>
 public sealed record SimulatedDeviceOptions
 {
     public const long DefaultStateSize = 64L << 20;

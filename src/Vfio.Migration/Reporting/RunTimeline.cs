@@ -79,7 +79,7 @@ public sealed class TimelineTrack
 public readonly record struct TimelineMark(string Name, long TimeUs);
 
 /// <summary>
-/// Every timestamped span of a run, grouped in tracks, plus marks. Issue 5's trace/SVG renderers read this
+/// Every timestamped span of a run, grouped in tracks, plus marks. The trace and SVG renderers read this
 /// after the run; the per-device figures in the report are sums over the loader tracks' spans.
 /// </summary>
 public sealed class RunTimeline

@@ -104,14 +104,16 @@ public class CliTests
         string sjson = Path.Combine(Path.GetTempPath(), $"vfio-mig-tx-{Guid.NewGuid():N}.json");
         string rtrace = Path.Combine(Path.GetTempPath(), $"vfio-mig-rx-{Guid.NewGuid():N}.trace.json");
         string ssvg = Path.Combine(Path.GetTempPath(), $"vfio-mig-tx-{Guid.NewGuid():N}.svg");
-        using var rx = Start(dll, $"receive --listen 127.0.0.1:0 --device sim:dst0 --device sim:dst1 --channels 3 {Small} --json {json} --trace {rtrace} --timeout 20");
+        using var rx = Start(dll, $"receive --listen 127.0.0.1:0 --device sim:dst0 --device sim:dst1 --channels 3 {Small} --json {json} --trace "
+            + $"{rtrace} --timeout 20");
         try
         {
             string? first = rx.StandardOutput.ReadLine();
             Assert.NotNull(first);
             Assert.StartsWith("listening on 127.0.0.1:", first);
             string port = first!["listening on 127.0.0.1:".Length..].Trim();
-            using var tx = Start(dll, $"send --to 127.0.0.1:{port} --device sim:vf0 --device sim:vf1 --channels 3 {Small} --json {sjson} --svg {ssvg} --timeout 20");
+            using var tx = Start(dll, $"send --to 127.0.0.1:{port} --device sim:vf0 --device sim:vf1 --channels 3 {Small} --json {sjson} --svg "
+                + $"{ssvg} --timeout 20");
             string txOut = tx.StandardOutput.ReadToEnd() + tx.StandardError.ReadToEnd();
             Assert.True(tx.WaitForExit(60_000), "sender did not exit");
             string rxOut = rx.StandardOutput.ReadToEnd() + rx.StandardError.ReadToEnd();
