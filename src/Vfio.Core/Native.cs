@@ -3,75 +3,9 @@ using Vfio.Interop;
 
 namespace Vfio;
 
-/// <summary>Syscalls on SafeHandle-owned descriptors, keeping errno, and the plain-language open errors.</summary>
-internal static unsafe class Native
+/// <summary>Opening VFIO nodes with plain-language errors, and how the kernel says a feature is not supported.</summary>
+internal static class Native
 {
-    /// <summary>ioctl with a pointer argument; returns the result and errno (0 on success).</summary>
-    public static int Ioctl(FileDescriptorHandle handle, nuint request, void* arg, out int errno)
-    {
-        bool added = false;
-        handle.DangerousAddRef(ref added);
-        try
-        {
-            int r = Libc.Ioctl(handle.Fd, request, arg);
-            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
-            return r;
-        }
-        finally
-        {
-            if (added) handle.DangerousRelease();
-        }
-    }
-
-    /// <summary>ioctl with an integer argument passed by value.</summary>
-    public static int IoctlValue(FileDescriptorHandle handle, nuint request, nint arg, out int errno)
-    {
-        bool added = false;
-        handle.DangerousAddRef(ref added);
-        try
-        {
-            int r = Libc.IoctlValue(handle.Fd, request, arg);
-            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
-            return r;
-        }
-        finally
-        {
-            if (added) handle.DangerousRelease();
-        }
-    }
-
-    public static nint PRead(FileDescriptorHandle handle, byte* buffer, nuint count, long offset, out int errno)
-    {
-        bool added = false;
-        handle.DangerousAddRef(ref added);
-        try
-        {
-            nint r = Libc.PRead(handle.Fd, buffer, count, offset);
-            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
-            return r;
-        }
-        finally
-        {
-            if (added) handle.DangerousRelease();
-        }
-    }
-
-    public static nint PWrite(FileDescriptorHandle handle, byte* buffer, nuint count, long offset, out int errno)
-    {
-        bool added = false;
-        handle.DangerousAddRef(ref added);
-        try
-        {
-            nint r = Libc.PWrite(handle.Fd, buffer, count, offset);
-            errno = r < 0 ? Marshal.GetLastPInvokeError() : 0;
-            return r;
-        }
-        finally
-        {
-            if (added) handle.DangerousRelease();
-        }
-    }
-
     /// <summary>Opens a VFIO node read-write and close-on-exec; failures become plain-language <see cref="VfioException"/>s.</summary>
     public static FileDescriptorHandle OpenNode(string path, string what, VfioHostPaths paths)
     {

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Vfio.Interop;
 
 namespace Vfio;
@@ -28,9 +29,9 @@ public sealed unsafe class VfioContainer : IDisposable
         var container = new VfioContainer(handle, paths);
         try
         {
-            int version = Native.IoctlValue(handle, VfioUapi.VFIO_GET_API_VERSION, 0, out int errno);
+            int version = Libc.IoctlValue(handle, VfioUapi.VFIO_GET_API_VERSION, 0);
             if (version < 0)
-                throw new VfioException($"VFIO_GET_API_VERSION on {paths.ContainerNode}", errno);
+                throw VfioException.FromLastError($"VFIO_GET_API_VERSION on {paths.ContainerNode}");
             if (version != VfioUapi.VFIO_API_VERSION)
                 throw new VfioException($"VFIO_GET_API_VERSION on {paths.ContainerNode}", 0,
                     $"the kernel speaks VFIO API {version}, this tool speaks {VfioUapi.VFIO_API_VERSION}");
@@ -46,9 +47,9 @@ public sealed unsafe class VfioContainer : IDisposable
     /// <summary>VFIO_CHECK_EXTENSION: whether the kernel offers an IOMMU model or extension (e.g. VFIO_TYPE1v2_IOMMU).</summary>
     public bool CheckExtension(int extension)
     {
-        int r = Native.IoctlValue(Handle, VfioUapi.VFIO_CHECK_EXTENSION, extension, out int errno);
+        int r = Libc.IoctlValue(Handle, VfioUapi.VFIO_CHECK_EXTENSION, extension);
         if (r < 0)
-            throw new VfioException($"VFIO_CHECK_EXTENSION({extension})", errno);
+            throw VfioException.FromLastError($"VFIO_CHECK_EXTENSION({extension})");
         return r > 0;
     }
 
@@ -60,8 +61,8 @@ public sealed unsafe class VfioContainer : IDisposable
         if (!CheckExtension(type))
             throw new VfioException($"VFIO_CHECK_EXTENSION({type})", 0,
                 $"the kernel does not offer IOMMU model {type} (is the host IOMMU enabled: intel_iommu=on / amd_iommu?)");
-        if (Native.IoctlValue(Handle, VfioUapi.VFIO_SET_IOMMU, type, out int errno) < 0)
-            throw new VfioException($"VFIO_SET_IOMMU({type})", errno);
+        if (Libc.IoctlValue(Handle, VfioUapi.VFIO_SET_IOMMU, type) < 0)
+            throw VfioException.FromLastError($"VFIO_SET_IOMMU({type})");
         IommuType = type;
     }
 
@@ -105,8 +106,8 @@ public sealed unsafe class VfioGroup : IDisposable
     public uint GetStatusFlags()
     {
         var status = new VfioGroupStatus { Argsz = (uint)sizeof(VfioGroupStatus) };
-        if (Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_STATUS, &status, out int errno) < 0)
-            throw new VfioException($"VFIO_GROUP_GET_STATUS on group {Id}", errno);
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_STATUS, &status) < 0)
+            throw VfioException.FromLastError($"VFIO_GROUP_GET_STATUS on group {Id}");
         return status.Flags;
     }
 
@@ -124,9 +125,10 @@ public sealed unsafe class VfioGroup : IDisposable
             throw new VfioException($"VFIO_GROUP_GET_STATUS on group {Id}", 0, NotViableMessage(Id, Paths));
         if ((flags & VfioUapi.VFIO_GROUP_FLAGS_CONTAINER_SET) == 0)
         {
-            int fd = container.Handle.Fd;
-            if (Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_SET_CONTAINER, &fd, out int errno) < 0)
-                throw new VfioException($"VFIO_GROUP_SET_CONTAINER on group {Id}", errno);
+            using var containerFd = new BorrowedFd(container.Handle);
+            int fd = containerFd.Fd;
+            if (Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_SET_CONTAINER, &fd) < 0)
+                throw VfioException.FromLastError($"VFIO_GROUP_SET_CONTAINER on group {Id}");
         }
         _container = container;
         container.SetIommu();
@@ -138,11 +140,11 @@ public sealed unsafe class VfioGroup : IDisposable
         var bytes = new byte[System.Text.Encoding.UTF8.GetByteCount(name) + 1];
         System.Text.Encoding.UTF8.GetBytes(name, bytes);
         int fd;
-        int errno;
         fixed (byte* p = bytes)
-            fd = Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_DEVICE_FD, p, out errno);
+            fd = Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_DEVICE_FD, p);
         if (fd >= 0)
             return new FileDescriptorHandle(fd);
+        int errno = Marshal.GetLastPInvokeError();
         var op = $"VFIO_GROUP_GET_DEVICE_FD({name}) on group {Id}";
         throw errno switch
         {
@@ -190,8 +192,8 @@ public sealed unsafe class Iommufd : IDisposable
     public uint AllocIoas()
     {
         var alloc = new IommuIoasAlloc { Size = (uint)sizeof(IommuIoasAlloc) };
-        if (Native.Ioctl(Handle, VfioUapi.IOMMU_IOAS_ALLOC, &alloc, out int errno) < 0)
-            throw new VfioException("IOMMU_IOAS_ALLOC", errno);
+        if (Libc.Ioctl(Handle, VfioUapi.IOMMU_IOAS_ALLOC, &alloc) < 0)
+            throw VfioException.FromLastError("IOMMU_IOAS_ALLOC");
         return alloc.OutIoasId;
     }
 
@@ -199,8 +201,8 @@ public sealed unsafe class Iommufd : IDisposable
     public void Destroy(uint id)
     {
         var destroy = new IommuDestroy { Size = (uint)sizeof(IommuDestroy), Id = id };
-        if (Native.Ioctl(Handle, VfioUapi.IOMMU_DESTROY, &destroy, out int errno) < 0)
-            throw new VfioException($"IOMMU_DESTROY({id})", errno);
+        if (Libc.Ioctl(Handle, VfioUapi.IOMMU_DESTROY, &destroy) < 0)
+            throw VfioException.FromLastError($"IOMMU_DESTROY({id})");
     }
 
     public void Dispose() => Handle.Dispose();

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using Vfio.Interop;
 
 namespace Vfio;
@@ -156,15 +157,11 @@ public sealed unsafe class VfioDevice : IDisposable
             iommufd = Iommufd.Open(paths);
             handle = Native.OpenNode(paths.CdevNode(cdevName), $"device {sysfs.Name} ({cdevName})", paths);
             var device = new VfioDevice(sysfs.Name, handle, sysfs, VfioOpenMode.Cdev, null, null, iommufd);
-            var bind = new VfioDeviceBindIommufd { Argsz = (uint)sizeof(VfioDeviceBindIommufd), Iommufd = iommufd.Handle.Fd };
-            if (Native.Ioctl(handle, VfioUapi.VFIO_DEVICE_BIND_IOMMUFD, &bind, out int errno) < 0)
-                throw new VfioException($"VFIO_DEVICE_BIND_IOMMUFD on {sysfs.Name}", errno,
-                    errno == Libc.EBUSY ? "device busy: it is already bound (open elsewhere)" : null);
-            device.IommufdDeviceId = bind.OutDevid;
+            device.IommufdDeviceId = Bind(handle, iommufd, sysfs.Name);
             uint ioas = iommufd.AllocIoas();
             var attach = new VfioDeviceAttachIommufdPt { Argsz = (uint)sizeof(VfioDeviceAttachIommufdPt), PtId = ioas };
-            if (Native.Ioctl(handle, VfioUapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach, out errno) < 0)
-                throw new VfioException($"VFIO_DEVICE_ATTACH_IOMMUFD_PT({ioas}) on {sysfs.Name}", errno);
+            if (Libc.Ioctl(handle, VfioUapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach) < 0)
+                throw VfioException.FromLastError($"VFIO_DEVICE_ATTACH_IOMMUFD_PT({ioas}) on {sysfs.Name}");
             return device;
         }
         catch
@@ -175,6 +172,20 @@ public sealed unsafe class VfioDevice : IDisposable
         }
     }
 
+    /// <summary>VFIO_DEVICE_BIND_IOMMUFD; returns the iommufd device id.</summary>
+    private static uint Bind(FileDescriptorHandle device, Iommufd iommufd, string name)
+    {
+        using var iommufdFd = new BorrowedFd(iommufd.Handle);
+        var bind = new VfioDeviceBindIommufd { Argsz = (uint)sizeof(VfioDeviceBindIommufd), Iommufd = iommufdFd.Fd };
+        if (Libc.Ioctl(device, VfioUapi.VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new VfioException($"VFIO_DEVICE_BIND_IOMMUFD on {name}", errno,
+                errno == Libc.EBUSY ? "device busy: it is already bound (open elsewhere)" : null);
+        }
+        return bind.OutDevid;
+    }
+
     // ---- info and regions -------------------------------------------------------------------------
 
     /// <summary>VFIO_DEVICE_GET_INFO (cached).</summary>
@@ -183,8 +194,8 @@ public sealed unsafe class VfioDevice : IDisposable
     private VfioDeviceInformation QueryInfo()
     {
         var info = new VfioDeviceInfo { Argsz = (uint)sizeof(VfioDeviceInfo) };
-        if (Native.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_INFO, &info, out int errno) < 0)
-            throw new VfioException($"VFIO_DEVICE_GET_INFO on {Name}", errno);
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_INFO, &info) < 0)
+            throw VfioException.FromLastError($"VFIO_DEVICE_GET_INFO on {Name}");
         return new VfioDeviceInformation(info.Flags, info.NumRegions, info.NumIrqs);
     }
 
@@ -192,8 +203,8 @@ public sealed unsafe class VfioDevice : IDisposable
     public VfioRegion GetRegion(uint index)
     {
         var info = new VfioRegionInfo { Argsz = (uint)sizeof(VfioRegionInfo), Index = index };
-        if (Native.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_REGION_INFO, &info, out int errno) < 0)
-            throw new VfioException($"VFIO_DEVICE_GET_REGION_INFO({index}) on {Name}", errno);
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_REGION_INFO, &info) < 0)
+            throw VfioException.FromLastError($"VFIO_DEVICE_GET_REGION_INFO({index}) on {Name}");
         return new VfioRegion(info.Index, info.Flags, info.Size, info.Offset);
     }
 
@@ -219,10 +230,11 @@ public sealed unsafe class VfioDevice : IDisposable
             int done = 0;
             while (done < buffer.Length)
             {
-                nint n = Native.PRead(Handle, p + done, (nuint)(buffer.Length - done), (long)(region.Offset + offset) + done, out int errno);
+                nint n = Libc.PRead(Handle, p + done, (nuint)(buffer.Length - done), (long)(region.Offset + offset) + done);
                 if (n > 0) { done += (int)n; continue; }
-                if (n < 0 && errno == Libc.EINTR) continue;
-                throw new VfioException($"pread({region.Name} of {Name} at 0x{offset + (ulong)done:x})", n == 0 ? Libc.EIO : errno,
+                int errno = n == 0 ? Libc.EIO : Marshal.GetLastPInvokeError();
+                if (errno == Libc.EINTR) continue;
+                throw new VfioException($"pread({region.Name} of {Name} at 0x{offset + (ulong)done:x})", errno,
                     $"{done} of {buffer.Length} bytes read");
             }
         }
@@ -237,10 +249,11 @@ public sealed unsafe class VfioDevice : IDisposable
             int done = 0;
             while (done < data.Length)
             {
-                nint n = Native.PWrite(Handle, p + done, (nuint)(data.Length - done), (long)(region.Offset + offset) + done, out int errno);
+                nint n = Libc.PWrite(Handle, p + done, (nuint)(data.Length - done), (long)(region.Offset + offset) + done);
                 if (n > 0) { done += (int)n; continue; }
-                if (n < 0 && errno == Libc.EINTR) continue;
-                throw new VfioException($"pwrite({region.Name} of {Name} at 0x{offset + (ulong)done:x})", n == 0 ? Libc.EIO : errno,
+                int errno = n == 0 ? Libc.EIO : Marshal.GetLastPInvokeError();
+                if (errno == Libc.EINTR) continue;
+                throw new VfioException($"pwrite({region.Name} of {Name} at 0x{offset + (ulong)done:x})", errno,
                     $"{done} of {data.Length} bytes written");
             }
         }
@@ -290,9 +303,13 @@ public sealed unsafe class VfioDevice : IDisposable
     /// <summary>VFIO_DEVICE_RESET. Also brings a device out of the ERROR migration state (to RUNNING).</summary>
     public void Reset()
     {
-        if (Native.IoctlValue(Handle, VfioUapi.VFIO_DEVICE_RESET, 0, out int errno) < 0)
+        if (Libc.IoctlValue(Handle, VfioUapi.VFIO_DEVICE_RESET, 0) < 0)
+        {
+            // Read before Info, which may make an ioctl of its own.
+            int errno = Marshal.GetLastPInvokeError();
             throw new VfioException($"VFIO_DEVICE_RESET on {Name}", errno,
                 Info.SupportsReset ? null : "the device does not report VFIO_DEVICE_FLAGS_RESET");
+        }
     }
 
     // ---- VFIO_DEVICE_FEATURE ----------------------------------------------------------------------
@@ -311,8 +328,8 @@ public sealed unsafe class VfioDevice : IDisposable
         byte* data = (byte*)buffer + sizeof(VfioDeviceFeature);
         if (payloadSize > 0)
             Buffer.MemoryCopy(payload, data, payloadSize, payloadSize);
-        if (Native.Ioctl(Handle, VfioUapi.VFIO_DEVICE_FEATURE, buffer, out int errno) < 0)
-            return errno;
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_FEATURE, buffer) < 0)
+            return Marshal.GetLastPInvokeError();
         // Copied back after SET too: SET MIG_DEVICE_STATE returns the data fd in the payload.
         if (payloadSize > 0)
             Buffer.MemoryCopy(data, payload, payloadSize, payloadSize);

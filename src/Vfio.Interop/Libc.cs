@@ -2,7 +2,11 @@ using System.Runtime.InteropServices;
 
 namespace Vfio.Interop;
 
-/// <summary>The few libc calls VFIO needs. Every call sets the last P/Invoke error so callers can keep errno.</summary>
+/// <summary>
+/// The few libc calls VFIO needs. Every call sets the last P/Invoke error so callers can keep errno. A descriptor that a
+/// SafeHandle owns is passed as that handle: the generated marshaller holds a reference for the duration of the call,
+/// so a concurrent Dispose cannot close the number (and let another open reuse it) while the kernel works on it.
+/// </summary>
 public static unsafe partial class Libc
 {
     private const string Lib = "libc";
@@ -49,27 +53,30 @@ public static unsafe partial class Libc
 
     /// <summary>ioctl with a pointer argument; VFIO passes struct pointers.</summary>
     [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
-    public static partial int Ioctl(int fd, nuint request, void* arg);
+    public static partial int Ioctl(SafeHandle fd, nuint request, void* arg);
 
     /// <summary>ioctl with an integer argument passed by value (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU).</summary>
     [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
-    public static partial int IoctlValue(int fd, nuint request, nint arg);
+    public static partial int IoctlValue(SafeHandle fd, nuint request, nint arg);
 
     [LibraryImport(Lib, EntryPoint = "read", SetLastError = true)]
-    public static partial nint Read(int fd, void* buf, nuint count);
+    public static partial nint Read(SafeHandle fd, void* buf, nuint count);
 
     [LibraryImport(Lib, EntryPoint = "write", SetLastError = true)]
-    public static partial nint Write(int fd, void* buf, nuint count);
+    public static partial nint Write(SafeHandle fd, void* buf, nuint count);
 
-    /// <summary>writev(2); <paramref name="iov"/> is an array of struct iovec {base, length}.</summary>
+    /// <summary>
+    /// writev(2); <paramref name="iov"/> is an array of struct iovec {base, length}. Takes the raw number of a socket: the
+    /// caller holds a reference on the socket's handle around its whole send loop.
+    /// </summary>
     [LibraryImport(Lib, EntryPoint = "writev", SetLastError = true)]
     public static partial nint Writev(int fd, nint* iov, int count);
 
     [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
-    public static partial nint PRead(int fd, void* buf, nuint count, long offset);
+    public static partial nint PRead(SafeHandle fd, void* buf, nuint count, long offset);
 
     [LibraryImport(Lib, EntryPoint = "pwrite", SetLastError = true)]
-    public static partial nint PWrite(int fd, void* buf, nuint count, long offset);
+    public static partial nint PWrite(SafeHandle fd, void* buf, nuint count, long offset);
 
     [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
     public static partial int Pipe2(int* fds, int flags);

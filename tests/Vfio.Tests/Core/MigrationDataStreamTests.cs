@@ -126,7 +126,7 @@ public unsafe class MigrationDataStreamTests
         public readonly MemoryStream Written = new();
         public int ReadCalls, WriteCalls;
 
-        public nint Read(int fd, byte* buffer, nuint count, out int errno)
+        public nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
         {
             ReadCalls++;
             var (n, e) = Reads.Dequeue();
@@ -135,7 +135,7 @@ public unsafe class MigrationDataStreamTests
             return n;
         }
 
-        public nint Write(int fd, byte* buffer, nuint count, out int errno)
+        public nint Write(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
         {
             WriteCalls++;
             var (n, e) = Writes.Dequeue();
