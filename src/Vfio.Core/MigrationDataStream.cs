@@ -42,7 +42,7 @@ public interface IInPlaceDataEndpoint : IDataStreamEndpoint
 /// Simulated devices give a stream over an in-process endpoint instead of an fd, so that the simulator costs no
 /// kernel copies on the machine whose engine it is used to measure.
 /// </summary>
-public sealed unsafe class MigrationDataStream : IDisposable
+public sealed class MigrationDataStream : IDisposable
 {
     private readonly FileDescriptorHandle? _handle;
     private readonly IDataStreamEndpoint? _endpoint;
@@ -85,7 +85,7 @@ public sealed unsafe class MigrationDataStream : IDisposable
         return inPlace.ReadInPlace(max);
     }
 
-    public DataRead Read(Span<byte> buffer)
+    public unsafe DataRead Read(Span<byte> buffer)
     {
         if (buffer.IsEmpty)
             throw new ArgumentException("read buffer is empty", nameof(buffer));
@@ -94,6 +94,7 @@ public sealed unsafe class MigrationDataStream : IDisposable
             ObjectDisposedException.ThrowIf(_disposed, this);
             return _endpoint.Read(buffer);
         }
+        // p: the caller's buffer, pinned by fixed for every read.
         fixed (byte* p = buffer)
         {
             while (true)
@@ -116,7 +117,7 @@ public sealed unsafe class MigrationDataStream : IDisposable
     /// Writes every byte, in order. Returns the number of write(2) calls it took, which tells how
     /// the kernel split the buffer (a device may load synchronously inside one of them).
     /// </summary>
-    public int WriteAll(ReadOnlySpan<byte> data)
+    public unsafe int WriteAll(ReadOnlySpan<byte> data)
     {
         if (_endpoint is not null)
         {
@@ -127,6 +128,7 @@ public sealed unsafe class MigrationDataStream : IDisposable
             return writes;
         }
         int calls = 0;
+        // p: the caller's data, pinned by fixed for every write.
         fixed (byte* p = data)
         {
             int done = 0;
@@ -151,11 +153,12 @@ public sealed unsafe class MigrationDataStream : IDisposable
     }
 
     /// <summary>VFIO_MIG_GET_PRECOPY_INFO: bytes the device has ready in PRE_COPY.</summary>
-    public (ulong InitialBytes, ulong DirtyBytes) GetPrecopyInfo()
+    public unsafe (ulong InitialBytes, ulong DirtyBytes) GetPrecopyInfo()
     {
         if (_endpoint is not null)
             throw new VfioException($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}", Libc.ENOTTY, "the simulated device has no PRE_COPY");
         var info = new VfioPrecopyInfo { Argsz = (uint)sizeof(VfioPrecopyInfo) };
+        // &info: stack memory of this frame.
         if (Libc.Ioctl(_handle!, VfioUapi.VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
             throw VfioException.FromLastError($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}");
         return (info.InitialBytes, info.DirtyBytes);
@@ -170,27 +173,27 @@ public sealed unsafe class MigrationDataStream : IDisposable
 }
 
 /// <summary>The syscalls a data fd stream makes; replaced in tests to inject errno results.</summary>
-internal unsafe interface IDataFdSyscalls
+internal interface IDataFdSyscalls
 {
     /// <summary>read(2): bytes read, 0 at end, or -1 with <paramref name="errno"/> set.</summary>
-    nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno);
+    unsafe nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno);
 
     /// <summary>write(2): bytes written, or -1 with <paramref name="errno"/> set.</summary>
-    nint Write(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno);
+    unsafe nint Write(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno);
 }
 
-internal sealed unsafe class LibcDataFdSyscalls : IDataFdSyscalls
+internal sealed class LibcDataFdSyscalls : IDataFdSyscalls
 {
     public static readonly LibcDataFdSyscalls Instance = new();
 
-    public nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
+    public unsafe nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
     {
         nint n = Libc.Read(fd, buffer, count);
         errno = n < 0 ? System.Runtime.InteropServices.Marshal.GetLastPInvokeError() : 0;
         return n;
     }
 
-    public nint Write(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
+    public unsafe nint Write(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
     {
         nint n = Libc.Write(fd, buffer, count);
         errno = n < 0 ? System.Runtime.InteropServices.Marshal.GetLastPInvokeError() : 0;

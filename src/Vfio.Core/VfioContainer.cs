@@ -4,7 +4,7 @@ using Vfio.Interop;
 namespace Vfio;
 
 /// <summary>A legacy VFIO container (/dev/vfio/vfio): groups are attached to it, then it gets an IOMMU model.</summary>
-public sealed unsafe class VfioContainer : IDisposable
+public sealed class VfioContainer : IDisposable
 {
     private VfioContainer(FileDescriptorHandle handle, VfioHostPaths paths)
     {
@@ -70,7 +70,7 @@ public sealed unsafe class VfioContainer : IDisposable
 }
 
 /// <summary>A VFIO group (/dev/vfio/&lt;N&gt;): the unit of ownership; its devices are opened through it.</summary>
-public sealed unsafe class VfioGroup : IDisposable
+public sealed class VfioGroup : IDisposable
 {
     private VfioContainer? _container;
 
@@ -103,9 +103,10 @@ public sealed unsafe class VfioGroup : IDisposable
     }
 
     /// <summary>VFIO_GROUP_GET_STATUS flags (VIABLE, CONTAINER_SET).</summary>
-    public uint GetStatusFlags()
+    public unsafe uint GetStatusFlags()
     {
         var status = new VfioGroupStatus { Argsz = (uint)sizeof(VfioGroupStatus) };
+        // &status: stack memory of this frame.
         if (Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_STATUS, &status) < 0)
             throw VfioException.FromLastError($"VFIO_GROUP_GET_STATUS on group {Id}");
         return status.Flags;
@@ -118,7 +119,7 @@ public sealed unsafe class VfioGroup : IDisposable
     /// VFIO_GROUP_SET_CONTAINER, then VFIO_SET_IOMMU(TYPE1v2) on the container if not yet set. Throws a
     /// "group not viable" error naming the devices and drivers that stand in the way.
     /// </summary>
-    public void SetContainer(VfioContainer container)
+    public unsafe void SetContainer(VfioContainer container)
     {
         var flags = GetStatusFlags();
         if ((flags & VfioUapi.VFIO_GROUP_FLAGS_VIABLE) == 0)
@@ -127,6 +128,7 @@ public sealed unsafe class VfioGroup : IDisposable
         {
             using var containerFd = new BorrowedFd(container.Handle);
             int fd = containerFd.Fd;
+            // &fd: stack memory of this frame; the number stays the container's while containerFd holds it.
             if (Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_SET_CONTAINER, &fd) < 0)
                 throw VfioException.FromLastError($"VFIO_GROUP_SET_CONTAINER on group {Id}");
         }
@@ -135,11 +137,12 @@ public sealed unsafe class VfioGroup : IDisposable
     }
 
     /// <summary>VFIO_GROUP_GET_DEVICE_FD for a PCI address or mdev UUID in this group.</summary>
-    public FileDescriptorHandle OpenDeviceFd(string name)
+    public unsafe FileDescriptorHandle OpenDeviceFd(string name)
     {
         var bytes = new byte[System.Text.Encoding.UTF8.GetByteCount(name) + 1];
         System.Text.Encoding.UTF8.GetBytes(name, bytes);
         int fd;
+        // p: the NUL-terminated name, pinned by fixed for the ioctl.
         fixed (byte* p = bytes)
             fd = Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_DEVICE_FD, p);
         if (fd >= 0)
@@ -170,7 +173,7 @@ public sealed unsafe class VfioGroup : IDisposable
 }
 
 /// <summary>An iommufd context (/dev/iommu) for the cdev path: devices bind to it and attach to an IOAS.</summary>
-public sealed unsafe class Iommufd : IDisposable
+public sealed class Iommufd : IDisposable
 {
     private Iommufd(FileDescriptorHandle handle) => Handle = handle;
 
@@ -189,18 +192,20 @@ public sealed unsafe class Iommufd : IDisposable
     }
 
     /// <summary>IOMMU_IOAS_ALLOC: a new I/O address space; returns its id.</summary>
-    public uint AllocIoas()
+    public unsafe uint AllocIoas()
     {
         var alloc = new IommuIoasAlloc { Size = (uint)sizeof(IommuIoasAlloc) };
+        // &alloc: stack memory of this frame.
         if (Libc.Ioctl(Handle, VfioUapi.IOMMU_IOAS_ALLOC, &alloc) < 0)
             throw VfioException.FromLastError("IOMMU_IOAS_ALLOC");
         return alloc.OutIoasId;
     }
 
     /// <summary>IOMMU_DESTROY of an object (IOAS, HWPT) by id.</summary>
-    public void Destroy(uint id)
+    public unsafe void Destroy(uint id)
     {
         var destroy = new IommuDestroy { Size = (uint)sizeof(IommuDestroy), Id = id };
+        // &destroy: stack memory of this frame.
         if (Libc.Ioctl(Handle, VfioUapi.IOMMU_DESTROY, &destroy) < 0)
             throw VfioException.FromLastError($"IOMMU_DESTROY({id})");
     }

@@ -44,7 +44,7 @@ public readonly record struct VfioRegion(uint Index, uint Flags, ulong Size, ulo
 /// An open VFIO device: its fd and whatever it was opened through (group and container, or iommufd), all
 /// owned by SafeHandles and closed on <see cref="Dispose"/>.
 /// </summary>
-public sealed unsafe class VfioDevice : IDisposable
+public sealed class VfioDevice : IDisposable
 {
     private readonly VfioGroup? _ownedGroup;
     private readonly VfioContainer? _ownedContainer;
@@ -145,7 +145,7 @@ public sealed unsafe class VfioDevice : IDisposable
         }
     }
 
-    private static VfioDevice OpenCdev(VfioSysfsDevice sysfs, VfioHostPaths paths)
+    private static unsafe VfioDevice OpenCdev(VfioSysfsDevice sysfs, VfioHostPaths paths)
     {
         if (sysfs.CdevName is not string cdevName)
             throw new VfioException($"open {sysfs.Name}", Libc.ENODEV,
@@ -160,6 +160,7 @@ public sealed unsafe class VfioDevice : IDisposable
             device.IommufdDeviceId = Bind(handle, iommufd, sysfs.Name);
             uint ioas = iommufd.AllocIoas();
             var attach = new VfioDeviceAttachIommufdPt { Argsz = (uint)sizeof(VfioDeviceAttachIommufdPt), PtId = ioas };
+            // &attach: stack memory of this frame.
             if (Libc.Ioctl(handle, VfioUapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach) < 0)
                 throw VfioException.FromLastError($"VFIO_DEVICE_ATTACH_IOMMUFD_PT({ioas}) on {sysfs.Name}");
             return device;
@@ -173,10 +174,11 @@ public sealed unsafe class VfioDevice : IDisposable
     }
 
     /// <summary>VFIO_DEVICE_BIND_IOMMUFD; returns the iommufd device id.</summary>
-    private static uint Bind(FileDescriptorHandle device, Iommufd iommufd, string name)
+    private static unsafe uint Bind(FileDescriptorHandle device, Iommufd iommufd, string name)
     {
         using var iommufdFd = new BorrowedFd(iommufd.Handle);
         var bind = new VfioDeviceBindIommufd { Argsz = (uint)sizeof(VfioDeviceBindIommufd), Iommufd = iommufdFd.Fd };
+        // &bind: stack memory of this frame; its iommufd number stays the iommufd's while iommufdFd holds it.
         if (Libc.Ioctl(device, VfioUapi.VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0)
         {
             int errno = Marshal.GetLastPInvokeError();
@@ -191,18 +193,20 @@ public sealed unsafe class VfioDevice : IDisposable
     /// <summary>VFIO_DEVICE_GET_INFO (cached).</summary>
     public VfioDeviceInformation Info => _info ??= QueryInfo();
 
-    private VfioDeviceInformation QueryInfo()
+    private unsafe VfioDeviceInformation QueryInfo()
     {
         var info = new VfioDeviceInfo { Argsz = (uint)sizeof(VfioDeviceInfo) };
+        // &info: stack memory of this frame.
         if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_INFO, &info) < 0)
             throw VfioException.FromLastError($"VFIO_DEVICE_GET_INFO on {Name}");
         return new VfioDeviceInformation(info.Flags, info.NumRegions, info.NumIrqs);
     }
 
     /// <summary>VFIO_DEVICE_GET_REGION_INFO for one index.</summary>
-    public VfioRegion GetRegion(uint index)
+    public unsafe VfioRegion GetRegion(uint index)
     {
         var info = new VfioRegionInfo { Argsz = (uint)sizeof(VfioRegionInfo), Index = index };
+        // &info: stack memory of this frame.
         if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_REGION_INFO, &info) < 0)
             throw VfioException.FromLastError($"VFIO_DEVICE_GET_REGION_INFO({index}) on {Name}");
         return new VfioRegion(info.Index, info.Flags, info.Size, info.Offset);
@@ -222,9 +226,10 @@ public sealed unsafe class VfioDevice : IDisposable
     }
 
     /// <summary>Reads a region at an offset within it (pread on the device fd at region offset + offset).</summary>
-    public void ReadRegion(uint index, ulong offset, Span<byte> buffer)
+    public unsafe void ReadRegion(uint index, ulong offset, Span<byte> buffer)
     {
         var region = CheckRange(index, offset, buffer.Length, write: false);
+        // p: the caller's buffer, pinned by fixed for every pread.
         fixed (byte* p = buffer)
         {
             int done = 0;
@@ -241,9 +246,10 @@ public sealed unsafe class VfioDevice : IDisposable
     }
 
     /// <summary>Writes a region at an offset within it (pwrite on the device fd).</summary>
-    public void WriteRegion(uint index, ulong offset, ReadOnlySpan<byte> data)
+    public unsafe void WriteRegion(uint index, ulong offset, ReadOnlySpan<byte> data)
     {
         var region = CheckRange(index, offset, data.Length, write: true);
+        // p: the caller's data, pinned by fixed for every pwrite.
         fixed (byte* p = data)
         {
             int done = 0;
@@ -314,25 +320,28 @@ public sealed unsafe class VfioDevice : IDisposable
 
     // ---- VFIO_DEVICE_FEATURE ----------------------------------------------------------------------
 
+    /// <summary>VFIO_DEVICE_FEATURE with a struct as its payload (see <see cref="Feature(uint, Span{byte})"/>).</summary>
+    private int Feature<T>(uint flags, ref T payload) where T : unmanaged =>
+        Feature(flags, MemoryMarshal.AsBytes(new Span<T>(ref payload)));
+
     /// <summary>
     /// One VFIO_DEVICE_FEATURE call: header {argsz, flags} followed by the payload, copied back afterwards.
     /// Returns the errno (0 on success) so callers can treat "not supported" themselves.
     /// </summary>
-    private int Feature(uint flags, void* payload, int payloadSize)
+    private unsafe int Feature(uint flags, Span<byte> payload)
     {
-        int total = sizeof(VfioDeviceFeature) + payloadSize;
+        int total = sizeof(VfioDeviceFeature) + payload.Length;
         ulong* buffer = stackalloc ulong[(total + 7) / 8];
         var header = (VfioDeviceFeature*)buffer;
         header->Argsz = (uint)total;
         header->Flags = flags;
-        byte* data = (byte*)buffer + sizeof(VfioDeviceFeature);
-        if (payloadSize > 0)
-            Buffer.MemoryCopy(payload, data, payloadSize, payloadSize);
+        var data = new Span<byte>((byte*)buffer + sizeof(VfioDeviceFeature), payload.Length);
+        payload.CopyTo(data);
+        // buffer: stackalloc memory of this frame.
         if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_FEATURE, buffer) < 0)
             return Marshal.GetLastPInvokeError();
         // Copied back after SET too: SET MIG_DEVICE_STATE returns the data fd in the payload.
-        if (payloadSize > 0)
-            Buffer.MemoryCopy(data, payload, payloadSize, payloadSize);
+        data.CopyTo(payload);
         return 0;
     }
 
@@ -355,7 +364,7 @@ public sealed unsafe class VfioDevice : IDisposable
     {
         uint flags = feature | VfioUapi.VFIO_DEVICE_FEATURE_PROBE
             | (get ? VfioUapi.VFIO_DEVICE_FEATURE_GET : 0) | (set ? VfioUapi.VFIO_DEVICE_FEATURE_SET : 0);
-        int errno = Feature(flags, null, 0);
+        int errno = Feature(flags, []);
         if (errno == 0) return true;
         if (Native.IsNotSupported(errno)) return false;
         throw new VfioException(FeatureOp("PROBE", feature), errno);
@@ -368,7 +377,7 @@ public sealed unsafe class VfioDevice : IDisposable
     public MigrationFlags? GetMigrationFlags()
     {
         var mig = new VfioDeviceFeatureMigration();
-        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION | VfioUapi.VFIO_DEVICE_FEATURE_GET, &mig, sizeof(VfioDeviceFeatureMigration));
+        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref mig);
         if (errno == 0) return (MigrationFlags)mig.Flags;
         if (Native.IsNotSupported(errno)) return null;
         throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION), errno);
@@ -383,7 +392,7 @@ public sealed unsafe class VfioDevice : IDisposable
     public MigrationState GetMigrationState()
     {
         var st = new VfioDeviceFeatureMigState { DataFd = -1 };
-        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_GET, &st, sizeof(VfioDeviceFeatureMigState));
+        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref st);
         if (errno != 0)
             throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE), errno);
         return (MigrationState)st.DeviceState;
@@ -410,7 +419,7 @@ public sealed unsafe class VfioDevice : IDisposable
             throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), Libc.EINVAL,
                 "STOP_COPY -> PRE_COPY is not permitted (refused before the kernel, whose helper can loop forever on it); the device is now in STOP_COPY");
         var st = new VfioDeviceFeatureMigState { DeviceState = (uint)target, DataFd = -1 };
-        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_SET, &st, sizeof(VfioDeviceFeatureMigState));
+        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_SET, ref st);
         if (errno != 0)
         {
             string detail;
@@ -438,23 +447,24 @@ public sealed unsafe class VfioDevice : IDisposable
     public bool TryGetMigrationDataSize(out ulong size, out int errno)
     {
         var ds = new VfioDeviceFeatureMigDataSize();
-        errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE | VfioUapi.VFIO_DEVICE_FEATURE_GET, &ds, sizeof(VfioDeviceFeatureMigDataSize));
+        errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref ds);
         size = ds.StopCopyLength;
         return errno == 0;
     }
 
     /// <summary>DMA_LOGGING_START: the device starts tracking the pages it writes in the given IOVA ranges.</summary>
-    public void StartDmaLogging(ulong pageSize, IReadOnlyList<(ulong Iova, ulong Length)> ranges)
+    public unsafe void StartDmaLogging(ulong pageSize, IReadOnlyList<(ulong Iova, ulong Length)> ranges)
     {
         if (ranges.Count == 0)
             throw new ArgumentException("DMA logging needs at least one IOVA range", nameof(ranges));
         var array = new VfioDeviceFeatureDmaLoggingRange[ranges.Count];
         for (int i = 0; i < array.Length; i++)
             array[i] = new VfioDeviceFeatureDmaLoggingRange { Iova = ranges[i].Iova, Length = ranges[i].Length };
+        // p: the ranges the kernel reads through control.Ranges, pinned by fixed for the ioctl.
         fixed (VfioDeviceFeatureDmaLoggingRange* p = array)
         {
             var control = new VfioDeviceFeatureDmaLoggingControl { PageSize = pageSize, NumRanges = (uint)array.Length, Ranges = (ulong)p };
-            int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START | VfioUapi.VFIO_DEVICE_FEATURE_SET, &control, sizeof(VfioDeviceFeatureDmaLoggingControl));
+            int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START | VfioUapi.VFIO_DEVICE_FEATURE_SET, ref control);
             if (errno != 0)
                 throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START), errno,
                     Native.IsNotSupported(errno) ? "the device does not support DMA logging (dirty page tracking)" : null);
@@ -464,7 +474,7 @@ public sealed unsafe class VfioDevice : IDisposable
     /// <summary>DMA_LOGGING_STOP.</summary>
     public void StopDmaLogging()
     {
-        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP | VfioUapi.VFIO_DEVICE_FEATURE_SET, null, 0);
+        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP | VfioUapi.VFIO_DEVICE_FEATURE_SET, []);
         if (errno != 0)
             throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP), errno);
     }
@@ -473,17 +483,18 @@ public sealed unsafe class VfioDevice : IDisposable
     /// DMA_LOGGING_REPORT: fills <paramref name="bitmap"/> (one bit per page of <paramref name="pageSize"/> over
     /// [iova, iova+length), at least ceil(length / pageSize / 64) words) with the pages dirtied since the last report.
     /// </summary>
-    public void ReportDmaLogging(ulong iova, ulong length, ulong pageSize, Span<ulong> bitmap)
+    public unsafe void ReportDmaLogging(ulong iova, ulong length, ulong pageSize, Span<ulong> bitmap)
     {
         if (pageSize == 0)
             throw new ArgumentOutOfRangeException(nameof(pageSize));
         ulong pages = (length + pageSize - 1) / pageSize;
         if ((ulong)bitmap.Length < (pages + 63) / 64)
             throw new ArgumentException($"the bitmap needs {(pages + 63) / 64} words for {pages} pages", nameof(bitmap));
+        // p: the bitmap the kernel writes through report.Bitmap, pinned by fixed for the ioctl.
         fixed (ulong* p = bitmap)
         {
             var report = new VfioDeviceFeatureDmaLoggingReport { Iova = iova, Length = length, PageSize = pageSize, Bitmap = (ulong)p };
-            int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT | VfioUapi.VFIO_DEVICE_FEATURE_GET, &report, sizeof(VfioDeviceFeatureDmaLoggingReport));
+            int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref report);
             if (errno != 0)
                 throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT), errno);
         }

@@ -7,7 +7,7 @@ namespace Vfio.Interop;
 /// SafeHandle owns is passed as that handle: the generated marshaller holds a reference for the duration of the call,
 /// so a concurrent Dispose cannot close the number (and let another open reuse it) while the kernel works on it.
 /// </summary>
-public static unsafe partial class Libc
+public static partial class Libc
 {
     private const string Lib = "libc";
 
@@ -53,43 +53,43 @@ public static unsafe partial class Libc
 
     /// <summary>ioctl with a pointer argument; VFIO passes struct pointers.</summary>
     [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
-    public static partial int Ioctl(SafeHandle fd, nuint request, void* arg);
+    public static unsafe partial int Ioctl(SafeHandle fd, nuint request, void* arg);
 
     /// <summary>ioctl with an integer argument passed by value (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU).</summary>
     [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
     public static partial int IoctlValue(SafeHandle fd, nuint request, nint arg);
 
     [LibraryImport(Lib, EntryPoint = "read", SetLastError = true)]
-    public static partial nint Read(SafeHandle fd, void* buf, nuint count);
+    public static unsafe partial nint Read(SafeHandle fd, void* buf, nuint count);
 
     [LibraryImport(Lib, EntryPoint = "write", SetLastError = true)]
-    public static partial nint Write(SafeHandle fd, void* buf, nuint count);
+    public static unsafe partial nint Write(SafeHandle fd, void* buf, nuint count);
 
     /// <summary>
     /// writev(2); <paramref name="iov"/> is an array of struct iovec {base, length}. Takes the raw number of a socket: the
     /// caller holds a reference on the socket's handle around its whole send loop.
     /// </summary>
     [LibraryImport(Lib, EntryPoint = "writev", SetLastError = true)]
-    public static partial nint Writev(int fd, nint* iov, int count);
+    public static unsafe partial nint Writev(int fd, nint* iov, int count);
 
     [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
-    public static partial nint PRead(SafeHandle fd, void* buf, nuint count, long offset);
+    public static unsafe partial nint PRead(SafeHandle fd, void* buf, nuint count, long offset);
 
     [LibraryImport(Lib, EntryPoint = "pwrite", SetLastError = true)]
-    public static partial nint PWrite(SafeHandle fd, void* buf, nuint count, long offset);
+    public static unsafe partial nint PWrite(SafeHandle fd, void* buf, nuint count, long offset);
 
     [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
-    public static partial int Pipe2(int* fds, int flags);
+    public static unsafe partial int Pipe2(int* fds, int flags);
 
     [LibraryImport(Lib, EntryPoint = "socketpair", SetLastError = true)]
-    public static partial int SocketPair(int domain, int type, int protocol, int* fds);
+    public static unsafe partial int SocketPair(int domain, int type, int protocol, int* fds);
 
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int Fcntl(int fd, int cmd, int arg);
 
     /// <summary>nanosleep with a struct timespec as two longs {tv_sec, tv_nsec} (x86_64/arm64 layout).</summary>
     [LibraryImport(Lib, EntryPoint = "nanosleep", SetLastError = true)]
-    public static partial int NanoSleep(long* request, long* remaining);
+    public static unsafe partial int NanoSleep(long* request, long* remaining);
 
     [LibraryImport(Lib, EntryPoint = "gettid")]
     public static partial int GetTid();
