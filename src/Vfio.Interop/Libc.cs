@@ -101,9 +101,24 @@ public static partial class Libc
     [LibraryImport(Lib, EntryPoint = "geteuid")]
     public static partial uint GetEuid();
 
-    [LibraryImport(Lib, EntryPoint = "strerror")]
-    private static partial nint StrError(int errnum);
+    /// <summary>
+    /// The XSI strerror_r (fills the buffer, returns 0 or an errno), by the name both glibc and musl export it under:
+    /// glibc's own strerror_r symbol is the GNU variant, which returns a char* that need not point into the buffer,
+    /// while musl's is the XSI one, so no single signature for "strerror_r" is right on both.
+    /// </summary>
+    [LibraryImport(Lib, EntryPoint = "__xpg_strerror_r")]
+    private static unsafe partial int StrErrorR(int errnum, byte* buf, nuint buflen);
 
-    /// <summary>The C library's message for an errno (as strerror(3) gives it).</summary>
-    public static string ErrorMessage(int errno) => Marshal.PtrToStringUTF8(StrError(errno)) ?? $"errno {errno}";
+    /// <summary>The C library's message for an errno (as strerror(3) gives it, but safe to call from any thread).</summary>
+    public static unsafe string ErrorMessage(int errno)
+    {
+        // Longer than any message of glibc or musl; one that did not fit would come back cut short, still terminated.
+        const int size = 256;
+        byte* buffer = stackalloc byte[size];
+        // buffer: stack memory of this frame. The result is not checked: for an unknown errno glibc returns EINVAL but
+        // still writes "Unknown error N", the message strerror gives.
+        StrErrorR(errno, buffer, size);
+        var message = Marshal.PtrToStringUTF8((nint)buffer);
+        return string.IsNullOrEmpty(message) ? $"errno {errno}" : message;
+    }
 }

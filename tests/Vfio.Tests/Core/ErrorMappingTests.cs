@@ -33,6 +33,15 @@ public class ErrorMappingTests
         Assert.Contains("Bad file descriptor", e.Message);
     }
 
+    [Fact]
+    public void ErrorMessage_IsTheCLibrarysText_AlsoForAnUnknownErrno()
+    {
+        Assert.Equal("Bad file descriptor", Libc.ErrorMessage(Libc.EBADF));
+        Assert.Equal("No such device", Libc.ErrorMessage(Libc.ENODEV));
+        // glibc's text; musl would say "No error information".
+        Assert.Equal("Unknown error 1234", Libc.ErrorMessage(1234));
+    }
+
     [Theory]
     [InlineData(Libc.EPERM, "EPERM")]
     [InlineData(Libc.EBUSY, "EBUSY")]
