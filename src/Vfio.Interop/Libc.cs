@@ -11,10 +11,7 @@ public static partial class Libc
 {
     private const string Lib = "libc";
 
-    public const int O_RDONLY = 0x0;
-    public const int O_WRONLY = 0x1;
     public const int O_RDWR = 0x2;
-    public const int O_NONBLOCK = 0x800;
     public const int O_CLOEXEC = 0x80000;
 
     public const int EPERM = 1;
@@ -40,10 +37,6 @@ public static partial class Libc
     public const int SOCK_CLOEXEC = 0x80000;
 
     public const int PRIO_PROCESS = 0;
-
-    public const int F_GETFL = 3;
-    public const int F_SETFL = 4;
-    public const int F_SETPIPE_SZ = 1031;
 
     [LibraryImport(Lib, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Open(string path, int flags);
@@ -83,9 +76,6 @@ public static partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "socketpair", SetLastError = true)]
     public static unsafe partial int SocketPair(int domain, int type, int protocol, int* fds);
-
-    [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
-    public static partial int Fcntl(int fd, int cmd, int arg);
 
     /// <summary>nanosleep with a struct timespec as two longs {tv_sec, tv_nsec} (x86_64/arm64 layout).</summary>
     [LibraryImport(Lib, EntryPoint = "nanosleep", SetLastError = true)]
