@@ -93,4 +93,27 @@ public class ErrorMappingTests
         Assert.Equal(Libc.ENOTTY, e.Errno);
         Assert.Contains("VFIO_GET_API_VERSION", e.Message);
     }
+
+    [Fact]
+    public void Iommufd_OnARegularFile_ReportsEachIoctlWithItsErrno_AndRefusesUseAfterDispose()
+    {
+        // No iommufd needed (the test guest's kernel has none): a regular file in place of /dev/iommu opens, and its
+        // ioctls fail with ENOTTY, which shows a failure keeps the kernel's errno and names the ioctl and its argument.
+        using var fake = new FakeSysfs();
+        Directory.CreateDirectory(fake.Paths.DevRoot);
+        File.WriteAllText(fake.Paths.IommufdNode, "");
+        var iommufd = Iommufd.Open(fake.Paths);
+
+        var destroy = Assert.Throws<VfioException>(() => iommufd.Destroy(5));
+        Assert.Equal(Libc.ENOTTY, destroy.Errno);
+        Assert.Equal("IOMMU_DESTROY(5)", destroy.Operation);
+        Assert.Equal("IOMMU_DESTROY(5) failed: ENOTTY (Inappropriate ioctl for device)", destroy.Message);
+
+        var alloc = Assert.Throws<VfioException>(() => iommufd.AllocIoas());
+        Assert.Equal(Libc.ENOTTY, alloc.Errno);
+        Assert.Equal("IOMMU_IOAS_ALLOC", alloc.Operation);
+
+        iommufd.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => iommufd.Destroy(5));
+    }
 }
