@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>Owns one Linux file descriptor (container, group, device, iommufd or migration data fd).</summary>
 public sealed class FileDescriptorHandle : SafeHandle

@@ -1,6 +1,6 @@
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 public enum DataReadStatus
 {

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>A legacy VFIO container (/dev/vfio/vfio): groups are attached to it, then it gets an IOMMU model.</summary>
 public sealed class VfioContainer : IDisposable
@@ -24,8 +24,8 @@ public sealed class VfioContainer : IDisposable
     {
         paths ??= VfioHostPaths.Default;
         if (!paths.HasVfio)
-            throw Native.NoVfio(paths);
-        var handle = Native.OpenNode(paths.ContainerNode, "the VFIO container", paths);
+            throw DeviceNodes.NoVfio(paths);
+        var handle = DeviceNodes.OpenNode(paths.ContainerNode, "the VFIO container", paths);
         var container = new VfioContainer(handle, paths);
         try
         {
@@ -94,12 +94,12 @@ public sealed class VfioGroup : IDisposable
     {
         paths ??= VfioHostPaths.Default;
         if (!paths.HasVfio)
-            throw Native.NoVfio(paths);
+            throw DeviceNodes.NoVfio(paths);
         var node = paths.GroupNode(id);
         if (!File.Exists(node))
             throw new VfioException($"open {node}", Libc.ENOENT,
                 $"IOMMU group {id} has no {node}: no device of the group is bound to a VFIO driver (vfio-pci or a variant such as mlx5_vfio_pci)");
-        return new VfioGroup(id, Native.OpenNode(node, $"IOMMU group {id}", paths), paths);
+        return new VfioGroup(id, DeviceNodes.OpenNode(node, $"IOMMU group {id}", paths), paths);
     }
 
     /// <summary>VFIO_GROUP_GET_STATUS flags (VIABLE, CONTAINER_SET).</summary>
@@ -188,7 +188,7 @@ public sealed class Iommufd : IDisposable
         if (!File.Exists(paths.IommufdNode))
             throw new VfioException($"open {paths.IommufdNode}", Libc.ENOENT,
                 "no /dev/iommu: the kernel has no iommufd (CONFIG_IOMMUFD); use the group/container path");
-        return new Iommufd(Native.OpenNode(paths.IommufdNode, "iommufd", paths));
+        return new Iommufd(DeviceNodes.OpenNode(paths.IommufdNode, "iommufd", paths));
     }
 
     /// <summary>IOMMU_IOAS_ALLOC: a new I/O address space; returns its id.</summary>

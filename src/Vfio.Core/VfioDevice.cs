@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>How a device fd is obtained.</summary>
 public enum VfioOpenMode
@@ -105,7 +105,7 @@ public sealed class VfioDevice : IDisposable
                 $"{why}; it must be bound to vfio-pci or a vfio-pci variant driver such as mlx5_vfio_pci");
         }
         if (!paths.HasVfio)
-            throw Native.NoVfio(paths);
+            throw DeviceNodes.NoVfio(paths);
         if (mode == VfioOpenMode.Auto)
         {
             bool groupNode = sysfs.IommuGroup is int g && File.Exists(paths.GroupNode(g));
@@ -155,7 +155,7 @@ public sealed class VfioDevice : IDisposable
         try
         {
             iommufd = Iommufd.Open(paths);
-            handle = Native.OpenNode(paths.CdevNode(cdevName), $"device {sysfs.Name} ({cdevName})", paths);
+            handle = DeviceNodes.OpenNode(paths.CdevNode(cdevName), $"device {sysfs.Name} ({cdevName})", paths);
             var device = new VfioDevice(sysfs.Name, handle, sysfs, VfioOpenMode.Cdev, null, null, iommufd);
             device.IommufdDeviceId = Bind(handle, iommufd, sysfs.Name);
             uint ioas = iommufd.AllocIoas();
@@ -345,6 +345,9 @@ public sealed class VfioDevice : IDisposable
         return 0;
     }
 
+    /// <summary>ENOTTY, EINVAL or EOPNOTSUPP: how the kernel says a VFIO_DEVICE_FEATURE is not supported.</summary>
+    internal static bool IsNotSupported(int errno) => errno is Libc.ENOTTY or Libc.EINVAL or Libc.EOPNOTSUPP;
+
     private static string FeatureName(uint feature) => feature switch
     {
         VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION => "MIGRATION",
@@ -366,7 +369,7 @@ public sealed class VfioDevice : IDisposable
             | (get ? VfioUapi.VFIO_DEVICE_FEATURE_GET : 0) | (set ? VfioUapi.VFIO_DEVICE_FEATURE_SET : 0);
         int errno = Feature(flags, []);
         if (errno == 0) return true;
-        if (Native.IsNotSupported(errno)) return false;
+        if (IsNotSupported(errno)) return false;
         throw new VfioException(FeatureOp("PROBE", feature), errno);
     }
 
@@ -379,7 +382,7 @@ public sealed class VfioDevice : IDisposable
         var mig = new VfioDeviceFeatureMigration();
         int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref mig);
         if (errno == 0) return (MigrationFlags)mig.Flags;
-        if (Native.IsNotSupported(errno)) return null;
+        if (IsNotSupported(errno)) return null;
         throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION), errno);
     }
 
@@ -441,7 +444,7 @@ public sealed class VfioDevice : IDisposable
         TryGetMigrationDataSize(out var size, out int errno)
             ? size
             : throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE), errno,
-                Native.IsNotSupported(errno) ? "the kernel or the driver does not offer MIG_DATA_SIZE (needs Linux 6.3+ and driver support)" : null);
+                IsNotSupported(errno) ? "the kernel or the driver does not offer MIG_DATA_SIZE (needs Linux 6.3+ and driver support)" : null);
 
     /// <summary>MIG_DATA_SIZE, or false with the errno when the device does not offer it.</summary>
     public bool TryGetMigrationDataSize(out ulong size, out int errno)
@@ -467,7 +470,7 @@ public sealed class VfioDevice : IDisposable
             int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START | VfioUapi.VFIO_DEVICE_FEATURE_SET, ref control);
             if (errno != 0)
                 throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START), errno,
-                    Native.IsNotSupported(errno) ? "the device does not support DMA logging (dirty page tracking)" : null);
+                    IsNotSupported(errno) ? "the device does not support DMA logging (dirty page tracking)" : null);
         }
     }
 

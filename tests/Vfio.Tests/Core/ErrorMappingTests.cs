@@ -56,29 +56,29 @@ public class ErrorMappingTests
     public void OpenErrors_SayPlainlyWhatIsWrong()
     {
         using var fake = new FakeSysfs();
-        var noVfio = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
+        var noVfio = DeviceNodes.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
         Assert.Contains("no ", noVfio.Message);
         Assert.Contains("VFIO is not available", noVfio.Message);
 
         fake.CreateDevVfio();
-        var busy = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EBUSY, fake.Paths);
+        var busy = DeviceNodes.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EBUSY, fake.Paths);
         Assert.Equal(Libc.EBUSY, busy.Errno);
         Assert.Contains("IOMMU group 7 is busy", busy.Message);
         Assert.Contains("open /dev/vfio/7 failed: EBUSY", busy.Message);
 
-        var denied = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EACCES, fake.Paths);
+        var denied = DeviceNodes.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EACCES, fake.Paths);
         Assert.Contains(Libc.GetEuid() == 0 ? "although running as root" : "not root", denied.Message);
 
-        var missing = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
+        var missing = DeviceNodes.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
         Assert.Contains("has no device node", missing.Message);
     }
 
     [Fact]
     public void FeatureNotSupported_IsEnottyOrEinval()
     {
-        Assert.True(Native.IsNotSupported(Libc.ENOTTY));
-        Assert.True(Native.IsNotSupported(Libc.EINVAL));
-        Assert.False(Native.IsNotSupported(Libc.EBUSY));
+        Assert.True(VfioDevice.IsNotSupported(Libc.ENOTTY));
+        Assert.True(VfioDevice.IsNotSupported(Libc.EINVAL));
+        Assert.False(VfioDevice.IsNotSupported(Libc.EBUSY));
     }
 
     [Fact]

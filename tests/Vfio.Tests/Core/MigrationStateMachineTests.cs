@@ -1,6 +1,6 @@
 using Vfio;
 using Xunit;
-using S = Vfio.MigrationState;
+using S = Vfio.Core.MigrationState;
 
 namespace Vfio.Tests.Core;
 

@@ -1,10 +1,10 @@
 using System.Runtime.InteropServices;
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
-/// <summary>Opening VFIO nodes with plain-language errors, and how the kernel says a feature is not supported.</summary>
-internal static class Native
+/// <summary>Opening the VFIO device nodes (container, group, cdev, iommufd), with plain-language errors when that fails.</summary>
+internal static class DeviceNodes
 {
     /// <summary>Opens a VFIO node read-write and close-on-exec; failures become plain-language <see cref="VfioException"/>s.</summary>
     public static FileDescriptorHandle OpenNode(string path, string what, VfioHostPaths paths)
@@ -34,7 +34,4 @@ internal static class Native
     public static VfioException NoVfio(VfioHostPaths paths) =>
         new($"open {paths.VfioDir}", Libc.ENOENT,
             $"no {paths.VfioDir} on this host: VFIO is not available (load the vfio-pci module; a device must be bound to vfio-pci or a variant driver)");
-
-    /// <summary>"EINVAL or ENOTTY": how the kernel says a VFIO_DEVICE_FEATURE is not supported.</summary>
-    public static bool IsNotSupported(int errno) => errno is Libc.ENOTTY or Libc.EINVAL or Libc.EOPNOTSUPP;
 }
