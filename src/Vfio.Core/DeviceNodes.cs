@@ -25,7 +25,8 @@ internal static class DeviceNodes
             Libc.EACCES or Libc.EPERM when Libc.GetEuid() != 0 =>
                 new VfioException(op, errno, $"not root: opening {what} needs root (run as root)"),
             Libc.EACCES or Libc.EPERM =>
-                new VfioException(op, errno, $"permission denied opening {what} although running as root (a security module or device cgroup refuses it)"),
+                new VfioException(op, errno,
+                    $"permission denied opening {what} although running as root (a security module or device cgroup refuses it)"),
             Libc.EBUSY => new VfioException(op, errno, $"{what} is busy: it is already open (by another process such as QEMU, or by this one)"),
             _ => new VfioException(op, errno, $"cannot open {what}"),
         };
@@ -33,5 +34,6 @@ internal static class DeviceNodes
 
     public static VfioException NoVfio(VfioHostPaths paths) =>
         new($"open {paths.VfioDir}", Libc.ENOENT,
-            $"no {paths.VfioDir} on this host: VFIO is not available (load the vfio-pci module; a device must be bound to vfio-pci or a variant driver)");
+            $"no {paths.VfioDir} on this host: VFIO is not available "
+            + "(load the vfio-pci module; a device must be bound to vfio-pci or a variant driver)");
 }

@@ -151,7 +151,8 @@ public sealed class VfioGroup : IDisposable
         var op = $"VFIO_GROUP_GET_DEVICE_FD({name}) on group {Id}";
         throw errno switch
         {
-            Libc.EBUSY => new VfioException(op, errno, $"device {name} is busy: it is already open (by another process such as QEMU, or by this one)"),
+            Libc.EBUSY => new VfioException(op, errno,
+                $"device {name} is busy: it is already open (by another process such as QEMU, or by this one)"),
             Libc.ENODEV => new VfioException(op, errno, $"device {name} is not in IOMMU group {Id}"),
             Libc.EINVAL when _container is null => new VfioException(op, errno, "the group has no container with an IOMMU set"),
             _ => new VfioException(op, errno),
@@ -164,9 +165,10 @@ public sealed class VfioGroup : IDisposable
         var members = VfioSysfs.GroupMembers(id, paths);
         var blockers = members.Where(m => m.Driver is not null && !VfioSysfs.IsVfioDriverName(m.Driver))
             .Select(m => $"{m.Name} (driver {m.Driver})").ToArray();
+        var message = $"IOMMU group {id} is not viable: every device in it must be bound to a VFIO driver or to none";
         return blockers.Length > 0
-            ? $"IOMMU group {id} is not viable: every device in it must be bound to a VFIO driver or to none, but {string.Join(", ", blockers)} {(blockers.Length == 1 ? "is" : "are")} not"
-            : $"IOMMU group {id} is not viable: every device in it must be bound to a VFIO driver or to none";
+            ? $"{message}, but {string.Join(", ", blockers)} {(blockers.Length == 1 ? "is" : "are")} not"
+            : message;
     }
 
     public void Dispose() => Handle.Dispose();

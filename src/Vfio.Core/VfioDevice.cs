@@ -126,7 +126,8 @@ public sealed class VfioDevice : IDisposable
     {
         if (sysfs.IommuGroup is not int groupId)
             throw new VfioException($"open {sysfs.Name}", Libc.ENODEV,
-                $"{sysfs.Name} has no IOMMU group ({Path.Combine(sysfs.SysfsPath, "iommu_group")} is missing): enable the IOMMU (intel_iommu=on) or use an mdev");
+                $"{sysfs.Name} has no IOMMU group ({Path.Combine(sysfs.SysfsPath, "iommu_group")} is missing): "
+                + "enable the IOMMU (intel_iommu=on) or use an mdev");
         VfioContainer? container = null;
         VfioGroup? group = null;
         try
@@ -389,7 +390,8 @@ public sealed class VfioDevice : IDisposable
     /// <summary>As <see cref="GetMigrationFlags"/>, but throws a plain "not migratable" error when unsupported.</summary>
     public MigrationFlags RequireMigrationFlags() =>
         GetMigrationFlags() ?? throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION), Libc.ENOTTY,
-            $"{Name} does not support migration (its driver offers no VFIO migration; for mlx5 VFs bind mlx5_vfio_pci after enabling the port function's migratable capability)");
+            $"{Name} does not support migration (its driver offers no VFIO migration; "
+            + "for mlx5 VFs bind mlx5_vfio_pci after enabling the port function's migratable capability)");
 
     /// <summary>VFIO_DEVICE_FEATURE GET MIG_DEVICE_STATE.</summary>
     public MigrationState GetMigrationState()
@@ -414,13 +416,15 @@ public sealed class VfioDevice : IDisposable
     /// </remarks>
     public MigrationDataStream? SetMigrationState(MigrationState target)
     {
+        var op = FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target));
         var current = GetMigrationState();
         if (current == MigrationState.Error && target != MigrationState.Error)
-            throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), Libc.EINVAL,
+            throw new VfioException(op, Libc.EINVAL,
                 "the device is in ERROR: only VFIO_DEVICE_RESET leads out (to RUNNING); the device is now in ERROR");
         if (current == MigrationState.StopCopy && target is MigrationState.PreCopy or MigrationState.PreCopyP2P)
-            throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), Libc.EINVAL,
-                "STOP_COPY -> PRE_COPY is not permitted (refused before the kernel, whose helper can loop forever on it); the device is now in STOP_COPY");
+            throw new VfioException(op, Libc.EINVAL,
+                "STOP_COPY -> PRE_COPY is not permitted (refused before the kernel, whose helper can loop forever on it); "
+                + "the device is now in STOP_COPY");
         var st = new VfioDeviceFeatureMigState { DeviceState = (uint)target, DataFd = -1 };
         int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_SET, ref st);
         if (errno != 0)
@@ -434,7 +438,7 @@ public sealed class VfioDevice : IDisposable
             {
                 detail = $"its state could not be read back ({e.ErrnoName})";
             }
-            throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), errno, detail);
+            throw new VfioException(op, errno, detail);
         }
         return st.DataFd >= 0 ? new MigrationDataStream(new FileDescriptorHandle(st.DataFd), Name) : null;
     }

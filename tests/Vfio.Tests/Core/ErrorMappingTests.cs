@@ -13,7 +13,9 @@ public class ErrorMappingTests
         Assert.Equal(Libc.EINVAL, e.Errno);
         Assert.Equal("EINVAL", e.ErrnoName);
         Assert.Equal("VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2", e.Operation);
-        Assert.Equal("VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2 failed: EINVAL (Invalid argument): the device is now in STOP", e.Message);
+        Assert.Equal(
+            "VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2 failed: EINVAL (Invalid argument): the device is now in STOP",
+            e.Message);
     }
 
     [Fact]
