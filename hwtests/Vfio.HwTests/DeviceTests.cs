@@ -27,6 +27,31 @@ public class DeviceTests
 
     [Theory]
     [MemberData(nameof(HwEnv.Devices), MemberType = typeof(HwEnv))]
+    public void OpenInGroup_UsesTheCallersGroup_AndLeavesItOpen(string device)
+    {
+        HwEnv.Require(device);
+        var sysfs = VfioSysfs.Resolve(device, VfioHostPaths.Default);
+        using var container = VfioContainer.Open();
+        using var group = VfioGroup.Open(sysfs.IommuGroup!.Value);
+        group.SetContainer(container);
+        using (var dev = VfioDevice.OpenInGroup(group, device))
+        {
+            Assert.Equal(device, dev.Name);
+            Assert.Equal(VfioOpenMode.Group, dev.OpenedVia);
+            Assert.Null(dev.Group);
+            Assert.Null(dev.Container);
+            Assert.True(dev.Info.IsPci);
+            Assert.NotNull(dev.GetMigrationFlags());
+        }
+        // Disposing the device closed only the device fd: the caller's group still answers and opens it again.
+        Assert.False(group.Handle.IsClosed);
+        Assert.True((group.GetStatusFlags() & VfioUapi.VFIO_GROUP_FLAGS_CONTAINER_SET) != 0);
+        using var again = VfioDevice.OpenInGroup(group, device);
+        Assert.Equal(MigrationState.Running, again.GetMigrationState());
+    }
+
+    [Theory]
+    [MemberData(nameof(HwEnv.Devices), MemberType = typeof(HwEnv))]
     public void Open_Twice_IsRefusedAsBusy(string device)
     {
         HwEnv.Require(device);
@@ -71,12 +96,14 @@ public class DeviceTests
         var header = new byte[64];
         dev.ReadConfig(0, header);
         Assert.Equal(vendor, BitConverter.ToUInt16(header, 0));
+        Assert.Equal(BitConverter.ToUInt32(header, 0), dev.ReadConfigUInt32(0));
         Assert.Throws<ArgumentOutOfRangeException>(() => dev.ReadConfig((int)config.Size - 2, new byte[4]));
 
         if (HwEnv.IsSim(device))
         {
             Assert.Equal(0x1b36, vendor);
             Assert.Equal(0x7a6d, dev.ReadConfigUInt16(2));
+            Assert.Equal(0x7a6d_1b36u, dev.ReadConfigUInt32(0));
             Assert.True(info.SupportsReset);
             // BAR0 of the simulated function is plain memory: what is written reads back.
             var bar0 = Assert.Single(regions, r => r.Index == VfioUapi.VFIO_PCI_BAR0_REGION_INDEX);

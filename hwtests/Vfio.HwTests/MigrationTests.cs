@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using Vfio;
 using Vfio.Interop;
 using Xunit;
-using S = Vfio.MigrationState;
+using S = Vfio.Core.MigrationState;
 
 namespace Vfio.HwTests;
 

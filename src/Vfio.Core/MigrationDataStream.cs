@@ -1,6 +1,6 @@
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 public enum DataReadStatus
 {
@@ -42,7 +42,7 @@ public interface IInPlaceDataEndpoint : IDataStreamEndpoint
 /// Simulated devices give a stream over an in-process endpoint instead of an fd, so that the simulator costs no
 /// kernel copies on the machine whose engine it is used to measure.
 /// </summary>
-public sealed unsafe class MigrationDataStream : IDisposable
+public sealed class MigrationDataStream : IDisposable
 {
     private readonly FileDescriptorHandle? _handle;
     private readonly IDataStreamEndpoint? _endpoint;
@@ -85,7 +85,7 @@ public sealed unsafe class MigrationDataStream : IDisposable
         return inPlace.ReadInPlace(max);
     }
 
-    public DataRead Read(Span<byte> buffer)
+    public unsafe DataRead Read(Span<byte> buffer)
     {
         if (buffer.IsEmpty)
             throw new ArgumentException("read buffer is empty", nameof(buffer));
@@ -94,31 +94,22 @@ public sealed unsafe class MigrationDataStream : IDisposable
             ObjectDisposedException.ThrowIf(_disposed, this);
             return _endpoint.Read(buffer);
         }
-        var handle = _handle!;
-        bool added = false;
-        handle.DangerousAddRef(ref added);
-        try
+        // p: the caller's buffer, pinned by fixed for every read.
+        fixed (byte* p = buffer)
         {
-            fixed (byte* p = buffer)
+            while (true)
             {
-                while (true)
-                {
-                    nint n = _sys.Read(handle.Fd, p, (nuint)buffer.Length, out int errno);
-                    if (n > 0)
-                        return new DataRead((int)n, DataReadStatus.Data);
-                    if (n == 0)
-                        return new DataRead(0, DataReadStatus.EndOfStream);
-                    if (errno == Libc.EINTR)
-                        continue;
-                    if (errno == Libc.ENOMSG)
-                        return new DataRead(0, DataReadStatus.NoDataForNow);
-                    throw new VfioException($"read(migration data fd of {_owner})", errno);
-                }
+                nint n = _sys.Read(_handle!, p, (nuint)buffer.Length, out int errno);
+                if (n > 0)
+                    return new DataRead((int)n, DataReadStatus.Data);
+                if (n == 0)
+                    return new DataRead(0, DataReadStatus.EndOfStream);
+                if (errno == Libc.EINTR)
+                    continue;
+                if (errno == Libc.ENOMSG)
+                    return new DataRead(0, DataReadStatus.NoDataForNow);
+                throw new VfioException($"read(migration data fd of {_owner})", errno);
             }
-        }
-        finally
-        {
-            if (added) handle.DangerousRelease();
         }
     }
 
@@ -126,7 +117,7 @@ public sealed unsafe class MigrationDataStream : IDisposable
     /// Writes every byte, in order. Returns the number of write(2) calls it took, which tells how
     /// the kernel split the buffer (a device may load synchronously inside one of them).
     /// </summary>
-    public int WriteAll(ReadOnlySpan<byte> data)
+    public unsafe int WriteAll(ReadOnlySpan<byte> data)
     {
         if (_endpoint is not null)
         {
@@ -136,59 +127,41 @@ public sealed unsafe class MigrationDataStream : IDisposable
                 done += _endpoint.Write(data[done..]);
             return writes;
         }
-        var handle = _handle!;
-        bool added = false;
-        handle.DangerousAddRef(ref added);
-        try
+        int calls = 0;
+        // p: the caller's data, pinned by fixed for every write.
+        fixed (byte* p = data)
         {
-            int calls = 0;
-            fixed (byte* p = data)
+            int done = 0;
+            while (done < data.Length)
             {
-                int done = 0;
-                while (done < data.Length)
+                nint n = _sys.Write(_handle!, p + done, (nuint)(data.Length - done), out int errno);
+                calls++;
+                if (n > 0)
                 {
-                    nint n = _sys.Write(handle.Fd, p + done, (nuint)(data.Length - done), out int errno);
-                    calls++;
-                    if (n > 0)
-                    {
-                        done += (int)n;
-                        continue;
-                    }
-                    if (n == 0)
-                        errno = Libc.EIO;
-                    if (errno == Libc.EINTR)
-                        continue;
-                    throw new VfioException($"write(migration data fd of {_owner})", errno,
-                        $"{done} of {data.Length} bytes written");
+                    done += (int)n;
+                    continue;
                 }
+                if (n == 0)
+                    errno = Libc.EIO;
+                if (errno == Libc.EINTR)
+                    continue;
+                throw new VfioException($"write(migration data fd of {_owner})", errno,
+                    $"{done} of {data.Length} bytes written");
             }
-            return calls;
         }
-        finally
-        {
-            if (added) handle.DangerousRelease();
-        }
+        return calls;
     }
 
     /// <summary>VFIO_MIG_GET_PRECOPY_INFO: bytes the device has ready in PRE_COPY.</summary>
-    public (ulong InitialBytes, ulong DirtyBytes) GetPrecopyInfo()
+    public unsafe (ulong InitialBytes, ulong DirtyBytes) GetPrecopyInfo()
     {
         if (_endpoint is not null)
             throw new VfioException($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}", Libc.ENOTTY, "the simulated device has no PRE_COPY");
-        var handle = _handle!;
         var info = new VfioPrecopyInfo { Argsz = (uint)sizeof(VfioPrecopyInfo) };
-        bool added = false;
-        handle.DangerousAddRef(ref added);
-        try
-        {
-            if (Libc.Ioctl(handle.Fd, VfioUapi.VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
-                throw VfioException.FromLastError($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}");
-            return (info.InitialBytes, info.DirtyBytes);
-        }
-        finally
-        {
-            if (added) handle.DangerousRelease();
-        }
+        // &info: stack memory of this frame.
+        if (Libc.Ioctl(_handle!, VfioUapi.VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
+            throw VfioException.FromLastError($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}");
+        return (info.InitialBytes, info.DirtyBytes);
     }
 
     /// <summary>Closes the fd (an endpoint's session goes on: like a data fd, closing it does not change the device's state).</summary>
@@ -200,27 +173,27 @@ public sealed unsafe class MigrationDataStream : IDisposable
 }
 
 /// <summary>The syscalls a data fd stream makes; replaced in tests to inject errno results.</summary>
-internal unsafe interface IDataFdSyscalls
+internal interface IDataFdSyscalls
 {
     /// <summary>read(2): bytes read, 0 at end, or -1 with <paramref name="errno"/> set.</summary>
-    nint Read(int fd, byte* buffer, nuint count, out int errno);
+    unsafe nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno);
 
     /// <summary>write(2): bytes written, or -1 with <paramref name="errno"/> set.</summary>
-    nint Write(int fd, byte* buffer, nuint count, out int errno);
+    unsafe nint Write(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno);
 }
 
-internal sealed unsafe class LibcDataFdSyscalls : IDataFdSyscalls
+internal sealed class LibcDataFdSyscalls : IDataFdSyscalls
 {
     public static readonly LibcDataFdSyscalls Instance = new();
 
-    public nint Read(int fd, byte* buffer, nuint count, out int errno)
+    public unsafe nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
     {
         nint n = Libc.Read(fd, buffer, count);
         errno = n < 0 ? System.Runtime.InteropServices.Marshal.GetLastPInvokeError() : 0;
         return n;
     }
 
-    public nint Write(int fd, byte* buffer, nuint count, out int errno)
+    public unsafe nint Write(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
     {
         nint n = Libc.Write(fd, buffer, count);
         errno = n < 0 ? System.Runtime.InteropServices.Marshal.GetLastPInvokeError() : 0;

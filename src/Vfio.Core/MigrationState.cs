@@ -1,6 +1,6 @@
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>enum vfio_device_mig_state.</summary>
 public enum MigrationState : uint

@@ -1,4 +1,4 @@
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>
 /// The kernel's VFIO migration state machine (migration protocol v2) for a device with given

@@ -1,9 +1,10 @@
+using System.Runtime.InteropServices;
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>A legacy VFIO container (/dev/vfio/vfio): groups are attached to it, then it gets an IOMMU model.</summary>
-public sealed unsafe class VfioContainer : IDisposable
+public sealed class VfioContainer : IDisposable
 {
     private VfioContainer(FileDescriptorHandle handle, VfioHostPaths paths)
     {
@@ -23,14 +24,14 @@ public sealed unsafe class VfioContainer : IDisposable
     {
         paths ??= VfioHostPaths.Default;
         if (!paths.HasVfio)
-            throw Native.NoVfio(paths);
-        var handle = Native.OpenNode(paths.ContainerNode, "the VFIO container", paths);
+            throw DeviceNodes.NoVfio(paths);
+        var handle = DeviceNodes.OpenNode(paths.ContainerNode, "the VFIO container", paths);
         var container = new VfioContainer(handle, paths);
         try
         {
-            int version = Native.IoctlValue(handle, VfioUapi.VFIO_GET_API_VERSION, 0, out int errno);
+            int version = Libc.IoctlValue(handle, VfioUapi.VFIO_GET_API_VERSION, 0);
             if (version < 0)
-                throw new VfioException($"VFIO_GET_API_VERSION on {paths.ContainerNode}", errno);
+                throw VfioException.FromLastError($"VFIO_GET_API_VERSION on {paths.ContainerNode}");
             if (version != VfioUapi.VFIO_API_VERSION)
                 throw new VfioException($"VFIO_GET_API_VERSION on {paths.ContainerNode}", 0,
                     $"the kernel speaks VFIO API {version}, this tool speaks {VfioUapi.VFIO_API_VERSION}");
@@ -46,9 +47,9 @@ public sealed unsafe class VfioContainer : IDisposable
     /// <summary>VFIO_CHECK_EXTENSION: whether the kernel offers an IOMMU model or extension (e.g. VFIO_TYPE1v2_IOMMU).</summary>
     public bool CheckExtension(int extension)
     {
-        int r = Native.IoctlValue(Handle, VfioUapi.VFIO_CHECK_EXTENSION, extension, out int errno);
+        int r = Libc.IoctlValue(Handle, VfioUapi.VFIO_CHECK_EXTENSION, extension);
         if (r < 0)
-            throw new VfioException($"VFIO_CHECK_EXTENSION({extension})", errno);
+            throw VfioException.FromLastError($"VFIO_CHECK_EXTENSION({extension})");
         return r > 0;
     }
 
@@ -60,8 +61,8 @@ public sealed unsafe class VfioContainer : IDisposable
         if (!CheckExtension(type))
             throw new VfioException($"VFIO_CHECK_EXTENSION({type})", 0,
                 $"the kernel does not offer IOMMU model {type} (is the host IOMMU enabled: intel_iommu=on / amd_iommu?)");
-        if (Native.IoctlValue(Handle, VfioUapi.VFIO_SET_IOMMU, type, out int errno) < 0)
-            throw new VfioException($"VFIO_SET_IOMMU({type})", errno);
+        if (Libc.IoctlValue(Handle, VfioUapi.VFIO_SET_IOMMU, type) < 0)
+            throw VfioException.FromLastError($"VFIO_SET_IOMMU({type})");
         IommuType = type;
     }
 
@@ -69,7 +70,7 @@ public sealed unsafe class VfioContainer : IDisposable
 }
 
 /// <summary>A VFIO group (/dev/vfio/&lt;N&gt;): the unit of ownership; its devices are opened through it.</summary>
-public sealed unsafe class VfioGroup : IDisposable
+public sealed class VfioGroup : IDisposable
 {
     private VfioContainer? _container;
 
@@ -93,20 +94,21 @@ public sealed unsafe class VfioGroup : IDisposable
     {
         paths ??= VfioHostPaths.Default;
         if (!paths.HasVfio)
-            throw Native.NoVfio(paths);
+            throw DeviceNodes.NoVfio(paths);
         var node = paths.GroupNode(id);
         if (!File.Exists(node))
             throw new VfioException($"open {node}", Libc.ENOENT,
                 $"IOMMU group {id} has no {node}: no device of the group is bound to a VFIO driver (vfio-pci or a variant such as mlx5_vfio_pci)");
-        return new VfioGroup(id, Native.OpenNode(node, $"IOMMU group {id}", paths), paths);
+        return new VfioGroup(id, DeviceNodes.OpenNode(node, $"IOMMU group {id}", paths), paths);
     }
 
     /// <summary>VFIO_GROUP_GET_STATUS flags (VIABLE, CONTAINER_SET).</summary>
-    public uint GetStatusFlags()
+    public unsafe uint GetStatusFlags()
     {
         var status = new VfioGroupStatus { Argsz = (uint)sizeof(VfioGroupStatus) };
-        if (Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_STATUS, &status, out int errno) < 0)
-            throw new VfioException($"VFIO_GROUP_GET_STATUS on group {Id}", errno);
+        // &status: stack memory of this frame.
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_STATUS, &status) < 0)
+            throw VfioException.FromLastError($"VFIO_GROUP_GET_STATUS on group {Id}");
         return status.Flags;
     }
 
@@ -117,36 +119,40 @@ public sealed unsafe class VfioGroup : IDisposable
     /// VFIO_GROUP_SET_CONTAINER, then VFIO_SET_IOMMU(TYPE1v2) on the container if not yet set. Throws a
     /// "group not viable" error naming the devices and drivers that stand in the way.
     /// </summary>
-    public void SetContainer(VfioContainer container)
+    public unsafe void SetContainer(VfioContainer container)
     {
         var flags = GetStatusFlags();
         if ((flags & VfioUapi.VFIO_GROUP_FLAGS_VIABLE) == 0)
             throw new VfioException($"VFIO_GROUP_GET_STATUS on group {Id}", 0, NotViableMessage(Id, Paths));
         if ((flags & VfioUapi.VFIO_GROUP_FLAGS_CONTAINER_SET) == 0)
         {
-            int fd = container.Handle.Fd;
-            if (Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_SET_CONTAINER, &fd, out int errno) < 0)
-                throw new VfioException($"VFIO_GROUP_SET_CONTAINER on group {Id}", errno);
+            using var containerFd = new BorrowedFd(container.Handle);
+            int fd = containerFd.Fd;
+            // &fd: stack memory of this frame; the number stays the container's while containerFd holds it.
+            if (Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_SET_CONTAINER, &fd) < 0)
+                throw VfioException.FromLastError($"VFIO_GROUP_SET_CONTAINER on group {Id}");
         }
         _container = container;
         container.SetIommu();
     }
 
     /// <summary>VFIO_GROUP_GET_DEVICE_FD for a PCI address or mdev UUID in this group.</summary>
-    public FileDescriptorHandle OpenDeviceFd(string name)
+    public unsafe FileDescriptorHandle OpenDeviceFd(string name)
     {
         var bytes = new byte[System.Text.Encoding.UTF8.GetByteCount(name) + 1];
         System.Text.Encoding.UTF8.GetBytes(name, bytes);
         int fd;
-        int errno;
+        // p: the NUL-terminated name, pinned by fixed for the ioctl.
         fixed (byte* p = bytes)
-            fd = Native.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_DEVICE_FD, p, out errno);
+            fd = Libc.Ioctl(Handle, VfioUapi.VFIO_GROUP_GET_DEVICE_FD, p);
         if (fd >= 0)
             return new FileDescriptorHandle(fd);
+        int errno = Marshal.GetLastPInvokeError();
         var op = $"VFIO_GROUP_GET_DEVICE_FD({name}) on group {Id}";
         throw errno switch
         {
-            Libc.EBUSY => new VfioException(op, errno, $"device {name} is busy: it is already open (by another process such as QEMU, or by this one)"),
+            Libc.EBUSY => new VfioException(op, errno,
+                $"device {name} is busy: it is already open (by another process such as QEMU, or by this one)"),
             Libc.ENODEV => new VfioException(op, errno, $"device {name} is not in IOMMU group {Id}"),
             Libc.EINVAL when _container is null => new VfioException(op, errno, "the group has no container with an IOMMU set"),
             _ => new VfioException(op, errno),
@@ -159,16 +165,17 @@ public sealed unsafe class VfioGroup : IDisposable
         var members = VfioSysfs.GroupMembers(id, paths);
         var blockers = members.Where(m => m.Driver is not null && !VfioSysfs.IsVfioDriverName(m.Driver))
             .Select(m => $"{m.Name} (driver {m.Driver})").ToArray();
+        var message = $"IOMMU group {id} is not viable: every device in it must be bound to a VFIO driver or to none";
         return blockers.Length > 0
-            ? $"IOMMU group {id} is not viable: every device in it must be bound to a VFIO driver or to none, but {string.Join(", ", blockers)} {(blockers.Length == 1 ? "is" : "are")} not"
-            : $"IOMMU group {id} is not viable: every device in it must be bound to a VFIO driver or to none";
+            ? $"{message}, but {string.Join(", ", blockers)} {(blockers.Length == 1 ? "is" : "are")} not"
+            : message;
     }
 
     public void Dispose() => Handle.Dispose();
 }
 
 /// <summary>An iommufd context (/dev/iommu) for the cdev path: devices bind to it and attach to an IOAS.</summary>
-public sealed unsafe class Iommufd : IDisposable
+public sealed class Iommufd : IDisposable
 {
     private Iommufd(FileDescriptorHandle handle) => Handle = handle;
 
@@ -183,24 +190,26 @@ public sealed unsafe class Iommufd : IDisposable
         if (!File.Exists(paths.IommufdNode))
             throw new VfioException($"open {paths.IommufdNode}", Libc.ENOENT,
                 "no /dev/iommu: the kernel has no iommufd (CONFIG_IOMMUFD); use the group/container path");
-        return new Iommufd(Native.OpenNode(paths.IommufdNode, "iommufd", paths));
+        return new Iommufd(DeviceNodes.OpenNode(paths.IommufdNode, "iommufd", paths));
     }
 
     /// <summary>IOMMU_IOAS_ALLOC: a new I/O address space; returns its id.</summary>
-    public uint AllocIoas()
+    public unsafe uint AllocIoas()
     {
         var alloc = new IommuIoasAlloc { Size = (uint)sizeof(IommuIoasAlloc) };
-        if (Native.Ioctl(Handle, VfioUapi.IOMMU_IOAS_ALLOC, &alloc, out int errno) < 0)
-            throw new VfioException("IOMMU_IOAS_ALLOC", errno);
+        // &alloc: stack memory of this frame.
+        if (Libc.Ioctl(Handle, VfioUapi.IOMMU_IOAS_ALLOC, &alloc) < 0)
+            throw VfioException.FromLastError("IOMMU_IOAS_ALLOC");
         return alloc.OutIoasId;
     }
 
     /// <summary>IOMMU_DESTROY of an object (IOAS, HWPT) by id.</summary>
-    public void Destroy(uint id)
+    public unsafe void Destroy(uint id)
     {
         var destroy = new IommuDestroy { Size = (uint)sizeof(IommuDestroy), Id = id };
-        if (Native.Ioctl(Handle, VfioUapi.IOMMU_DESTROY, &destroy, out int errno) < 0)
-            throw new VfioException($"IOMMU_DESTROY({id})", errno);
+        // &destroy: stack memory of this frame.
+        if (Libc.Ioctl(Handle, VfioUapi.IOMMU_DESTROY, &destroy) < 0)
+            throw VfioException.FromLastError($"IOMMU_DESTROY({id})");
     }
 
     public void Dispose() => Handle.Dispose();

@@ -1,7 +1,8 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>How a device fd is obtained.</summary>
 public enum VfioOpenMode
@@ -43,7 +44,7 @@ public readonly record struct VfioRegion(uint Index, uint Flags, ulong Size, ulo
 /// An open VFIO device: its fd and whatever it was opened through (group and container, or iommufd), all
 /// owned by SafeHandles and closed on <see cref="Dispose"/>.
 /// </summary>
-public sealed unsafe class VfioDevice : IDisposable
+public sealed class VfioDevice : IDisposable
 {
     private readonly VfioGroup? _ownedGroup;
     private readonly VfioContainer? _ownedContainer;
@@ -104,7 +105,7 @@ public sealed unsafe class VfioDevice : IDisposable
                 $"{why}; it must be bound to vfio-pci or a vfio-pci variant driver such as mlx5_vfio_pci");
         }
         if (!paths.HasVfio)
-            throw Native.NoVfio(paths);
+            throw DeviceNodes.NoVfio(paths);
         if (mode == VfioOpenMode.Auto)
         {
             bool groupNode = sysfs.IommuGroup is int g && File.Exists(paths.GroupNode(g));
@@ -125,7 +126,8 @@ public sealed unsafe class VfioDevice : IDisposable
     {
         if (sysfs.IommuGroup is not int groupId)
             throw new VfioException($"open {sysfs.Name}", Libc.ENODEV,
-                $"{sysfs.Name} has no IOMMU group ({Path.Combine(sysfs.SysfsPath, "iommu_group")} is missing): enable the IOMMU (intel_iommu=on) or use an mdev");
+                $"{sysfs.Name} has no IOMMU group ({Path.Combine(sysfs.SysfsPath, "iommu_group")} is missing): "
+                + "enable the IOMMU (intel_iommu=on) or use an mdev");
         VfioContainer? container = null;
         VfioGroup? group = null;
         try
@@ -144,7 +146,7 @@ public sealed unsafe class VfioDevice : IDisposable
         }
     }
 
-    private static VfioDevice OpenCdev(VfioSysfsDevice sysfs, VfioHostPaths paths)
+    private static unsafe VfioDevice OpenCdev(VfioSysfsDevice sysfs, VfioHostPaths paths)
     {
         if (sysfs.CdevName is not string cdevName)
             throw new VfioException($"open {sysfs.Name}", Libc.ENODEV,
@@ -154,17 +156,14 @@ public sealed unsafe class VfioDevice : IDisposable
         try
         {
             iommufd = Iommufd.Open(paths);
-            handle = Native.OpenNode(paths.CdevNode(cdevName), $"device {sysfs.Name} ({cdevName})", paths);
+            handle = DeviceNodes.OpenNode(paths.CdevNode(cdevName), $"device {sysfs.Name} ({cdevName})", paths);
             var device = new VfioDevice(sysfs.Name, handle, sysfs, VfioOpenMode.Cdev, null, null, iommufd);
-            var bind = new VfioDeviceBindIommufd { Argsz = (uint)sizeof(VfioDeviceBindIommufd), Iommufd = iommufd.Handle.Fd };
-            if (Native.Ioctl(handle, VfioUapi.VFIO_DEVICE_BIND_IOMMUFD, &bind, out int errno) < 0)
-                throw new VfioException($"VFIO_DEVICE_BIND_IOMMUFD on {sysfs.Name}", errno,
-                    errno == Libc.EBUSY ? "device busy: it is already bound (open elsewhere)" : null);
-            device.IommufdDeviceId = bind.OutDevid;
+            device.IommufdDeviceId = Bind(handle, iommufd, sysfs.Name);
             uint ioas = iommufd.AllocIoas();
             var attach = new VfioDeviceAttachIommufdPt { Argsz = (uint)sizeof(VfioDeviceAttachIommufdPt), PtId = ioas };
-            if (Native.Ioctl(handle, VfioUapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach, out errno) < 0)
-                throw new VfioException($"VFIO_DEVICE_ATTACH_IOMMUFD_PT({ioas}) on {sysfs.Name}", errno);
+            // &attach: stack memory of this frame.
+            if (Libc.Ioctl(handle, VfioUapi.VFIO_DEVICE_ATTACH_IOMMUFD_PT, &attach) < 0)
+                throw VfioException.FromLastError($"VFIO_DEVICE_ATTACH_IOMMUFD_PT({ioas}) on {sysfs.Name}");
             return device;
         }
         catch
@@ -175,25 +174,42 @@ public sealed unsafe class VfioDevice : IDisposable
         }
     }
 
+    /// <summary>VFIO_DEVICE_BIND_IOMMUFD; returns the iommufd device id.</summary>
+    private static unsafe uint Bind(FileDescriptorHandle device, Iommufd iommufd, string name)
+    {
+        using var iommufdFd = new BorrowedFd(iommufd.Handle);
+        var bind = new VfioDeviceBindIommufd { Argsz = (uint)sizeof(VfioDeviceBindIommufd), Iommufd = iommufdFd.Fd };
+        // &bind: stack memory of this frame; its iommufd number stays the iommufd's while iommufdFd holds it.
+        if (Libc.Ioctl(device, VfioUapi.VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new VfioException($"VFIO_DEVICE_BIND_IOMMUFD on {name}", errno,
+                errno == Libc.EBUSY ? "device busy: it is already bound (open elsewhere)" : null);
+        }
+        return bind.OutDevid;
+    }
+
     // ---- info and regions -------------------------------------------------------------------------
 
     /// <summary>VFIO_DEVICE_GET_INFO (cached).</summary>
     public VfioDeviceInformation Info => _info ??= QueryInfo();
 
-    private VfioDeviceInformation QueryInfo()
+    private unsafe VfioDeviceInformation QueryInfo()
     {
         var info = new VfioDeviceInfo { Argsz = (uint)sizeof(VfioDeviceInfo) };
-        if (Native.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_INFO, &info, out int errno) < 0)
-            throw new VfioException($"VFIO_DEVICE_GET_INFO on {Name}", errno);
+        // &info: stack memory of this frame.
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_INFO, &info) < 0)
+            throw VfioException.FromLastError($"VFIO_DEVICE_GET_INFO on {Name}");
         return new VfioDeviceInformation(info.Flags, info.NumRegions, info.NumIrqs);
     }
 
     /// <summary>VFIO_DEVICE_GET_REGION_INFO for one index.</summary>
-    public VfioRegion GetRegion(uint index)
+    public unsafe VfioRegion GetRegion(uint index)
     {
         var info = new VfioRegionInfo { Argsz = (uint)sizeof(VfioRegionInfo), Index = index };
-        if (Native.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_REGION_INFO, &info, out int errno) < 0)
-            throw new VfioException($"VFIO_DEVICE_GET_REGION_INFO({index}) on {Name}", errno);
+        // &info: stack memory of this frame.
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_REGION_INFO, &info) < 0)
+            throw VfioException.FromLastError($"VFIO_DEVICE_GET_REGION_INFO({index}) on {Name}");
         return new VfioRegion(info.Index, info.Flags, info.Size, info.Offset);
     }
 
@@ -211,36 +227,40 @@ public sealed unsafe class VfioDevice : IDisposable
     }
 
     /// <summary>Reads a region at an offset within it (pread on the device fd at region offset + offset).</summary>
-    public void ReadRegion(uint index, ulong offset, Span<byte> buffer)
+    public unsafe void ReadRegion(uint index, ulong offset, Span<byte> buffer)
     {
         var region = CheckRange(index, offset, buffer.Length, write: false);
+        // p: the caller's buffer, pinned by fixed for every pread.
         fixed (byte* p = buffer)
         {
             int done = 0;
             while (done < buffer.Length)
             {
-                nint n = Native.PRead(Handle, p + done, (nuint)(buffer.Length - done), (long)(region.Offset + offset) + done, out int errno);
+                nint n = Libc.PRead(Handle, p + done, (nuint)(buffer.Length - done), (long)(region.Offset + offset) + done);
                 if (n > 0) { done += (int)n; continue; }
-                if (n < 0 && errno == Libc.EINTR) continue;
-                throw new VfioException($"pread({region.Name} of {Name} at 0x{offset + (ulong)done:x})", n == 0 ? Libc.EIO : errno,
+                int errno = n == 0 ? Libc.EIO : Marshal.GetLastPInvokeError();
+                if (errno == Libc.EINTR) continue;
+                throw new VfioException($"pread({region.Name} of {Name} at 0x{offset + (ulong)done:x})", errno,
                     $"{done} of {buffer.Length} bytes read");
             }
         }
     }
 
     /// <summary>Writes a region at an offset within it (pwrite on the device fd).</summary>
-    public void WriteRegion(uint index, ulong offset, ReadOnlySpan<byte> data)
+    public unsafe void WriteRegion(uint index, ulong offset, ReadOnlySpan<byte> data)
     {
         var region = CheckRange(index, offset, data.Length, write: true);
+        // p: the caller's data, pinned by fixed for every pwrite.
         fixed (byte* p = data)
         {
             int done = 0;
             while (done < data.Length)
             {
-                nint n = Native.PWrite(Handle, p + done, (nuint)(data.Length - done), (long)(region.Offset + offset) + done, out int errno);
+                nint n = Libc.PWrite(Handle, p + done, (nuint)(data.Length - done), (long)(region.Offset + offset) + done);
                 if (n > 0) { done += (int)n; continue; }
-                if (n < 0 && errno == Libc.EINTR) continue;
-                throw new VfioException($"pwrite({region.Name} of {Name} at 0x{offset + (ulong)done:x})", n == 0 ? Libc.EIO : errno,
+                int errno = n == 0 ? Libc.EIO : Marshal.GetLastPInvokeError();
+                if (errno == Libc.EINTR) continue;
+                throw new VfioException($"pwrite({region.Name} of {Name} at 0x{offset + (ulong)done:x})", errno,
                     $"{done} of {data.Length} bytes written");
             }
         }
@@ -290,34 +310,44 @@ public sealed unsafe class VfioDevice : IDisposable
     /// <summary>VFIO_DEVICE_RESET. Also brings a device out of the ERROR migration state (to RUNNING).</summary>
     public void Reset()
     {
-        if (Native.IoctlValue(Handle, VfioUapi.VFIO_DEVICE_RESET, 0, out int errno) < 0)
+        if (Libc.IoctlValue(Handle, VfioUapi.VFIO_DEVICE_RESET, 0) < 0)
+        {
+            // Read before Info, which may make an ioctl of its own.
+            int errno = Marshal.GetLastPInvokeError();
             throw new VfioException($"VFIO_DEVICE_RESET on {Name}", errno,
                 Info.SupportsReset ? null : "the device does not report VFIO_DEVICE_FLAGS_RESET");
+        }
     }
 
     // ---- VFIO_DEVICE_FEATURE ----------------------------------------------------------------------
+
+    /// <summary>VFIO_DEVICE_FEATURE with a struct as its payload (see <see cref="Feature(uint, Span{byte})"/>).</summary>
+    private int Feature<T>(uint flags, ref T payload) where T : unmanaged =>
+        Feature(flags, MemoryMarshal.AsBytes(new Span<T>(ref payload)));
 
     /// <summary>
     /// One VFIO_DEVICE_FEATURE call: header {argsz, flags} followed by the payload, copied back afterwards.
     /// Returns the errno (0 on success) so callers can treat "not supported" themselves.
     /// </summary>
-    private int Feature(uint flags, void* payload, int payloadSize)
+    private unsafe int Feature(uint flags, Span<byte> payload)
     {
-        int total = sizeof(VfioDeviceFeature) + payloadSize;
+        int total = sizeof(VfioDeviceFeature) + payload.Length;
         ulong* buffer = stackalloc ulong[(total + 7) / 8];
         var header = (VfioDeviceFeature*)buffer;
         header->Argsz = (uint)total;
         header->Flags = flags;
-        byte* data = (byte*)buffer + sizeof(VfioDeviceFeature);
-        if (payloadSize > 0)
-            Buffer.MemoryCopy(payload, data, payloadSize, payloadSize);
-        if (Native.Ioctl(Handle, VfioUapi.VFIO_DEVICE_FEATURE, buffer, out int errno) < 0)
-            return errno;
+        var data = new Span<byte>((byte*)buffer + sizeof(VfioDeviceFeature), payload.Length);
+        payload.CopyTo(data);
+        // buffer: stackalloc memory of this frame.
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_FEATURE, buffer) < 0)
+            return Marshal.GetLastPInvokeError();
         // Copied back after SET too: SET MIG_DEVICE_STATE returns the data fd in the payload.
-        if (payloadSize > 0)
-            Buffer.MemoryCopy(data, payload, payloadSize, payloadSize);
+        data.CopyTo(payload);
         return 0;
     }
+
+    /// <summary>ENOTTY, EINVAL or EOPNOTSUPP: how the kernel says a VFIO_DEVICE_FEATURE is not supported.</summary>
+    internal static bool IsNotSupported(int errno) => errno is Libc.ENOTTY or Libc.EINVAL or Libc.EOPNOTSUPP;
 
     private static string FeatureName(uint feature) => feature switch
     {
@@ -338,9 +368,9 @@ public sealed unsafe class VfioDevice : IDisposable
     {
         uint flags = feature | VfioUapi.VFIO_DEVICE_FEATURE_PROBE
             | (get ? VfioUapi.VFIO_DEVICE_FEATURE_GET : 0) | (set ? VfioUapi.VFIO_DEVICE_FEATURE_SET : 0);
-        int errno = Feature(flags, null, 0);
+        int errno = Feature(flags, []);
         if (errno == 0) return true;
-        if (Native.IsNotSupported(errno)) return false;
+        if (IsNotSupported(errno)) return false;
         throw new VfioException(FeatureOp("PROBE", feature), errno);
     }
 
@@ -351,22 +381,23 @@ public sealed unsafe class VfioDevice : IDisposable
     public MigrationFlags? GetMigrationFlags()
     {
         var mig = new VfioDeviceFeatureMigration();
-        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION | VfioUapi.VFIO_DEVICE_FEATURE_GET, &mig, sizeof(VfioDeviceFeatureMigration));
+        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref mig);
         if (errno == 0) return (MigrationFlags)mig.Flags;
-        if (Native.IsNotSupported(errno)) return null;
+        if (IsNotSupported(errno)) return null;
         throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION), errno);
     }
 
     /// <summary>As <see cref="GetMigrationFlags"/>, but throws a plain "not migratable" error when unsupported.</summary>
     public MigrationFlags RequireMigrationFlags() =>
         GetMigrationFlags() ?? throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIGRATION), Libc.ENOTTY,
-            $"{Name} does not support migration (its driver offers no VFIO migration; for mlx5 VFs bind mlx5_vfio_pci after enabling the port function's migratable capability)");
+            $"{Name} does not support migration (its driver offers no VFIO migration; "
+            + "for mlx5 VFs bind mlx5_vfio_pci after enabling the port function's migratable capability)");
 
     /// <summary>VFIO_DEVICE_FEATURE GET MIG_DEVICE_STATE.</summary>
     public MigrationState GetMigrationState()
     {
         var st = new VfioDeviceFeatureMigState { DataFd = -1 };
-        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_GET, &st, sizeof(VfioDeviceFeatureMigState));
+        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref st);
         if (errno != 0)
             throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE), errno);
         return (MigrationState)st.DeviceState;
@@ -385,15 +416,17 @@ public sealed unsafe class VfioDevice : IDisposable
     /// </remarks>
     public MigrationDataStream? SetMigrationState(MigrationState target)
     {
+        var op = FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target));
         var current = GetMigrationState();
         if (current == MigrationState.Error && target != MigrationState.Error)
-            throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), Libc.EINVAL,
+            throw new VfioException(op, Libc.EINVAL,
                 "the device is in ERROR: only VFIO_DEVICE_RESET leads out (to RUNNING); the device is now in ERROR");
         if (current == MigrationState.StopCopy && target is MigrationState.PreCopy or MigrationState.PreCopyP2P)
-            throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), Libc.EINVAL,
-                "STOP_COPY -> PRE_COPY is not permitted (refused before the kernel, whose helper can loop forever on it); the device is now in STOP_COPY");
+            throw new VfioException(op, Libc.EINVAL,
+                "STOP_COPY -> PRE_COPY is not permitted (refused before the kernel, whose helper can loop forever on it); "
+                + "the device is now in STOP_COPY");
         var st = new VfioDeviceFeatureMigState { DeviceState = (uint)target, DataFd = -1 };
-        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_SET, &st, sizeof(VfioDeviceFeatureMigState));
+        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE | VfioUapi.VFIO_DEVICE_FEATURE_SET, ref st);
         if (errno != 0)
         {
             string detail;
@@ -405,7 +438,7 @@ public sealed unsafe class VfioDevice : IDisposable
             {
                 detail = $"its state could not be read back ({e.ErrnoName})";
             }
-            throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE, MigrationStateMachine.Name(target)), errno, detail);
+            throw new VfioException(op, errno, detail);
         }
         return st.DataFd >= 0 ? new MigrationDataStream(new FileDescriptorHandle(st.DataFd), Name) : null;
     }
@@ -415,39 +448,40 @@ public sealed unsafe class VfioDevice : IDisposable
         TryGetMigrationDataSize(out var size, out int errno)
             ? size
             : throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE), errno,
-                Native.IsNotSupported(errno) ? "the kernel or the driver does not offer MIG_DATA_SIZE (needs Linux 6.3+ and driver support)" : null);
+                IsNotSupported(errno) ? "the kernel or the driver does not offer MIG_DATA_SIZE (needs Linux 6.3+ and driver support)" : null);
 
     /// <summary>MIG_DATA_SIZE, or false with the errno when the device does not offer it.</summary>
     public bool TryGetMigrationDataSize(out ulong size, out int errno)
     {
         var ds = new VfioDeviceFeatureMigDataSize();
-        errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE | VfioUapi.VFIO_DEVICE_FEATURE_GET, &ds, sizeof(VfioDeviceFeatureMigDataSize));
+        errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_MIG_DATA_SIZE | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref ds);
         size = ds.StopCopyLength;
         return errno == 0;
     }
 
     /// <summary>DMA_LOGGING_START: the device starts tracking the pages it writes in the given IOVA ranges.</summary>
-    public void StartDmaLogging(ulong pageSize, IReadOnlyList<(ulong Iova, ulong Length)> ranges)
+    public unsafe void StartDmaLogging(ulong pageSize, IReadOnlyList<(ulong Iova, ulong Length)> ranges)
     {
         if (ranges.Count == 0)
             throw new ArgumentException("DMA logging needs at least one IOVA range", nameof(ranges));
         var array = new VfioDeviceFeatureDmaLoggingRange[ranges.Count];
         for (int i = 0; i < array.Length; i++)
             array[i] = new VfioDeviceFeatureDmaLoggingRange { Iova = ranges[i].Iova, Length = ranges[i].Length };
+        // p: the ranges the kernel reads through control.Ranges, pinned by fixed for the ioctl.
         fixed (VfioDeviceFeatureDmaLoggingRange* p = array)
         {
             var control = new VfioDeviceFeatureDmaLoggingControl { PageSize = pageSize, NumRanges = (uint)array.Length, Ranges = (ulong)p };
-            int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START | VfioUapi.VFIO_DEVICE_FEATURE_SET, &control, sizeof(VfioDeviceFeatureDmaLoggingControl));
+            int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START | VfioUapi.VFIO_DEVICE_FEATURE_SET, ref control);
             if (errno != 0)
                 throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START), errno,
-                    Native.IsNotSupported(errno) ? "the device does not support DMA logging (dirty page tracking)" : null);
+                    IsNotSupported(errno) ? "the device does not support DMA logging (dirty page tracking)" : null);
         }
     }
 
     /// <summary>DMA_LOGGING_STOP.</summary>
     public void StopDmaLogging()
     {
-        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP | VfioUapi.VFIO_DEVICE_FEATURE_SET, null, 0);
+        int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP | VfioUapi.VFIO_DEVICE_FEATURE_SET, []);
         if (errno != 0)
             throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP), errno);
     }
@@ -456,17 +490,18 @@ public sealed unsafe class VfioDevice : IDisposable
     /// DMA_LOGGING_REPORT: fills <paramref name="bitmap"/> (one bit per page of <paramref name="pageSize"/> over
     /// [iova, iova+length), at least ceil(length / pageSize / 64) words) with the pages dirtied since the last report.
     /// </summary>
-    public void ReportDmaLogging(ulong iova, ulong length, ulong pageSize, Span<ulong> bitmap)
+    public unsafe void ReportDmaLogging(ulong iova, ulong length, ulong pageSize, Span<ulong> bitmap)
     {
         if (pageSize == 0)
             throw new ArgumentOutOfRangeException(nameof(pageSize));
         ulong pages = (length + pageSize - 1) / pageSize;
         if ((ulong)bitmap.Length < (pages + 63) / 64)
             throw new ArgumentException($"the bitmap needs {(pages + 63) / 64} words for {pages} pages", nameof(bitmap));
+        // p: the bitmap the kernel writes through report.Bitmap, pinned by fixed for the ioctl.
         fixed (ulong* p = bitmap)
         {
             var report = new VfioDeviceFeatureDmaLoggingReport { Iova = iova, Length = length, PageSize = pageSize, Bitmap = (ulong)p };
-            int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT | VfioUapi.VFIO_DEVICE_FEATURE_GET, &report, sizeof(VfioDeviceFeatureDmaLoggingReport));
+            int errno = Feature(VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT | VfioUapi.VFIO_DEVICE_FEATURE_GET, ref report);
             if (errno != 0)
                 throw new VfioException(FeatureOp("GET", VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT), errno);
         }

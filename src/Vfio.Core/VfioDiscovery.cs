@@ -1,4 +1,4 @@
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>One VFIO device found in sysfs, with its migration flags when it could be opened.</summary>
 public sealed record VfioDeviceSummary(

@@ -1,7 +1,7 @@
 using System.Runtime.InteropServices;
 using Vfio.Interop;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>A failed kernel call: which operation, on what, and the errno the kernel returned.</summary>
 public class VfioException : Exception

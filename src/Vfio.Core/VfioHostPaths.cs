@@ -1,4 +1,4 @@
-namespace Vfio;
+namespace Vfio.Core;
 
 /// <summary>
 /// Where this host's sysfs and /dev live. Every sysfs and device-node access of the object model goes

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 
-namespace Vfio;
+namespace Vfio.Core;
 
 public enum VfioDeviceKind
 {

@@ -2,15 +2,16 @@ using System.Runtime.InteropServices;
 
 namespace Vfio.Interop;
 
-/// <summary>The few libc calls VFIO needs. Every call sets the last P/Invoke error so callers can keep errno.</summary>
-public static unsafe partial class Libc
+/// <summary>
+/// The few libc calls VFIO needs. Every call sets the last P/Invoke error so callers can keep errno. A descriptor that a
+/// SafeHandle owns is passed as that handle: the generated marshaller holds a reference for the duration of the call,
+/// so a concurrent Dispose cannot close the number (and let another open reuse it) while the kernel works on it.
+/// </summary>
+public static partial class Libc
 {
     private const string Lib = "libc";
 
-    public const int O_RDONLY = 0x0;
-    public const int O_WRONLY = 0x1;
     public const int O_RDWR = 0x2;
-    public const int O_NONBLOCK = 0x800;
     public const int O_CLOEXEC = 0x80000;
 
     public const int EPERM = 1;
@@ -37,10 +38,6 @@ public static unsafe partial class Libc
 
     public const int PRIO_PROCESS = 0;
 
-    public const int F_GETFL = 3;
-    public const int F_SETFL = 4;
-    public const int F_SETPIPE_SZ = 1031;
-
     [LibraryImport(Lib, EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int Open(string path, int flags);
 
@@ -49,40 +46,40 @@ public static unsafe partial class Libc
 
     /// <summary>ioctl with a pointer argument; VFIO passes struct pointers.</summary>
     [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
-    public static partial int Ioctl(int fd, nuint request, void* arg);
+    public static unsafe partial int Ioctl(SafeHandle fd, nuint request, void* arg);
 
     /// <summary>ioctl with an integer argument passed by value (VFIO_CHECK_EXTENSION, VFIO_SET_IOMMU).</summary>
     [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
-    public static partial int IoctlValue(int fd, nuint request, nint arg);
+    public static partial int IoctlValue(SafeHandle fd, nuint request, nint arg);
 
     [LibraryImport(Lib, EntryPoint = "read", SetLastError = true)]
-    public static partial nint Read(int fd, void* buf, nuint count);
+    public static unsafe partial nint Read(SafeHandle fd, void* buf, nuint count);
 
     [LibraryImport(Lib, EntryPoint = "write", SetLastError = true)]
-    public static partial nint Write(int fd, void* buf, nuint count);
+    public static unsafe partial nint Write(SafeHandle fd, void* buf, nuint count);
 
-    /// <summary>writev(2); <paramref name="iov"/> is an array of struct iovec {base, length}.</summary>
+    /// <summary>
+    /// writev(2); <paramref name="iov"/> is an array of struct iovec {base, length}. Takes the raw number of a socket: the
+    /// caller holds a reference on the socket's handle around its whole send loop.
+    /// </summary>
     [LibraryImport(Lib, EntryPoint = "writev", SetLastError = true)]
-    public static partial nint Writev(int fd, nint* iov, int count);
+    public static unsafe partial nint Writev(int fd, nint* iov, int count);
 
     [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
-    public static partial nint PRead(int fd, void* buf, nuint count, long offset);
+    public static unsafe partial nint PRead(SafeHandle fd, void* buf, nuint count, long offset);
 
     [LibraryImport(Lib, EntryPoint = "pwrite", SetLastError = true)]
-    public static partial nint PWrite(int fd, void* buf, nuint count, long offset);
+    public static unsafe partial nint PWrite(SafeHandle fd, void* buf, nuint count, long offset);
 
     [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
-    public static partial int Pipe2(int* fds, int flags);
+    public static unsafe partial int Pipe2(int* fds, int flags);
 
     [LibraryImport(Lib, EntryPoint = "socketpair", SetLastError = true)]
-    public static partial int SocketPair(int domain, int type, int protocol, int* fds);
-
-    [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
-    public static partial int Fcntl(int fd, int cmd, int arg);
+    public static unsafe partial int SocketPair(int domain, int type, int protocol, int* fds);
 
     /// <summary>nanosleep with a struct timespec as two longs {tv_sec, tv_nsec} (x86_64/arm64 layout).</summary>
     [LibraryImport(Lib, EntryPoint = "nanosleep", SetLastError = true)]
-    public static partial int NanoSleep(long* request, long* remaining);
+    public static unsafe partial int NanoSleep(long* request, long* remaining);
 
     [LibraryImport(Lib, EntryPoint = "gettid")]
     public static partial int GetTid();
@@ -94,9 +91,24 @@ public static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "geteuid")]
     public static partial uint GetEuid();
 
-    [LibraryImport(Lib, EntryPoint = "strerror")]
-    private static partial nint StrError(int errnum);
+    /// <summary>
+    /// The XSI strerror_r (fills the buffer, returns 0 or an errno), by the name both glibc and musl export it under:
+    /// glibc's own strerror_r symbol is the GNU variant, which returns a char* that need not point into the buffer,
+    /// while musl's is the XSI one, so no single signature for "strerror_r" is right on both.
+    /// </summary>
+    [LibraryImport(Lib, EntryPoint = "__xpg_strerror_r")]
+    private static unsafe partial int StrErrorR(int errnum, byte* buf, nuint buflen);
 
-    /// <summary>The C library's message for an errno (as strerror(3) gives it).</summary>
-    public static string ErrorMessage(int errno) => Marshal.PtrToStringUTF8(StrError(errno)) ?? $"errno {errno}";
+    /// <summary>The C library's message for an errno (as strerror(3) gives it, but safe to call from any thread).</summary>
+    public static unsafe string ErrorMessage(int errno)
+    {
+        // Longer than any message of glibc or musl; one that did not fit would come back cut short, still terminated.
+        const int size = 256;
+        byte* buffer = stackalloc byte[size];
+        // buffer: stack memory of this frame. The result is not checked: for an unknown errno glibc returns EINVAL but
+        // still writes "Unknown error N", the message strerror gives.
+        StrErrorR(errno, buffer, size);
+        var message = Marshal.PtrToStringUTF8((nint)buffer);
+        return string.IsNullOrEmpty(message) ? $"errno {errno}" : message;
+    }
 }

@@ -13,7 +13,9 @@ public class ErrorMappingTests
         Assert.Equal(Libc.EINVAL, e.Errno);
         Assert.Equal("EINVAL", e.ErrnoName);
         Assert.Equal("VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2", e.Operation);
-        Assert.Equal("VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2 failed: EINVAL (Invalid argument): the device is now in STOP", e.Message);
+        Assert.Equal(
+            "VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE STOP_COPY) on 0000:af:00.2 failed: EINVAL (Invalid argument): the device is now in STOP",
+            e.Message);
     }
 
     [Fact]
@@ -33,6 +35,15 @@ public class ErrorMappingTests
         Assert.Contains("Bad file descriptor", e.Message);
     }
 
+    [Fact]
+    public void ErrorMessage_IsTheCLibrarysText_AlsoForAnUnknownErrno()
+    {
+        Assert.Equal("Bad file descriptor", Libc.ErrorMessage(Libc.EBADF));
+        Assert.Equal("No such device", Libc.ErrorMessage(Libc.ENODEV));
+        // glibc's text; musl would say "No error information".
+        Assert.Equal("Unknown error 1234", Libc.ErrorMessage(1234));
+    }
+
     [Theory]
     [InlineData(Libc.EPERM, "EPERM")]
     [InlineData(Libc.EBUSY, "EBUSY")]
@@ -47,29 +58,29 @@ public class ErrorMappingTests
     public void OpenErrors_SayPlainlyWhatIsWrong()
     {
         using var fake = new FakeSysfs();
-        var noVfio = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
+        var noVfio = DeviceNodes.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
         Assert.Contains("no ", noVfio.Message);
         Assert.Contains("VFIO is not available", noVfio.Message);
 
         fake.CreateDevVfio();
-        var busy = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EBUSY, fake.Paths);
+        var busy = DeviceNodes.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EBUSY, fake.Paths);
         Assert.Equal(Libc.EBUSY, busy.Errno);
         Assert.Contains("IOMMU group 7 is busy", busy.Message);
         Assert.Contains("open /dev/vfio/7 failed: EBUSY", busy.Message);
 
-        var denied = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EACCES, fake.Paths);
+        var denied = DeviceNodes.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.EACCES, fake.Paths);
         Assert.Contains(Libc.GetEuid() == 0 ? "although running as root" : "not root", denied.Message);
 
-        var missing = Native.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
+        var missing = DeviceNodes.OpenError("/dev/vfio/7", "IOMMU group 7", Libc.ENOENT, fake.Paths);
         Assert.Contains("has no device node", missing.Message);
     }
 
     [Fact]
     public void FeatureNotSupported_IsEnottyOrEinval()
     {
-        Assert.True(Native.IsNotSupported(Libc.ENOTTY));
-        Assert.True(Native.IsNotSupported(Libc.EINVAL));
-        Assert.False(Native.IsNotSupported(Libc.EBUSY));
+        Assert.True(VfioDevice.IsNotSupported(Libc.ENOTTY));
+        Assert.True(VfioDevice.IsNotSupported(Libc.EINVAL));
+        Assert.False(VfioDevice.IsNotSupported(Libc.EBUSY));
     }
 
     [Fact]
@@ -83,5 +94,28 @@ public class ErrorMappingTests
         var e = Assert.Throws<VfioException>(() => VfioDevice.Open(FakeSysfs.MlxVf, fake.Paths));
         Assert.Equal(Libc.ENOTTY, e.Errno);
         Assert.Contains("VFIO_GET_API_VERSION", e.Message);
+    }
+
+    [Fact]
+    public void Iommufd_OnARegularFile_ReportsEachIoctlWithItsErrno_AndRefusesUseAfterDispose()
+    {
+        // No iommufd needed (the test guest's kernel has none): a regular file in place of /dev/iommu opens, and its
+        // ioctls fail with ENOTTY, which shows a failure keeps the kernel's errno and names the ioctl and its argument.
+        using var fake = new FakeSysfs();
+        Directory.CreateDirectory(fake.Paths.DevRoot);
+        File.WriteAllText(fake.Paths.IommufdNode, "");
+        var iommufd = Iommufd.Open(fake.Paths);
+
+        var destroy = Assert.Throws<VfioException>(() => iommufd.Destroy(5));
+        Assert.Equal(Libc.ENOTTY, destroy.Errno);
+        Assert.Equal("IOMMU_DESTROY(5)", destroy.Operation);
+        Assert.Equal("IOMMU_DESTROY(5) failed: ENOTTY (Inappropriate ioctl for device)", destroy.Message);
+
+        var alloc = Assert.Throws<VfioException>(() => iommufd.AllocIoas());
+        Assert.Equal(Libc.ENOTTY, alloc.Errno);
+        Assert.Equal("IOMMU_IOAS_ALLOC", alloc.Operation);
+
+        iommufd.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => iommufd.Destroy(5));
     }
 }

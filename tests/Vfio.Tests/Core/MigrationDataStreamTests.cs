@@ -4,17 +4,19 @@ using Xunit;
 
 namespace Vfio.Tests.Core;
 
-public unsafe class MigrationDataStreamTests
+public class MigrationDataStreamTests
 {
-    private static (FileDescriptorHandle Read, FileDescriptorHandle Write) Pipe()
+    private static unsafe (FileDescriptorHandle Read, FileDescriptorHandle Write) Pipe()
     {
+        // fds: stack memory of this frame.
         int* fds = stackalloc int[2];
         Assert.Equal(0, Libc.Pipe2(fds, Libc.O_CLOEXEC));
         return (new FileDescriptorHandle(fds[0]), new FileDescriptorHandle(fds[1]));
     }
 
-    private static (FileDescriptorHandle A, FileDescriptorHandle B) SocketPair()
+    private static unsafe (FileDescriptorHandle A, FileDescriptorHandle B) SocketPair()
     {
+        // fds: stack memory of this frame.
         int* fds = stackalloc int[2];
         Assert.Equal(0, Libc.SocketPair(Libc.AF_UNIX, Libc.SOCK_STREAM | Libc.SOCK_CLOEXEC, 0, fds));
         return (new FileDescriptorHandle(fds[0]), new FileDescriptorHandle(fds[1]));
@@ -126,7 +128,7 @@ public unsafe class MigrationDataStreamTests
         public readonly MemoryStream Written = new();
         public int ReadCalls, WriteCalls;
 
-        public nint Read(int fd, byte* buffer, nuint count, out int errno)
+        public unsafe nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
         {
             ReadCalls++;
             var (n, e) = Reads.Dequeue();
@@ -135,7 +137,7 @@ public unsafe class MigrationDataStreamTests
             return n;
         }
 
-        public nint Write(int fd, byte* buffer, nuint count, out int errno)
+        public unsafe nint Write(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
         {
             WriteCalls++;
             var (n, e) = Writes.Dequeue();

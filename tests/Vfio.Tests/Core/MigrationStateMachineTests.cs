@@ -1,6 +1,6 @@
 using Vfio;
 using Xunit;
-using S = Vfio.MigrationState;
+using S = Vfio.Core.MigrationState;
 
 namespace Vfio.Tests.Core;
 
@@ -101,7 +101,8 @@ public class MigrationStateMachineTests
                     checkedTriples++;
                     var oracle = OraclePaths(from, to, flags);
                     bool ok = MigrationStateMachine.TryGetPath(from, to, flags, out var path);
-                    var label = $"{MigrationStateMachine.Name(from)} -> {MigrationStateMachine.Name(to)} with {MigrationStateMachine.Describe(flags)}";
+                    var label =
+                        $"{MigrationStateMachine.Name(from)} -> {MigrationStateMachine.Name(to)} with {MigrationStateMachine.Describe(flags)}";
                     Assert.True(ok == (oracle is not null), $"{label}: model says valid={ok}, oracle says valid={oracle is not null}");
                     Assert.Equal(ok, MigrationStateMachine.IsValidTarget(from, to, flags));
                     if (oracle is null)
@@ -128,13 +129,16 @@ public class MigrationStateMachineTests
     [Theory]
     [InlineData(S.Running, S.Stop, MigrationFlags.StopCopy | MigrationFlags.P2P, new[] { S.RunningP2P, S.Stop })]
     [InlineData(S.Running, S.Stop, MigrationFlags.StopCopy, new[] { S.Stop })]
-    [InlineData(S.Running, S.StopCopy, MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy, new[] { S.RunningP2P, S.Stop, S.StopCopy })]
+    [InlineData(S.Running, S.StopCopy, MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy,
+        new[] { S.RunningP2P, S.Stop, S.StopCopy })]
     [InlineData(S.PreCopy, S.StopCopy, MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy, new[] { S.PreCopyP2P, S.StopCopy })]
     [InlineData(S.PreCopy, S.StopCopy, MigrationFlags.StopCopy | MigrationFlags.PreCopy, new[] { S.StopCopy })]
     [InlineData(S.PreCopy, S.Stop, MigrationFlags.StopCopy | MigrationFlags.PreCopy, new[] { S.Running, S.Stop })]
     [InlineData(S.Resuming, S.Running, MigrationFlags.StopCopy | MigrationFlags.P2P, new[] { S.Stop, S.RunningP2P, S.Running })]
-    [InlineData(S.StopCopy, S.Running, MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy, new[] { S.Stop, S.RunningP2P, S.Running })]
-    [InlineData(S.Stop, S.PreCopy, MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy, new[] { S.RunningP2P, S.Running, S.PreCopy })]
+    [InlineData(S.StopCopy, S.Running, MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy,
+        new[] { S.Stop, S.RunningP2P, S.Running })]
+    [InlineData(S.Stop, S.PreCopy, MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy,
+        new[] { S.RunningP2P, S.Running, S.PreCopy })]
     public void KnownCombinationTransitions(S from, S to, MigrationFlags flags, S[] expected) =>
         Assert.Equal(expected, MigrationStateMachine.GetPath(from, to, flags));
 
