@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using Vfio;
 using Vfio.Migration;
 using Xunit;
 

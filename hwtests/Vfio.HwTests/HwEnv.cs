@@ -1,4 +1,3 @@
-using Vfio;
 using Xunit;
 
 // The tests share the configured devices (a VFIO group opens once): run them one at a time.

@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using Vfio;
 using Vfio.Interop;
 using Xunit;
 using S = Vfio.Core.MigrationState;

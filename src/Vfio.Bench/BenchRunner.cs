@@ -1,5 +1,4 @@
 using System.Globalization;
-using Vfio;
 using Vfio.Migration;
 
 namespace Vfio.Bench;

@@ -15,40 +15,14 @@ public enum DataReadStatus
 public readonly record struct DataRead(int Bytes, DataReadStatus Status);
 
 /// <summary>
-/// The far end of a data stream that is not a kernel fd: a simulated device serving its session in-process, on the
-/// caller's thread. Same contract as the fd's read(2)/write(2); failures throw VfioException with an errno.
-/// </summary>
-public interface IDataStreamEndpoint
-{
-    DataRead Read(Span<byte> buffer);
-
-    /// <summary>Takes some of <paramref name="data"/> (at least one byte) and returns how much.</summary>
-    int Write(ReadOnlySpan<byte> data);
-}
-
-/// <summary>
-/// An endpoint whose saved state already lies in memory: the engine may send it from there instead of reading a copy
-/// into its own buffer (a device with no cost, to measure the transport alone).
-/// </summary>
-public interface IInPlaceDataEndpoint : IDataStreamEndpoint
-{
-    /// <summary>The next bytes of the stream, at most <paramref name="max"/>, valid until the session ends; empty at the end.</summary>
-    ReadOnlyMemory<byte> ReadInPlace(int max);
-}
-
-/// <summary>
 /// The migration data fd returned by a state transition. It is a stream: only read(2)/write(2), never
 /// pread/pwrite (ESPIPE). EINTR is retried; writes are completed even when the kernel takes them in parts.
-/// Simulated devices give a stream over an in-process endpoint instead of an fd, so that the simulator costs no
-/// kernel copies on the machine whose engine it is used to measure.
 /// </summary>
 public sealed class MigrationDataStream : IDisposable
 {
-    private readonly FileDescriptorHandle? _handle;
-    private readonly IDataStreamEndpoint? _endpoint;
+    private readonly FileDescriptorHandle _handle;
     private readonly string _owner;
     private readonly IDataFdSyscalls _sys;
-    private bool _disposed;
 
     public MigrationDataStream(FileDescriptorHandle handle, string owner)
         : this(handle, owner, LibcDataFdSyscalls.Instance)
@@ -63,43 +37,19 @@ public sealed class MigrationDataStream : IDisposable
         _sys = syscalls;
     }
 
-    public MigrationDataStream(IDataStreamEndpoint endpoint, string owner)
-    {
-        _endpoint = endpoint;
-        _owner = owner;
-        _sys = LibcDataFdSyscalls.Instance;
-    }
-
-    /// <summary>The device (or simulated device) this stream belongs to, used in error messages.</summary>
+    /// <summary>The device this stream belongs to, used in error messages.</summary>
     public string Owner => _owner;
-
-    /// <summary>True when <see cref="ReadInPlace"/> may be used instead of Read.</summary>
-    public bool CanReadInPlace => _endpoint is IInPlaceDataEndpoint;
-
-    /// <summary>The next bytes without copying them (see <see cref="IInPlaceDataEndpoint"/>); empty at the end of the stream.</summary>
-    public ReadOnlyMemory<byte> ReadInPlace(int max)
-    {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        if (_endpoint is not IInPlaceDataEndpoint inPlace)
-            throw new InvalidOperationException($"the data stream of {_owner} cannot be read in place");
-        return inPlace.ReadInPlace(max);
-    }
 
     public unsafe DataRead Read(Span<byte> buffer)
     {
         if (buffer.IsEmpty)
             throw new ArgumentException("read buffer is empty", nameof(buffer));
-        if (_endpoint is not null)
-        {
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            return _endpoint.Read(buffer);
-        }
         // p: the caller's buffer, pinned by fixed for every read.
         fixed (byte* p = buffer)
         {
             while (true)
             {
-                nint n = _sys.Read(_handle!, p, (nuint)buffer.Length, out int errno);
+                nint n = _sys.Read(_handle, p, (nuint)buffer.Length, out int errno);
                 if (n > 0)
                     return new DataRead((int)n, DataReadStatus.Data);
                 if (n == 0)
@@ -119,14 +69,6 @@ public sealed class MigrationDataStream : IDisposable
     /// </summary>
     public unsafe int WriteAll(ReadOnlySpan<byte> data)
     {
-        if (_endpoint is not null)
-        {
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            int writes = 0;
-            for (int done = 0; done < data.Length; writes++)
-                done += _endpoint.Write(data[done..]);
-            return writes;
-        }
         int calls = 0;
         // p: the caller's data, pinned by fixed for every write.
         fixed (byte* p = data)
@@ -134,7 +76,7 @@ public sealed class MigrationDataStream : IDisposable
             int done = 0;
             while (done < data.Length)
             {
-                nint n = _sys.Write(_handle!, p + done, (nuint)(data.Length - done), out int errno);
+                nint n = _sys.Write(_handle, p + done, (nuint)(data.Length - done), out int errno);
                 calls++;
                 if (n > 0)
                 {
@@ -155,21 +97,15 @@ public sealed class MigrationDataStream : IDisposable
     /// <summary>VFIO_MIG_GET_PRECOPY_INFO: bytes the device has ready in PRE_COPY.</summary>
     public unsafe (ulong InitialBytes, ulong DirtyBytes) GetPrecopyInfo()
     {
-        if (_endpoint is not null)
-            throw new VfioException($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}", Libc.ENOTTY, "the simulated device has no PRE_COPY");
         var info = new VfioPrecopyInfo { Argsz = (uint)sizeof(VfioPrecopyInfo) };
         // &info: stack memory of this frame.
-        if (Libc.Ioctl(_handle!, VfioUapi.VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
+        if (Libc.Ioctl(_handle, VfioUapi.VFIO_MIG_GET_PRECOPY_INFO, &info) < 0)
             throw VfioException.FromLastError($"VFIO_MIG_GET_PRECOPY_INFO on {_owner}");
         return (info.InitialBytes, info.DirtyBytes);
     }
 
-    /// <summary>Closes the fd (an endpoint's session goes on: like a data fd, closing it does not change the device's state).</summary>
-    public void Dispose()
-    {
-        _disposed = true;
-        _handle?.Dispose();
-    }
+    /// <summary>Closes the fd; the device's state does not change (that takes a state transition). Later calls throw ObjectDisposedException.</summary>
+    public void Dispose() => _handle.Dispose();
 }
 
 /// <summary>The syscalls a data fd stream makes; replaced in tests to inject errno results.</summary>

@@ -58,12 +58,9 @@ public static partial class Libc
     [LibraryImport(Lib, EntryPoint = "write", SetLastError = true)]
     public static unsafe partial nint Write(SafeHandle fd, void* buf, nuint count);
 
-    /// <summary>
-    /// writev(2); <paramref name="iov"/> is an array of struct iovec {base, length}. Takes the raw number of a socket: the
-    /// caller holds a reference on the socket's handle around its whole send loop.
-    /// </summary>
+    /// <summary>writev(2): iov is an array of count {base, length} pairs.</summary>
     [LibraryImport(Lib, EntryPoint = "writev", SetLastError = true)]
-    public static unsafe partial nint Writev(int fd, nint* iov, int count);
+    public static unsafe partial nint Writev(SafeHandle fd, nint* iov, int count);
 
     [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
     public static unsafe partial nint PRead(SafeHandle fd, void* buf, nuint count, long offset);

@@ -97,12 +97,9 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
     /// </summary>
     public unsafe void WritePacket(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
     {
-        var handle = Socket.SafeHandle;
-        bool added = false;
         try
         {
-            handle.DangerousAddRef(ref added);
-            int fd = (int)handle.DangerousGetHandle();
+            // h, p: the caller's spans, pinned by fixed for every writev; iov: stack memory of this frame.
             fixed (byte* h = header)
             fixed (byte* p = payload)
             {
@@ -120,7 +117,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
                     long inPayload = Math.Max(0, done - header.Length);
                     iov[2 * count] = (nint)(p + inPayload);
                     iov[2 * count + 1] = (nint)(payload.Length - inPayload);
-                    nint n = Interop.Libc.Writev(fd, iov, count + 1);
+                    nint n = Interop.Libc.Writev(Socket.SafeHandle, iov, count + 1);
                     if (n > 0) { done += n; continue; }
                     int errno = n == 0 ? Interop.Libc.EPIPE : System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
                     if (errno == Interop.Libc.EINTR) continue;
@@ -130,10 +127,6 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             }
         }
         catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
-        finally
-        {
-            if (added) handle.DangerousRelease();
-        }
     }
 
     /// <summary>Unblocks any thread in a send or receive on this connection.</summary>

@@ -1,5 +1,3 @@
-using Vfio;
-
 namespace Vfio.Tests.Core;
 
 /// <summary>

@@ -1,4 +1,3 @@
-using Vfio;
 using Xunit;
 using S = Vfio.Core.MigrationState;
 

@@ -1,4 +1,3 @@
-using Vfio;
 using Vfio.Interop;
 using Xunit;
 

@@ -267,3 +267,28 @@ public class AllocationTests
         Assert.True(perBuffer < 4096, $"{perBuffer:0} bytes allocated per extra 64 KiB buffer ({small} vs {large} bytes per run)");
     }
 }
+
+/// <summary>The software devices' streams keep the data fd's contract where the engine relies on it.</summary>
+public class SoftwareStreamTests
+{
+    [Fact]
+    public void A_disposed_stream_refuses_use_and_the_session_goes_on()
+    {
+        using var sim = new SimulatedDevice("sim:d", TestDevices.Fast());
+        sim.SetState(MigrationState.Stop);
+        var save = sim.SetState(MigrationState.StopCopy)!;
+        var buf = new byte[64];
+        Assert.Equal(DataReadStatus.Data, save.Read(buf).Status);
+        save.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => save.Read(buf));
+        Assert.Equal(MigrationState.StopCopy, sim.GetState());
+
+        using var nul = new NullDevice("null:d", 1 << 20);
+        nul.SetState(MigrationState.Stop);
+        var load = nul.SetState(MigrationState.Resuming)!;
+        load.WriteAll(buf);
+        load.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => load.WriteAll(buf));
+        Assert.Equal(MigrationState.Resuming, nul.GetState());
+    }
+}
