@@ -63,12 +63,7 @@ public sealed class NullDevice : IMigrationDevice
 
     public void RestoreConfig(ReadOnlySpan<byte> config)
     {
-        lock (_lock)
-        {
-            if (_state != MigrationState.Stop)
-                throw new VfioException($"restore config state of {Name}", Libc.EINVAL, $"device is in {_state}, not STOP");
-            _config = config.ToArray();
-        }
+        lock (_lock) _config = SoftwareTransitions.RestoredConfig(Name, _state, config);
     }
 
     public ulong? StateDigest() => null;

@@ -163,14 +163,7 @@ public sealed class SimulatedDevice : IMigrationDevice
 
     public void RestoreConfig(ReadOnlySpan<byte> config)
     {
-        lock (_lock)
-        {
-            if (_state != MigrationState.Stop)
-                throw new VfioException($"restore config state of {Name}", Libc.EINVAL, $"device is in {_state}, not STOP");
-            if (config.Length == 0 || config.Length > 4096)
-                throw new VfioException($"restore config state of {Name}", Libc.EINVAL, $"config state of {config.Length} bytes");
-            _config = config.ToArray();
-        }
+        lock (_lock) _config = SoftwareTransitions.RestoredConfig(Name, _state, config);
     }
 
     public ulong? StateDigest()

@@ -3,7 +3,7 @@ using Vfio.Migration;
 
 namespace Vfio.Simulation;
 
-/// <summary>What the kernel checks of a SET MIG_DEVICE_STATE request, for the devices simulated in software.</summary>
+/// <summary>What a kernel driver checks of a state request or a config restore, for the devices simulated in software.</summary>
 internal static class SoftwareTransitions
 {
     /// <summary>
@@ -20,5 +20,15 @@ internal static class SoftwareTransitions
         if (!MigrationStateMachine.TryGetPath(from, target, flags, out var path))
             throw new VfioException(operation, Libc.EINVAL, "not a valid target for this device");
         return path;
+    }
+
+    /// <summary>The config state a software device takes on restore, checked as a driver would (in STOP, 1 byte to 4 KiB).</summary>
+    public static byte[] RestoredConfig(string device, MigrationState state, ReadOnlySpan<byte> config)
+    {
+        if (state != MigrationState.Stop)
+            throw new VfioException($"restore config state of {device}", Libc.EINVAL, $"device is in {state}, not STOP");
+        if (config.Length == 0 || config.Length > 4096)
+            throw new VfioException($"restore config state of {device}", Libc.EINVAL, $"config state of {config.Length} bytes");
+        return config.ToArray();
     }
 }

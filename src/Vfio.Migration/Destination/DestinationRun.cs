@@ -32,12 +32,12 @@ internal sealed class DestinationRun
     private int _channels;
     private int _channelsEnded;
 
-    public DestinationRun(IReadOnlyList<IMigrationDevice> devices, MigrationOptions options, ILogger log, MigrationProgress progress)
+    public DestinationRun(MigrationDestination side)
     {
-        _devices = devices;
-        _options = options;
-        _log = log;
-        _progress = progress;
+        _devices = side.Devices;
+        _options = side.Options;
+        _log = side.Log;
+        _progress = side.Progress;
     }
 
     public RunTimeline Timeline { get; } = new();

@@ -29,15 +29,15 @@ internal sealed class SourceRun
     private ResultMessage _result;
     private int _window;
 
-    public SourceRun(IReadOnlyList<IMigrationDevice> devices, MigrationOptions options, ILogger log, MigrationProgress progress)
+    public SourceRun(MigrationSource side)
     {
-        _devices = devices;
-        _options = options;
-        _log = log;
-        _progress = progress;
-        _pool = new BufferPool(options.BufferSize);
-        _sent = new long[devices.Count];
-        _results = devices.Select(d => new DeviceReport { Name = d.Name, SourceName = d.Name }).ToArray();
+        _devices = side.Devices;
+        _options = side.Options;
+        _log = side.Log;
+        _progress = side.Progress;
+        _pool = new BufferPool(_options.BufferSize);
+        _sent = new long[_devices.Count];
+        _results = _devices.Select(d => new DeviceReport { Name = d.Name, SourceName = d.Name }).ToArray();
     }
 
     public RunReport Execute(IPEndPoint destination, CancellationToken cancel)
