@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
 using Vfio.Interop;
-using Xunit;
 
 namespace Vfio.HwTests;
 

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
 using Vfio.Migration;
-using Xunit;
 
 namespace Vfio.HwTests;
 

@@ -1,5 +1,3 @@
-using Xunit;
-
 // The tests share the configured devices (a VFIO group opens once): run them one at a time.
 [assembly: CollectionBehavior(DisableTestParallelization = true)]
 

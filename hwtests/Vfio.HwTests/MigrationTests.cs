@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using Vfio.Interop;
-using Xunit;
 using S = Vfio.Core.MigrationState;
 
 namespace Vfio.HwTests;

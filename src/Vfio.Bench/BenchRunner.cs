@@ -129,7 +129,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         }
     }
 
-    private IReadOnlyList<BenchTarget> CheckTargets(IReadOnlyList<BenchRow> rows)
+    private List<BenchTarget> CheckTargets(IReadOnlyList<BenchRow> rows)
     {
         var targets = new List<BenchTarget>();
         foreach (var row in rows.Where(r => r.Scenario.Section == "devices" && r.Scenario.Loading == LoadingMode.Decoupled))

@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using Vfio.Migration;
 using Vfio.Reports;
 
 namespace Vfio.Bench;
@@ -158,7 +157,7 @@ public static class BenchWriters
         return SvgBarChart.Render($"Downtime by device count ({Kind(result.Kind)} devices)", "downtime (ms)", "devices migrated at once", byDevices);
     }
 
-    private static IReadOnlyList<(string, double)> Bars(params (string Series, double? Value)[] bars) =>
+    private static List<(string Series, double Value)> Bars(params (string Series, double? Value)[] bars) =>
         bars.Where(b => b.Value is not null).Select(b => (b.Series, b.Value!.Value)).ToList();
 
     private static string SectionTitle(string section) => section switch

@@ -14,6 +14,7 @@ public static class Iperf3Baseline
     public const string Binary = "iperf3";
 
     /// <summary>Megabits per second received, or an explanation of why iperf3 could not be measured.</summary>
+    /// <param name="streams">Parallel TCP streams (iperf3 -P), as many as the run's data channels.</param>
     /// <param name="bytes">Bytes to move over all streams (iperf3 -n): the same as the run it is compared with, so
     /// that both last about as long and amortise their start alike.</param>
     public static (double? Mbps, string? Why) Measure(int streams, long bytes)

@@ -131,7 +131,7 @@ internal static class BenchCommand
         return values;
     }
 
-    private static IReadOnlyList<LoadingMode> ParseModes(string text) =>
+    private static List<LoadingMode> ParseModes(string text) =>
         text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Distinct().Select(m => m switch
         {
             "decoupled" => LoadingMode.Decoupled,

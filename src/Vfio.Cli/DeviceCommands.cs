@@ -99,9 +99,12 @@ internal static class DeviceCommands
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ");
 
+    private static readonly string[] ListHeader = ["DEVICE", "KIND", "DRIVER", "GROUP", "CDEV", "MIGRATION"];
+    private static readonly string[] RegionHeader = ["REGION", "INDEX", "SIZE", "OFFSET", "FLAGS"];
+
     internal static string ListTable(IReadOnlyList<VfioDeviceSummary> devices)
     {
-        var rows = new List<string[]> { new[] { "DEVICE", "KIND", "DRIVER", "GROUP", "CDEV", "MIGRATION" } };
+        var rows = new List<string[]> { ListHeader };
         foreach (var d in devices)
         {
             rows.Add([
@@ -268,7 +271,7 @@ internal static class DeviceCommands
             if (_regions.Count > 0)
             {
                 sb.Append('\n');
-                var table = new List<string[]> { new[] { "REGION", "INDEX", "SIZE", "OFFSET", "FLAGS" } };
+                var table = new List<string[]> { RegionHeader };
                 foreach (var region in _regions)
                     table.Add([region.Name, region.Index.ToString(CultureInfo.InvariantCulture), $"0x{region.Size:x}", $"0x{region.Offset:x}",
                         RegionFlags(region)]);

@@ -254,7 +254,8 @@ public static class MigrationCommands
             error.WriteLine($"vfio-mig: {e.Message}");
             return 2;
         }
-        catch (Exception e) when (e is MigrationException or ArgumentException or IOException or UnauthorizedAccessException or VfioException or SocketException)
+        catch (Exception e) when (e is MigrationException or ArgumentException or IOException or UnauthorizedAccessException or VfioException
+            or SocketException)
         {
             display?.Dispose();
             loggerFactory.Dispose();

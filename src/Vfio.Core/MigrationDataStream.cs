@@ -104,7 +104,10 @@ public sealed class MigrationDataStream : IDisposable
         return (info.InitialBytes, info.DirtyBytes);
     }
 
-    /// <summary>Closes the fd; the device's state does not change (that takes a state transition). Later calls throw ObjectDisposedException.</summary>
+    /// <summary>
+    /// Closes the fd; the device's state does not change (that takes a state transition). Later calls throw
+    /// ObjectDisposedException.
+    /// </summary>
     public void Dispose() => _handle.Dispose();
 }
 

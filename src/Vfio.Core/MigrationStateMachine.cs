@@ -169,7 +169,7 @@ public static class MigrationStateMachine
         var key = text.Trim().Replace("-", "_").ToUpperInvariant();
         foreach (var s in AllStates)
         {
-            if (Name(s) == key || s.ToString().ToUpperInvariant() == key)
+            if (Name(s) == key || string.Equals(s.ToString(), key, StringComparison.OrdinalIgnoreCase))
             {
                 state = s;
                 return true;

@@ -492,8 +492,7 @@ public sealed class VfioDevice : IDisposable
     /// </summary>
     public unsafe void ReportDmaLogging(ulong iova, ulong length, ulong pageSize, Span<ulong> bitmap)
     {
-        if (pageSize == 0)
-            throw new ArgumentOutOfRangeException(nameof(pageSize));
+        ArgumentOutOfRangeException.ThrowIfZero(pageSize);
         ulong pages = (length + pageSize - 1) / pageSize;
         if ((ulong)bitmap.Length < (pages + 63) / 64)
             throw new ArgumentException($"the bitmap needs {(pages + 63) / 64} words for {pages} pages", nameof(bitmap));

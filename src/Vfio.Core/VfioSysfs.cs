@@ -146,7 +146,7 @@ public static partial class VfioSysfs
         catch (UnauthorizedAccessException) { return null; }
     }
 
-    private static IEnumerable<string> ListEntries(string dir)
+    private static string[] ListEntries(string dir)
     {
         try
         {

@@ -78,14 +78,14 @@ public static partial class Libc
     [LibraryImport(Lib, EntryPoint = "nanosleep", SetLastError = true)]
     public static unsafe partial int NanoSleep(long* request, long* remaining);
 
-    [LibraryImport(Lib, EntryPoint = "gettid")]
+    [LibraryImport(Lib, EntryPoint = "gettid", SetLastError = true)]
     public static partial int GetTid();
 
     /// <summary>setpriority(2) with PRIO_PROCESS and a thread id sets that thread's nice value (Linux).</summary>
     [LibraryImport(Lib, EntryPoint = "setpriority", SetLastError = true)]
     public static partial int SetPriority(int which, uint who, int prio);
 
-    [LibraryImport(Lib, EntryPoint = "geteuid")]
+    [LibraryImport(Lib, EntryPoint = "geteuid", SetLastError = true)]
     public static partial uint GetEuid();
 
     /// <summary>
@@ -102,9 +102,9 @@ public static partial class Libc
         // Longer than any message of glibc or musl; one that did not fit would come back cut short, still terminated.
         const int size = 256;
         byte* buffer = stackalloc byte[size];
-        // buffer: stack memory of this frame. The result is not checked: for an unknown errno glibc returns EINVAL but
-        // still writes "Unknown error N", the message strerror gives.
-        StrErrorR(errno, buffer, size);
+        // buffer: stack memory of this frame. A failure is not an error here: for an unknown errno glibc returns EINVAL
+        // but still writes "Unknown error N", the message strerror gives; an empty buffer falls back below.
+        _ = StrErrorR(errno, buffer, size);
         var message = Marshal.PtrToStringUTF8((nint)buffer);
         return string.IsNullOrEmpty(message) ? $"errno {errno}" : message;
     }

@@ -4,7 +4,10 @@ public enum LoadingMode
 {
     /// <summary>One loading thread per device; receive threads only queue buffers (QEMU's design).</summary>
     Decoupled,
-    /// <summary>Receive threads load the buffers they complete themselves (the alternative QEMU's multifd loading-thread design was measured against), under the same credits.</summary>
+    /// <summary>
+    /// Receive threads load the buffers they complete themselves (the alternative QEMU's multifd loading-thread design was
+    /// measured against), under the same credits.
+    /// </summary>
     Coupled,
 }
 

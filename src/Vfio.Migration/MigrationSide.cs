@@ -3,7 +3,10 @@ using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Vfio.Migration;
 
-/// <summary>What both sides of a migration are made of: their devices in pairing order, the options of their runs, a log, and the progress a display reads.</summary>
+/// <summary>
+/// What both sides of a migration are made of: their devices in pairing order, the options of their runs, a log, and
+/// the progress a display reads.
+/// </summary>
 public abstract class MigrationSide
 {
     private protected MigrationSide(IReadOnlyList<IMigrationDevice> devices, MigrationOptions options, ILogger? logger, long[] expectedBytes)

@@ -131,8 +131,10 @@ public sealed class SimStreamGenerator
     private uint _crc = 0xFFFF_FFFFu;
     private readonly uint[]? _knownCrcs;
 
-    /// <param name="knownCrcs">Each data record's CRC32C, when known (from an earlier pass over the same content): the
-    /// generator then only copies its pattern.</param>
+    /// <summary>
+    /// A generator of the stream of (seed, size, record size). <paramref name="knownCrcs"/>: each data record's CRC32C,
+    /// when known (from an earlier pass over the same content): the generator then only copies its pattern.
+    /// </summary>
     public SimStreamGenerator(ulong seed, long stateSize, int recordDataSize, uint[]? knownCrcs = null)
     {
         _seed = seed;

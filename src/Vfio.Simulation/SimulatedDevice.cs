@@ -192,7 +192,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         }
     }
 
-    private IDeviceDataStream? Step(MigrationState next, string op)
+    private Session? Step(MigrationState next, string op)
     {
         var from = _state;
         if (from == MigrationState.StopCopy)

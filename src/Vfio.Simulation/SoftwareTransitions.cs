@@ -1,5 +1,4 @@
 using Vfio.Interop;
-using Vfio.Migration;
 
 namespace Vfio.Simulation;
 

@@ -160,7 +160,7 @@ internal sealed class DeviceSink
     }
 
     /// <summary>The decoupled loader thread's body: wait for the next buffer, load it, until the end buffer.</summary>
-    public void LoaderLoop(CancellationToken token, Action creditReady)
+    public void LoaderLoop(Action creditReady, CancellationToken token)
     {
         while (true)
         {

@@ -14,6 +14,8 @@ namespace Vfio.Migration;
 /// reads them only after <see cref="_resultArrived"/> is set. <see cref="_sent"/> is written by the save threads
 /// (Interlocked) and read by the main receive thread, to refuse credits for buffers never sent.
 /// </summary>
+[System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001",
+    Justification = "a thread that outlived its join timeout may still wait on the event; it is left to the GC")]
 internal sealed class SourceRun
 {
     private readonly IReadOnlyList<IMigrationDevice> _devices;

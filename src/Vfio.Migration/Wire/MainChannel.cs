@@ -141,5 +141,5 @@ internal sealed class MainChannel(Connection connection, string peerRole)
         catch (Exception e) when (e is MigrationException or ObjectDisposedException or InvalidOperationException) { }
     }
 
-    private MigrationException PeerError(in ErrorMessage e) => new(e.Message, e.Device, FailureOrigin.Peer);
+    private static MigrationException PeerError(in ErrorMessage e) => new(e.Message, e.Device, FailureOrigin.Peer);
 }

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
 using Vfio.Cli;
-using Vfio.Migration;
 
 namespace Vfio.Tests.Bench;
 
@@ -9,9 +8,13 @@ public class BenchCommandTests : IDisposable
 {
     private readonly string _dir = Directory.CreateTempSubdirectory("vfio-bench-").FullName;
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose()
+    {
+        Directory.Delete(_dir, recursive: true);
+        GC.SuppressFinalize(this);
+    }
 
-    private (int Code, string Out, string Err) Run(params string[] args)
+    private static (int Code, string Out, string Err) Run(params string[] args)
     {
         var stdout = new StringWriter();
         var stderr = new StringWriter();

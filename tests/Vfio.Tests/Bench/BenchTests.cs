@@ -34,7 +34,8 @@ public class BenchTests
             },
             new BenchRow
             {
-                Scenario = new BenchScenario("devices", 4, 6, LoadingMode.Coupled, 64 << 20), Runs = 3, AllVerified = false, Error = "boom, \"quoted\"",
+                Scenario = new BenchScenario("devices", 4, 6, LoadingMode.Coupled, 64 << 20), Runs = 3, AllVerified = false,
+                Error = "boom, \"quoted\"",
                 DowntimeMedianMs = 400, DowntimeMinMs = 390, DeviceBoundMs = 200, ThroughputMbps = 5000,
             },
         ],

@@ -3,7 +3,6 @@ using System.Reflection;
 using System.Runtime.InteropServices;
 using System.Text;
 using Vfio.Interop;
-using Xunit;
 
 namespace Vfio.Tests.Core;
 
@@ -15,14 +14,6 @@ public class AbiCheckTests
 {
     /// <summary>Managed names that are not the C name.</summary>
     private static readonly Dictionary<string, string> Aliases = new() { ["ApiVersion"] = "VFIO_API_VERSION" };
-
-    private static string RepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "Vfio.sln")))
-                return dir.FullName;
-        throw new InvalidOperationException("Vfio.sln not found above " + AppContext.BaseDirectory);
-    }
 
     private static (int Code, string Out, string Err) Run(string file, params string[] args)
     {
@@ -88,7 +79,7 @@ public class AbiCheckTests
         var cc = FindOnPath("cc") ?? FindOnPath("gcc");
         if (cc is null)
             Assert.Skip("no C compiler (cc) on this machine: the ABI check cannot be compiled");
-        var repo = RepoRoot();
+        var repo = RepoPaths.Root();
         var (include, how) = FindHeaders(repo);
         var tmp = Directory.CreateTempSubdirectory("vfio-abi-");
         try
@@ -130,7 +121,11 @@ public class AbiCheckTests
                     if (!f.IsLiteral && !f.IsInitOnly) continue;
                     var cName = Aliases.GetValueOrDefault(f.Name, f.Name);
                     if (missing.Contains(cName)) { notChecked.Add(cName); continue; }
-                    if (!values.TryGetValue(cName, out var c)) { failures.Add($"{type.Name}.{f.Name}: abi_check.c does not print {cName}"); continue; }
+                    if (!values.TryGetValue(cName, out var c))
+                    {
+                        failures.Add($"{type.Name}.{f.Name}: abi_check.c does not print {cName}");
+                        continue;
+                    }
                     long m = ManagedValue(f);
                     compared++;
                     if (m != c) failures.Add($"{type.Name}.{f.Name} = {m} (0x{m:x}) but C {cName} = {c} (0x{c:x})");
@@ -139,7 +134,7 @@ public class AbiCheckTests
 
             // Structs: every public struct of Vfio.Interop, every field.
             var cStructs = values.Keys.Where(k => k.StartsWith("sizeof(", StringComparison.Ordinal)).Select(k => k[7..^1])
-                .Concat(missing.Where(m => m == m.ToLowerInvariant())).ToHashSet();
+                .Concat(missing.Where(m => string.Equals(m, m.ToLowerInvariant(), StringComparison.Ordinal))).ToHashSet();
             var managedStructs = typeof(VfioUapi).Assembly.GetTypes()
                 .Where(t => t.IsPublic && t.IsValueType && !t.IsEnum && t.Namespace == "Vfio.Interop").ToList();
             foreach (var cStruct in cStructs)
@@ -173,7 +168,8 @@ public class AbiCheckTests
                         failures.Add($"{t.Name}.{f.Name}: size {fsize} but {cStruct}.{cf} is {values[$"fieldsize({cStruct}.{cf})"]} bytes");
                     bool signed = values[$"signed({cStruct}.{cf})"] != 0;
                     if (IsSigned(f.FieldType) != signed)
-                        failures.Add($"{t.Name}.{f.Name}: {(IsSigned(f.FieldType) ? "signed" : "unsigned")} but {cStruct}.{cf} is {(signed ? "signed" : "unsigned")}");
+                        failures.Add($"{t.Name}.{f.Name}: {(IsSigned(f.FieldType) ? "signed" : "unsigned")} "
+                            + $"but {cStruct}.{cf} is {(signed ? "signed" : "unsigned")}");
                 }
             }
 

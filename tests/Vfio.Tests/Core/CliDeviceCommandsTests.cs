@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
 using Vfio.Cli;
-using Xunit;
 
 namespace Vfio.Tests.Core;
 

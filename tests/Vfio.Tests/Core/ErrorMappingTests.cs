@@ -1,5 +1,4 @@
 using Vfio.Interop;
-using Xunit;
 
 namespace Vfio.Tests.Core;
 

@@ -1,5 +1,5 @@
+using System.Buffers;
 using Vfio.Interop;
-using Xunit;
 
 namespace Vfio.Tests.Core;
 
@@ -124,7 +124,7 @@ public class MigrationDataStreamTests
     {
         public readonly Queue<(nint Result, int Errno)> Reads = new();
         public readonly Queue<(nint Result, int Errno)> Writes = new();
-        public readonly MemoryStream Written = new();
+        public readonly ArrayBufferWriter<byte> Written = new();
         public int ReadCalls, WriteCalls;
 
         public unsafe nint Read(FileDescriptorHandle fd, byte* buffer, nuint count, out int errno)
@@ -206,7 +206,7 @@ public class MigrationDataStreamTests
         using var s = Scripted(sys);
         var data = Pattern(10);
         Assert.Equal(4, s.WriteAll(data));
-        Assert.Equal(data, sys.Written.ToArray());
+        Assert.Equal(data, sys.Written.WrittenSpan.ToArray());
         Assert.Empty(sys.Writes);
     }
 

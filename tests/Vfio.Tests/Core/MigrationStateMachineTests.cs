@@ -1,4 +1,3 @@
-using Xunit;
 using S = Vfio.Core.MigrationState;
 
 namespace Vfio.Tests.Core;

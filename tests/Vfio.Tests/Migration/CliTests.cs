@@ -14,7 +14,8 @@ public class CliTests
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        int code = Program.BuildRoot().Parse(args.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        int code = Program.BuildRoot().Parse(args.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Invoke(new InvocationConfiguration { Output = output, Error = error });
         return (code, output.ToString(), error.ToString());
     }
 

@@ -13,7 +13,8 @@ public class MeasurementTests
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        int code = Program.BuildRoot().Parse(args.Split(' ', StringSplitOptions.RemoveEmptyEntries)).Invoke(new System.CommandLine.InvocationConfiguration { Output = output, Error = error });
+        int code = Program.BuildRoot().Parse(args.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Invoke(new System.CommandLine.InvocationConfiguration { Output = output, Error = error });
         return (code, output.ToString(), error.ToString());
     }
 
