@@ -53,6 +53,9 @@ internal sealed class DestinationRun
         int bufferSize = _options.BufferSize;
         bool prepared = false;
         long lastRunning = 0, loadEnd = 0;
+        // Wakes every waiting loader on abort, until every thread is joined (no registration per wait); a failure of
+        // the coordinator itself must wake them too, so it outlives the try block.
+        CancellationTokenRegistration wake = default;
         try
         {
             Warmup.Prepare(_devices); // while no source is connected yet: compile the data path outside the downtime
@@ -65,8 +68,7 @@ internal sealed class DestinationRun
             _pool.Reserve(_devices.Count * _options.Window + _channels); // a full window per device, and a buffer per receive thread
             prepared = true;
             _sinks = PrepareDevices();
-            // One registration wakes every waiting loader on abort (no registration per wait).
-            using var wake = ctl.Token.Register(() => { foreach (var s in _sinks) s.Wake(); _switchover.Set(); });
+            wake = ctl.Token.Register(() => { foreach (var s in _sinks) s.Wake(); _switchover.Set(); });
             main.Send(new AcceptMessage(_options.Window, _devices.Select(d => d.Name).ToArray()));
             // The main channel is watched from now on (a source that gives up while channels connect ends the run).
             threads.Add(ctl.Start("dst main receive", () => main.ReceiveLoop(ctl, OnMessage, () => _allFinished.IsSet,
@@ -118,6 +120,7 @@ internal sealed class DestinationRun
         {
             if (ctl.Failed) Rollback(prepared, threads);
             _main?.Connection.Abort();
+            wake.Dispose();
         }
         return Report(ctl.Failure, bufferSize, lastRunning, loadEnd);
     }
@@ -155,11 +158,12 @@ internal sealed class DestinationRun
                 track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: "->RESUMING");
                 sinks[i] = new DeviceSink(i, d, stream, _options.Window, _pool!, track);
             }
-            catch (VfioException e)
+            catch (Exception e)
             {
-                // The sinks made so far are in the array the rollback reads: publish them.
+                // The rollback disposes the streams of the sinks made so far: publish them.
                 _sinks = sinks.Where(s => s is not null).ToArray();
-                throw new MigrationException($"cannot enter RESUMING: {e.Message}", i);
+                if (e is VfioException) throw new MigrationException($"cannot enter RESUMING: {e.Message}", i);
+                throw;
             }
         }
         return sinks;
@@ -211,7 +215,8 @@ internal sealed class DestinationRun
     public void FinishDevice(DeviceSink sink)
     {
         if (Coupled) sink.Report.StartUs = _switchoverUs;
-        sink.Finish();
+        try { sink.Finish(); }
+        catch (VfioException e) { throw new MigrationException(e.Message, sink.Index); }
         if (Coupled) sink.Report.WaitUs = Math.Max(0, sink.Report.TotalUs - sink.Report.LoadUs - sink.Report.ConfigUs);
         _log.LogInformation("{Line}", sink.Report.SummaryLine());
         if (Interlocked.Increment(ref _finished) == _sinks.Length) _allFinished.Set();

@@ -51,6 +51,9 @@ internal sealed class SourceRun
         bool stopped = false;
         long firstStop = 0;
         MainChannel? main = null;
+        // Wakes every waiter on abort, until every thread is joined (no registration per wait: the data path allocates
+        // nothing); a failure of the coordinator itself must wake them too, so it outlives the try block.
+        CancellationTokenRegistration wake = default;
         try
         {
             ulong session = (ulong)Random.Shared.NextInt64() ^ (ulong)Environment.ProcessId << 48;
@@ -66,8 +69,7 @@ internal sealed class SourceRun
             for (int c = 0; c < data.Length; c++)
                 data[c] = Connect(destination, (ushort)(c + 1), session, ctl);
             _credits = _devices.Select(_ => new CreditGate(_window)).ToArray();
-            // One registration wakes every waiter on abort (no registration per wait: the data path allocates nothing).
-            using var wake = ctl.Token.Register(() =>
+            wake = ctl.Token.Register(() =>
             {
                 scheduler.Cancel();
                 foreach (var g in _credits) g.Cancel();
@@ -84,6 +86,7 @@ internal sealed class SourceRun
                     _timeline.AddTrack($"src channel {c + 1} send", "send", "source"));
                 senders.Add(ctl.Start($"src channel {c + 1} send", () => sender.Run(ctl.Token)));
             }
+            threads.AddRange(senders);
 
             // Source digests are taken while the devices still run (they are outside the downtime).
             var digests = _devices.Select(d => d.StateDigest()).ToArray();
@@ -117,7 +120,6 @@ internal sealed class SourceRun
             foreach (var t in savers) t.Join();
             scheduler.Complete();
             foreach (var t in senders) t.Join();
-            threads.AddRange(senders);
             try { _resultArrived.Wait(ctl.Token); } catch (OperationCanceledException) { }
             ctl.ThrowIfFailed();
             // Ok only with the destination's word that every device was loaded and verified.
@@ -141,6 +143,7 @@ internal sealed class SourceRun
                 main?.Connection.Abort();
                 foreach (var t in threads) t.Join(_options.Timeout);
             }
+            wake.Dispose();
         }
         return Report(ctl.Failure, firstStop);
     }
@@ -175,17 +178,19 @@ internal sealed class SourceRun
     /// <summary>Every P2P-capable device to RUNNING_P2P before any goes to STOP, so that none DMAs into a stopped peer.</summary>
     private void Quiesce(TimelineTrack track)
     {
-        foreach (var d in _devices)
-            if (d.Flags.HasFlag(MigrationFlags.P2P)) Transition(d, MigrationState.RunningP2P, track);
-        foreach (var d in _devices)
-            Transition(d, MigrationState.Stop, track);
+        for (int i = 0; i < _devices.Count; i++)
+            if (_devices[i].Flags.HasFlag(MigrationFlags.P2P)) Transition(i, MigrationState.RunningP2P, track);
+        for (int i = 0; i < _devices.Count; i++)
+            Transition(i, MigrationState.Stop, track);
     }
 
-    private static void Transition(IMigrationDevice d, MigrationState target, TimelineTrack track)
+    private void Transition(int device, MigrationState target, TimelineTrack track)
     {
+        var d = _devices[device];
         long t0 = MigrationClock.NowUs;
         var from = d.GetState();
-        d.SetState(target)?.Dispose();
+        try { d.SetState(target)?.Dispose(); }
+        catch (VfioException e) { throw new MigrationException(e.Message, device); }
         track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: $"{d.Name} {from}->{target}");
     }
 
@@ -214,9 +219,10 @@ internal sealed class SourceRun
                 return true;
             case MessageType.Result:
                 _result = m.As<ResultMessage>();
-                _resultArrived.Set();
+                // A failed result fails the run before anyone is woken to read it (the failure cancels the wait).
                 if (!_result.Ok)
                     throw new MigrationException(_result.Message ?? "reported failure", null, FailureOrigin.Peer);
+                _resultArrived.Set();
                 return false;
             default:
                 throw new ProtocolException($"main channel: unexpected {m.Type} from the destination");

@@ -113,7 +113,7 @@ public class FaultTests
         var (src, dst) = TestDevices.Pairs(2);
         // Data record 2's first data byte: after the two small leading records, two whole data records and its prefix.
         long offset = SimStream.Record0Size + SimStream.Record1Size + 2L * (SimStream.DataOverhead + TestDevices.Fast().RecordDataSize) + 32;
-        var report = RunWithFault(null, [src[0], new FaultyStreamDevice(src[1], corruptOffset: offset)], dst);
+        var report = RunWithFault(null, [src[0], new FaultyDevice(src[1], corruptOffset: offset)], dst);
         Assert.False(report.Ok);
         Assert.Equal((FailureOrigin.Local, (int?)1), (report.Failure!.Origin, report.Failure.Device));
         Assert.Equal("sim:dst1", report.FailedDevice);
@@ -123,10 +123,28 @@ public class FaultTests
     }
 
     [Fact]
+    public void A_device_that_cannot_stop_fails_the_run_promptly_and_every_source_runs_again()
+    {
+        // The quiesce fails on the source's coordinator while the senders and save threads wait: the failure must wake
+        // them all at once, not leave each to its join timeout (20 s here).
+        var (src, dst) = TestDevices.Pairs(2);
+        var options = TestDevices.Options(2) with { Timeout = TimeSpan.FromSeconds(20) };
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var report = Loopback.Run([src[0], new FaultyDevice(src[1], refuseStop: true)], dst, options,
+            cancel: TestContext.Current.CancellationToken);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");
+        Assert.False(report.Ok);
+        Assert.Equal((FailureOrigin.Local, (int?)1), (report.Failure!.Origin, report.Failure.Device));
+        Assert.Equal("sim:vf1", report.FailedDevice);
+        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
+        Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
+    }
+
+    [Fact]
     public void Device_refuses_a_truncated_stream()
     {
         var (src, dst) = TestDevices.Pairs(1);
-        var report = RunWithFault(null, [new FaultyStreamDevice(src[0], truncateBy: 1000)], dst);
+        var report = RunWithFault(null, [new FaultyDevice(src[0], truncateBy: 1000)], dst);
         Assert.False(report.Ok);
         Assert.Equal((FailureOrigin.Local, (int?)0), (report.Failure!.Origin, report.Failure.Device));
         Assert.Contains("incomplete stream", report.Failure.Message);

@@ -58,11 +58,12 @@ internal sealed class FaultyChannelWriter(WireFault fault, int channel, IDataCha
 }
 
 /// <summary>
-/// A device whose saved stream is altered after the device produced it: it ends <paramref name="truncateBy"/> bytes
-/// early, or the byte at <paramref name="corruptOffset"/> is flipped (transport checks pass; the destination device
-/// must refuse it).
+/// A device with a fault: its saved stream ends <paramref name="truncateBy"/> bytes early, or the byte at
+/// <paramref name="corruptOffset"/> is flipped after the device produced it (transport checks pass; the destination
+/// device must refuse it), or it refuses to stop (<paramref name="refuseStop"/>, as a device whose firmware fails).
 /// </summary>
-internal sealed class FaultyStreamDevice(IMigrationDevice inner, long truncateBy = 0, long corruptOffset = -1) : IMigrationDevice
+internal sealed class FaultyDevice(IMigrationDevice inner, long truncateBy = 0, long corruptOffset = -1, bool refuseStop = false)
+    : IMigrationDevice
 {
     public string Name => inner.Name;
     public MigrationFlags Flags => inner.Flags;
@@ -76,6 +77,8 @@ internal sealed class FaultyStreamDevice(IMigrationDevice inner, long truncateBy
 
     public IDeviceDataStream? SetState(MigrationState target)
     {
+        if (refuseStop && target == MigrationState.Stop && inner.GetState() != MigrationState.Stop)
+            throw new VfioException($"VFIO_DEVICE_FEATURE(SET MIG_DEVICE_STATE {inner.GetState()}->STOP) on {Name}", Vfio.Interop.Libc.EIO);
         var stream = inner.SetState(target);
         return stream is not null && target == MigrationState.StopCopy
             ? new Stream(stream, (long)inner.StopCopySizeEstimate()! - truncateBy, corruptOffset)
