@@ -145,8 +145,6 @@ public sealed class SimStreamGenerator
         BeginRecordZero();
     }
 
-    public long Produced => _produced;
-
     private void BeginRecordZero()
     {
         SimStream.WriteHeader(_small, 8, SimStream.FlagOptional, SimStream.TagStopCopySize);

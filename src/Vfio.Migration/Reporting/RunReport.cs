@@ -24,7 +24,6 @@ public sealed class DeviceReport
     public string? Error { get; set; }
     /// <summary>Most bytes this device ever had queued at the destination (received, not yet loaded).</summary>
     public long MaxQueuedBytes { get; set; }
-    public long ExpectedBytes { get; set; }
     public ulong Checksum { get; set; }
     public ulong? Digest { get; set; }
     /// <summary>Simulated devices: the load time the device's parameters imply for this stream (filled in by the caller that knows them).</summary>

@@ -40,10 +40,7 @@ public enum TraceKind
 
 /// <summary>One interval of activity, absolute microseconds (MigrationClock). Buffer and Device are -1 when not about one.</summary>
 public readonly record struct TraceSpan(
-    TraceKind Kind, long StartUs, long EndUs, long Bytes = 0, int Buffer = -1, int Device = -1, string? Detail = null)
-{
-    public long DurationUs => EndUs - StartUs;
-}
+    TraceKind Kind, long StartUs, long EndUs, long Bytes = 0, int Buffer = -1, int Device = -1, string? Detail = null);
 
 /// <summary>
 /// One track of the timeline: the activity of one thread (a device loader, a save thread, a channel).

@@ -10,7 +10,7 @@ public class MigrationStateMachineTests
 {
     private static readonly S[] Saving = [S.StopCopy, S.PreCopy, S.PreCopyP2P];
 
-    /// <summary>The arcs of &lt;linux/vfio.h&gt; (and REFERENCE.md section 2), as a plain list per flag set.</summary>
+    /// <summary>The arcs that &lt;linux/vfio.h&gt; documents for each flag set, as a plain list.</summary>
     private static HashSet<(S, S)> OracleArcs(MigrationFlags flags)
     {
         var arcs = new HashSet<(S, S)>();

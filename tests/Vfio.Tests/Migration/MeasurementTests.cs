@@ -4,7 +4,7 @@ using Vfio.Migration;
 
 namespace Vfio.Tests.Migration;
 
-/// <summary>Issue 5: null devices, the device bound, the PF's virtual schedule, --trace and --svg.</summary>
+/// <summary>Measurements: null devices, the device bound, the PF's virtual schedule, --trace and --svg.</summary>
 public class MeasurementTests
 {
     private const string Small = "--state-size=256KiB --buffer-size=32KiB --sim-record-size=48KiB --sim-load-rate=1GiB";

@@ -2,7 +2,10 @@ using Vfio.Migration;
 
 namespace Vfio.Tests.Migration;
 
-/// <summary>The seed thread's scenarios: adversarial ordering across channels, a slow device, bounded queues.</summary>
+/// <summary>
+/// The scenarios of QEMU's multifd loading-thread design discussion: adversarial ordering across channels (the deadlock
+/// order), a slow device, bounded queues.
+/// </summary>
 public class SchedulingTests
 {
     /// <summary>
