@@ -32,6 +32,8 @@ public sealed record BenchRow
     public double DowntimeMedianMs { get; init; }
     public double DowntimeMinMs { get; init; }
     public double? DeviceBoundMs { get; init; }
+    /// <summary>The median run's time from the first stop until every device was loading.</summary>
+    public double? AllLoadingMs { get; init; }
     public double ThroughputMbps { get; init; }
     public double MeanWaitMs { get; init; }
     public double MeanLoadMs { get; init; }

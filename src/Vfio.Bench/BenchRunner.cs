@@ -83,6 +83,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             DowntimeMedianMs = median?.DowntimeMs ?? 0,
             DowntimeMinMs = ok.Count > 0 ? ok[0].Report.DowntimeMs : 0,
             DeviceBoundMs = median?.DeviceBoundMs,
+            AllLoadingMs = median?.AllLoadingMs,
             ThroughputMbps = median?.ThroughputMbps ?? 0,
             MeanWaitMs = median is null ? 0 : median.Devices.Average(d => d.WaitUs) / 1000.0,
             MeanLoadMs = median is null ? 0 : median.Devices.Average(d => d.LoadUs) / 1000.0,
@@ -183,6 +184,8 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             + $"downtime {row.DowntimeMedianMs:0.0} ms (min {row.DowntimeMinMs:0.0}), {row.ThroughputMbps:0} Mbit/s");
         if (row.DeviceBoundMs is double bound)
             text += string.Create(CultureInfo.InvariantCulture, $", bound {bound:0.0} ms (x{row.BoundRatio:0.000})");
+        if (row.AllLoadingMs is double loading)
+            text += string.Create(CultureInfo.InvariantCulture, $", all loading after {loading:0.0} ms");
         if (row.IperfMbps is double iperf)
             text += string.Create(CultureInfo.InvariantCulture, $", iperf3 {iperf:0} Mbit/s (x{row.IperfRatio:0.000})");
         if (row.PeakRssBytes is long rss) text += string.Create(CultureInfo.InvariantCulture, $", peak RSS {rss / 1048576.0:0} MiB");

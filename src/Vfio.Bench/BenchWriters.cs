@@ -104,6 +104,7 @@ public static class BenchWriters
             if (r.Error is not null) j.WriteString("error", r.Error);
             j.WriteNumber("downtime_ms", Math.Round(r.DowntimeMedianMs, 3));
             j.WriteNumber("downtime_min_ms", Math.Round(r.DowntimeMinMs, 3));
+            if (r.AllLoadingMs is double loading) j.WriteNumber("all_loading_ms", Math.Round(loading, 3));
             if (r.DeviceBoundMs is double bound) j.WriteNumber("device_bound_ms", Math.Round(bound, 3));
             j.WriteNumber("throughput_mbps", Math.Round(r.ThroughputMbps, 1));
             if (r.IperfMbps is double iperf) j.WriteNumber("iperf3_mbps", Math.Round(iperf, 1));

@@ -147,6 +147,7 @@ internal sealed class DeviceSink
             throw new MigrationException($"loading buffer {s.Index} failed: {e.Message}", Index);
         }
         long t1 = MigrationClock.NowUs;
+        if (Report.FirstLoadUs == 0) Report.FirstLoadUs = t0;
         StreamChecksum.Append(_hash, (uint)s.Index, s.Length, s.Crc);
         Track.Add(TraceKind.Load, t0, t1, s.Length, (int)s.Index);
         Report.LoadUs += t1 - t0;

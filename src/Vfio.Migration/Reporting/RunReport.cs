@@ -19,6 +19,8 @@ public sealed class DeviceReport
     public long ConfigUs { get; set; }
     public long StartUs { get; set; }
     public long EndUs { get; set; }
+    /// <summary>When the device's first load began (0 if it never did): before it, the device waits for the engine.</summary>
+    public long FirstLoadUs { get; set; }
     public long TotalUs => EndUs > StartUs ? EndUs - StartUs : 0;
     public bool Verified { get; set; }
     public string? Error { get; set; }
@@ -64,6 +66,14 @@ public sealed class RunReport
     /// overhead factor.
     /// </summary>
     public double? DeviceBoundMs { get; set; }
+    /// <summary>
+    /// From the first source stop until every device was loading (the last device's first load), in milliseconds: the
+    /// part of the downtime in which devices wait for the engine's pipeline to fill; null unless every device loaded.
+    /// </summary>
+    public double? AllLoadingMs => FirstStopUs > 0 && Devices.Count > 0 && Devices.All(d => d.FirstLoadUs > 0)
+        ? (Devices.Max(d => d.FirstLoadUs) - FirstStopUs) / 1000.0
+        : null;
+
     /// <summary>DowntimeMs / DeviceBoundMs, when both are known.</summary>
     public double? BoundRatio => DeviceBoundMs is > 0 && DowntimeMs > 0 ? DowntimeMs / DeviceBoundMs : null;
 
@@ -124,6 +134,7 @@ public sealed class RunReport
         j.WriteNumber("throughput_mbps", Math.Round(ThroughputMbps, 1));
         if (DeviceBoundMs is double bound) j.WriteNumber("device_bound_ms", Math.Round(bound, 3));
         if (BoundRatio is double ratio) j.WriteNumber("downtime_over_bound", Math.Round(ratio, 4));
+        if (AllLoadingMs is double loading) j.WriteNumber("all_loading_ms", Math.Round(loading, 3));
         j.WriteString("role", Role);
         j.WriteNumber("buffer_size", BufferSize);
         j.WriteNumber("window", Window);
@@ -147,6 +158,7 @@ public sealed class RunReport
             j.WriteNumber("config_ms", Math.Round(d.ConfigUs / 1000.0, 3));
             j.WriteNumber("start_us", d.StartUs);
             j.WriteNumber("end_us", d.EndUs);
+            if (d.FirstLoadUs > 0 && FirstStopUs > 0) j.WriteNumber("first_load_ms", Math.Round((d.FirstLoadUs - FirstStopUs) / 1000.0, 3));
             j.WriteNumber("max_queued_bytes", d.MaxQueuedBytes);
             if (d.SimLoadMs is double s) j.WriteNumber("sim_load_ms", Math.Round(s, 3));
             if (d.Error is not null) j.WriteString("error", d.Error);

@@ -181,6 +181,13 @@ public class MeasurementTests
         Assert.Contains("device bound", report.SummaryLines().Last());
         Assert.Contains("\"device_bound_ms\"", report.ToJson());
         TestDevices.AssertSameState(src, dst);
+
+        // Every device's first load lies inside the downtime, and the last of them is when every device was loading.
+        Assert.All(report.Devices, d => Assert.InRange(d.FirstLoadUs, report.FirstStopUs, report.LastRunningUs));
+        Assert.Equal((report.Devices.Max(d => d.FirstLoadUs) - report.FirstStopUs) / 1000.0, report.AllLoadingMs);
+        var json = System.Text.Json.JsonDocument.Parse(report.ToJson()).RootElement;
+        Assert.Equal(report.AllLoadingMs!.Value, json.GetProperty("all_loading_ms").GetDouble(), 3);
+        Assert.All(json.GetProperty("devices").EnumerateArray(), d => Assert.True(d.GetProperty("first_load_ms").GetDouble() >= 0));
     }
 
     [Fact]
