@@ -262,6 +262,13 @@ public static class MigrationCommands
             error.WriteLine($"vfio-mig: {e.Message}");
             return e is MigrationException ? 1 : 2;
         }
+        if (report.Outcome == MigrationOutcome.Unknown)
+        {
+            error.WriteLine($"vfio-mig: outcome unknown: the migration was committed, then {report.Error}. The source devices are "
+                + "stopped with their state; if the destination did not take over, resume them with: vfio-mig resume "
+                + string.Join(' ', report.Devices.Select(d => d.SourceName ?? d.Name)));
+            return ResumeCommand.OutcomeUnknownExitCode;
+        }
         if (!report.Ok)
         {
             error.WriteLine($"vfio-mig: migration failed{(report.FailedDevice is null ? "" : $" ({report.FailedDevice})")}: {report.Error}");

@@ -15,6 +15,7 @@ public static class Program
             root.Subcommands.Add(command);
         foreach (var command in MigrationCommands.Create()) root.Subcommands.Add(command);
         root.Subcommands.Add(BenchCommand.Create());
+        root.Subcommands.Add(ResumeCommand.Create());
         return root;
     }
 }

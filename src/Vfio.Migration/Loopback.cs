@@ -11,10 +11,10 @@ public static class Loopback
         MigrationOptions options, ILogger? logger = null, Action<MigrationSource, MigrationDestination>? started = null,
         CancellationToken cancel = default) => Run(sources, destinations, options, logger, started, null, cancel);
 
-    /// <summary>Test seam: <paramref name="sourceTarget"/> sends the source elsewhere than the destination's listener.</summary>
+    /// <summary>Test seam: <paramref name="route"/> tells the source where to connect, given the destination's listener.</summary>
     internal static RunReport Run(IReadOnlyList<IMigrationDevice> sources, IReadOnlyList<IMigrationDevice> destinations,
         MigrationOptions options, ILogger? logger, Action<MigrationSource, MigrationDestination>? started,
-        IPEndPoint? sourceTarget, CancellationToken cancel)
+        Func<IPEndPoint, IPEndPoint>? route, CancellationToken cancel)
     {
         if (sources.Count != destinations.Count)
             throw new ArgumentException("as many destination devices as source devices");
@@ -33,10 +33,13 @@ public static class Loopback
             catch (Exception e) { dcrash = e; }
         }) { IsBackground = true, Name = "dst coordinator" };
         dthread.Start();
-        var sreport = src.Run(sourceTarget ?? endpoint, cancel);
+        var sreport = src.Run(route?.Invoke(endpoint) ?? endpoint, cancel);
         if (!sreport.Ok) dcancel.CancelAfter(TimeSpan.FromSeconds(2)); // time for the destination to notice on its own
         dthread.Join();
         if (dcrash is not null) throw new InvalidOperationException($"the destination crashed: {dcrash.Message}", dcrash);
+        // One process sees both sides: a source that committed and lost its destination learns what the destination did.
+        if (sreport.Outcome == MigrationOutcome.Unknown && !dreport!.Ok)
+            foreach (var s in sources) s.SetState(MigrationState.Running)?.Dispose();
         return Merge(sreport, dreport!);
     }
 
@@ -82,14 +85,15 @@ public static class Loopback
     }
 
     /// <summary>
-    /// Whose account of a failure to show: a cancelled source means the caller cancelled; otherwise the side that found
-    /// the failure itself over one that lost its connection, over one that was told by its peer (the destination when
-    /// both are alike: it sees the devices load).
+    /// Whose account to show. The destination's when its devices run (the source committed, whatever it saw since), or
+    /// when the source committed and lost it (the destination's failure is why, and the sources were resumed). Otherwise
+    /// a cancelled source means the caller cancelled; else the side that found the failure itself over one that lost its
+    /// connection, over one that was told by its peer (the destination when both are alike: it sees the devices load).
     /// </summary>
     private static RunReport Witness(RunReport source, RunReport destination)
     {
-        if (source.Ok) return destination;
-        if (destination.Ok || source.Failure!.Origin == FailureOrigin.Cancelled) return source;
+        if (destination.Ok || source.Ok || source.Outcome == MigrationOutcome.Unknown) return destination;
+        if (source.Failure!.Origin == FailureOrigin.Cancelled) return source;
         return Rank(source.Failure.Origin) > Rank(destination.Failure!.Origin) ? source : destination;
     }
 

@@ -6,13 +6,16 @@ namespace Vfio.Migration;
 /// <summary>
 /// One run of the destination, in the order of docs/protocol.md section 2: accept a source, take its device list, put
 /// the devices in RESUMING, grant the window, accept the data channels, load (loader threads, or the receive threads
-/// in coupled mode), verify, bring every device to RUNNING, report.
+/// in coupled mode), verify, report, and on the source's Commit bring every device to RUNNING. Before the Commit a
+/// failure resets every device; after it a lost connection no longer matters (the source will never resume its own),
+/// and a device that fails to run makes this side reset them all before it says so (docs/protocol.md section 6).
 /// Threads and ownership: the coordinator (the caller of Execute) owns the sequence, the sinks array (made before any
 /// other thread starts) and the report. Receive threads (<see cref="ChannelReceiver"/>) and loaders (decoupled,
 /// <see cref="DeviceSink.LoaderLoop"/>) work on the sinks. The main receive thread writes the switchover time
 /// (<see cref="_sourceFirstStopUs"/>, <see cref="_switchoverUs"/>) before setting <see cref="_switchover"/>, which the
 /// loaders wait for, and hands DeviceDone to the sinks. The heartbeat thread runs the stall watchdog. The thread that
-/// finishes the last device sets <see cref="_allFinished"/> (counted in <see cref="_finished"/>, Interlocked).
+/// finishes the last device sets <see cref="_allFinished"/> (counted in <see cref="_finished"/>, Interlocked). The main
+/// receive thread sets <see cref="_commit"/>; the coordinator sets <see cref="_running"/> when the devices run.
 /// Credits go out on the main channel from whichever thread loaded the buffers (its send lock orders them).
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001",
@@ -25,6 +28,9 @@ internal sealed class DestinationRun
     private readonly MigrationProgress _progress;
     private readonly ManualResetEventSlim _switchover = new();
     private readonly ManualResetEventSlim _allFinished = new();
+    private readonly ManualResetEventSlim _resultSent = new();
+    private readonly ManualResetEventSlim _commit = new();
+    private readonly ManualResetEventSlim _running = new();
     private DeviceSink[] _sinks = [];
     private BufferPool? _pool;
     private MainChannel? _main;
@@ -56,6 +62,7 @@ internal sealed class DestinationRun
         // Wakes every waiting loader on abort, until every thread is joined (no registration per wait); a failure of
         // the coordinator itself must wake them too, so it outlives the try block.
         CancellationTokenRegistration wake = default;
+        bool running = false;
         try
         {
             Warmup.Prepare(_devices); // while no source is connected yet: compile the data path outside the downtime
@@ -71,8 +78,8 @@ internal sealed class DestinationRun
             wake = ctl.Token.Register(() => { foreach (var s in _sinks) s.Wake(); _switchover.Set(); });
             main.Send(new AcceptMessage(_options.Window, _devices.Select(d => d.Name).ToArray()));
             // The main channel is watched from now on (a source that gives up while channels connect ends the run).
-            threads.Add(ctl.Start("dst main receive", () => main.ReceiveLoop(ctl, OnMessage, () => _allFinished.IsSet,
-                "before the migration completed")));
+            threads.Add(ctl.Start("dst main receive", () => main.ReceiveLoop(ctl, OnMessage, () => _running.IsSet,
+                "before committing the migration")));
             threads.Add(ctl.Start("dst main send", () => Heartbeats(main, ctl)));
             var data = acceptor.AcceptDataChannels(session, _channels, ctl);
             _log.LogInformation(
@@ -92,24 +99,27 @@ internal sealed class DestinationRun
             try { _allFinished.Wait(ctl.Token); } catch (OperationCanceledException) { }
             ctl.ThrowIfFailed();
 
-            // Every device loaded and verified: resume them all, P2P first (mirror of the source's quiesce).
-            var track = Timeline.AddTrack("dst main", "main", "destination");
+            // Every device loaded and verified, in STOP: report, then wait for the source's Commit.
             loadEnd = _sinks.Max(s => s.Report.EndUs);
-            foreach (var s in _sinks)
-                if (s.Device.Flags.HasFlag(MigrationFlags.P2P)) Transition(s, MigrationState.RunningP2P, track);
-            foreach (var s in _sinks)
-                Transition(s, MigrationState.Running, track);
-            lastRunning = MigrationClock.NowUs;
-            Timeline.Mark("destination_last_running", lastRunning);
-            Timeline.Mark("source_first_stop", _sourceFirstStopUs);
             foreach (var s in _sinks)
             {
                 var d = s.Report;
                 main.Send(new DeviceResultMessage(s.Index, d.Verified, d.Bytes, d.Buffers, d.WaitUs, d.LoadUs, d.ConfigUs, d.StartUs, d.EndUs,
                     d.MaxQueuedBytes, d.Error));
             }
-            main.Send(new ResultMessage(true, lastRunning, loadEnd, null));
-            // Let the source read the result and close first; then we are done.
+            _resultSent.Set(); // before the Result leaves: the Commit may come back before Send returns
+            main.Send(new ResultMessage(true, loadEnd, null));
+            try { _commit.Wait(ctl.Token); } catch (OperationCanceledException) { }
+            // A Commit that arrived counts even if the connection failed since: the source will not resume its devices.
+            if (!_commit.IsSet) ctl.ThrowIfFailed();
+            // From here on this side tells the source why it failed only after it has reset every device.
+            ctl.BeforeAbort = null;
+            lastRunning = RunAll(main);
+            running = true;
+            _running.Set();
+            try { main.Send(new RunningMessage(lastRunning)); }
+            catch (TransportException e) { _log.LogWarning("the devices run; the source was not told ({Error})", e.Message); }
+            // Let the source read it and close first; then we are done.
             foreach (var t in threads) t.Join(_options.Timeout);
         }
         catch (Exception e)
@@ -118,11 +128,37 @@ internal sealed class DestinationRun
         }
         finally
         {
-            if (ctl.Failed) Rollback(prepared, threads);
+            if (ctl.Failed && !running) Rollback(prepared, threads);
             _main?.Connection.Abort();
             wake.Dispose();
         }
-        return Report(ctl.Failure, bufferSize, lastRunning, loadEnd);
+        return Report(running ? null : ctl.Failure, bufferSize, lastRunning, loadEnd);
+    }
+
+    /// <summary>
+    /// After the Commit: every device to RUNNING, P2P first (the mirror of the source's quiesce). If one refuses, every
+    /// device is reset before the source is told, so that it never resumes its own while one here runs.
+    /// </summary>
+    private long RunAll(MainChannel main)
+    {
+        var track = Timeline.AddTrack("dst main", "main", "destination");
+        try
+        {
+            foreach (var s in _sinks)
+                if (s.Device.Flags.HasFlag(MigrationFlags.P2P)) Transition(s, MigrationState.RunningP2P, track);
+            foreach (var s in _sinks)
+                Transition(s, MigrationState.Running, track);
+        }
+        catch (MigrationException e)
+        {
+            ResetDevices(onlyIfNotRunning: false);
+            main.TrySendError(new RunFailure(FailureOrigin.Local, e.Message, e.Device));
+            throw;
+        }
+        long lastRunning = MigrationClock.NowUs;
+        Timeline.Mark("destination_last_running", lastRunning);
+        Timeline.Mark("source_first_stop", _sourceFirstStopUs);
+        return lastRunning;
     }
 
     private int TakeDeviceList(in DeviceListMessage list)
@@ -189,6 +225,10 @@ internal sealed class DestinationRun
                 Timeline.Mark("destination_switchover", _switchoverUs);
                 _switchover.Set();
                 return true;
+            case MessageType.Commit:
+                if (!_resultSent.IsSet || _commit.IsSet) throw new ProtocolException("main channel: Commit before Result, or twice");
+                _commit.Set();
+                return true;
             case MessageType.DeviceDone:
                 var done = m.As<DeviceDoneMessage>();
                 if (done.Device >= _sinks.Length) throw new ProtocolException($"main channel: completion for unknown device {done.Device}");
@@ -249,17 +289,17 @@ internal sealed class DestinationRun
         long timeoutUs = (long)_options.Timeout.TotalMicroseconds;
         try
         {
-            main.Heartbeats(ctl, _allFinished, () =>
+            main.Heartbeats(ctl, _running, () =>
             {
                 long now = MigrationClock.NowUs;
                 foreach (var s in _sinks)
                     if (s.Stalled(now, timeoutUs, out var what)) throw new MigrationException(what, s.Index);
             });
         }
-        catch (MigrationException e) when (e is TransportException && _allFinished.IsSet)
+        catch (MigrationException e) when (e is TransportException && _running.IsSet)
         {
-            // Every device is done: the source may already have read the result and closed the main channel while a
-            // last heartbeat was being sent. Nothing is lost.
+            // The devices run: the source may already have read that and closed the main channel while a last heartbeat
+            // was being sent. Nothing is lost.
         }
     }
 

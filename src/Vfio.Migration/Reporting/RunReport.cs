@@ -36,10 +36,25 @@ public sealed class DeviceReport
         + $"({Bytes} bytes, {Buffers} buffers{(Verified ? ", verified" : Error is null ? "" : ", FAILED: " + Error)})");
 }
 
+/// <summary>What became of the devices.</summary>
+public enum MigrationOutcome
+{
+    /// <summary>The destination's devices run with the state; the source's are stopped.</summary>
+    Migrated,
+    /// <summary>The run failed: the source's devices run again, the destination's were reset.</summary>
+    RolledBack,
+    /// <summary>
+    /// The source committed and then lost the destination: its devices are stopped with their state intact, and the
+    /// destination may or may not run them. An operator (or orchestrator) decides (`vfio-mig resume` on the source).
+    /// </summary>
+    Unknown,
+}
+
 /// <summary>The outcome of a run, as printed and as written by --json.</summary>
 public sealed class RunReport
 {
     public bool Ok { get; private set; }
+    public MigrationOutcome Outcome { get; private set; } = MigrationOutcome.RolledBack;
     public required string Role { get; init; }
     public LoadingMode Mode { get; init; }
     public int Channels { get; init; }
@@ -83,10 +98,11 @@ public sealed class RunReport
     /// Sets the outcome: ok without a failure; otherwise the failure, its text (device names from
     /// <paramref name="deviceNames"/>, the peer called <paramref name="peerRole"/>), and no device verified.
     /// </summary>
-    public void SetOutcome(RunFailure? failure, string peerRole, IReadOnlyList<string> deviceNames)
+    public void SetOutcome(RunFailure? failure, string peerRole, IReadOnlyList<string> deviceNames, bool outcomeUnknown = false)
     {
         Failure = failure;
         Ok = failure is null;
+        Outcome = Ok ? MigrationOutcome.Migrated : outcomeUnknown ? MigrationOutcome.Unknown : MigrationOutcome.RolledBack;
         Error = failure?.Describe(deviceNames, peerRole);
         FailedDevice = failure?.Device is int i && i < deviceNames.Count ? deviceNames[i] : null;
         if (!Ok) foreach (var d in Devices) d.Verified = false;
@@ -97,6 +113,7 @@ public sealed class RunReport
     {
         Failure = from.Failure;
         Ok = from.Ok;
+        Outcome = from.Outcome;
         Error = from.Error;
         FailedDevice = from.FailedDevice;
         if (!Ok) foreach (var d in Devices) d.Verified = false;
@@ -115,6 +132,9 @@ public sealed class RunReport
             yield return string.Create(CultureInfo.InvariantCulture,
                 $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms{BoundText()}, "
                 + $"{ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
+        else if (Outcome == MigrationOutcome.Unknown)
+            yield return $"result UNKNOWN{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: committed, then {Error}; "
+                + "the source devices are stopped with their state";
         else
             yield return $"result FAILED{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: {Error}";
     }
@@ -128,6 +148,12 @@ public sealed class RunReport
         using var j = new Utf8JsonWriter(output, new JsonWriterOptions { Indented = true });
         j.WriteStartObject();
         j.WriteString("result", Ok ? "ok" : "failed");
+        j.WriteString("outcome", Outcome switch
+        {
+            MigrationOutcome.Migrated => "migrated",
+            MigrationOutcome.Unknown => "unknown",
+            _ => "rolled_back",
+        });
         j.WriteString("mode", ModeName);
         j.WriteNumber("channels", Channels);
         j.WriteNumber("downtime_ms", Math.Round(DowntimeMs, 3));

@@ -6,12 +6,15 @@ namespace Vfio.Migration;
 /// <summary>
 /// One run of the source, in the order of docs/protocol.md section 2: connect and hand over the device list, take the
 /// destination's window, connect the data channels, quiesce and stop the devices, let the save threads read them,
-/// wait for the destination's result.
+/// wait for the destination's result, commit, wait for the destination's devices to run. Until it sends Commit a
+/// failure puts the devices back to RUNNING; after it, only the destination's word that it reset its devices does:
+/// anything else leaves the outcome unknown and the devices stopped with their state (docs/protocol.md section 6).
 /// Threads and ownership: the coordinator (the caller of Execute) owns the sequence and, after the run, the report.
 /// Save threads (<see cref="DeviceSaver"/>, one per device) read their device and queue packets; sender threads
 /// (<see cref="ChannelSender"/>, one per data channel) take them from the scheduler. The main receive thread writes
-/// the destination's answers (<see cref="_results"/> entries, <see cref="_result"/>) and adds credits; the coordinator
-/// reads them only after <see cref="_resultArrived"/> is set. <see cref="_sent"/> is written by the save threads
+/// the destination's answers (<see cref="_results"/> entries, <see cref="_result"/>, <see cref="_lastRunningUs"/>)
+/// and adds credits; the coordinator reads them only after <see cref="_resultArrived"/> or <see cref="_running"/> is
+/// set. <see cref="_sent"/> is written by the save threads
 /// (Interlocked) and read by the main receive thread, to refuse credits for buffers never sent.
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001",
@@ -27,8 +30,10 @@ internal sealed class SourceRun
     private readonly DeviceReport[] _results;
     private readonly long[] _sent;
     private readonly ManualResetEventSlim _resultArrived = new();
+    private readonly ManualResetEventSlim _running = new();
     private CreditGate[] _credits = [];
     private ResultMessage _result;
+    private long _lastRunningUs;
     private int _window;
 
     public SourceRun(MigrationSource side)
@@ -54,6 +59,7 @@ internal sealed class SourceRun
         // Wakes every waiter on abort, until every thread is joined (no registration per wait: the data path allocates
         // nothing); a failure of the coordinator itself must wake them too, so it outlives the try block.
         CancellationTokenRegistration wake = default;
+        bool committed = false, outcomeUnknown = false;
         try
         {
             ulong session = (ulong)Random.Shared.NextInt64() ^ (ulong)Environment.ProcessId << 48;
@@ -76,9 +82,9 @@ internal sealed class SourceRun
             });
 
             var mainMessages = main;
-            threads.Add(ctl.Start("src main receive", () => mainMessages.ReceiveLoop(ctl, OnMessage, () => _resultArrived.IsSet,
-                "before reporting a result")));
-            threads.Add(ctl.Start("src heartbeat", () => mainMessages.Heartbeats(ctl, _resultArrived)));
+            threads.Add(ctl.Start("src main receive", () => mainMessages.ReceiveLoop(ctl, OnMessage, () => _running.IsSet,
+                "before its devices ran")));
+            threads.Add(ctl.Start("src heartbeat", () => mainMessages.Heartbeats(ctl, _running)));
             var senders = new List<Thread>();
             for (int c = 0; c < data.Length; c++)
             {
@@ -122,9 +128,16 @@ internal sealed class SourceRun
             foreach (var t in senders) t.Join();
             try { _resultArrived.Wait(ctl.Token); } catch (OperationCanceledException) { }
             ctl.ThrowIfFailed();
-            // Ok only with the destination's word that every device was loaded and verified.
+            // Commit only with the destination's word that every device was loaded and verified.
             if (_results.Select((d, i) => (d, i)).FirstOrDefault(x => !x.d.Verified) is { d: not null } unverified)
-                ctl.Fail(new RunFailure(FailureOrigin.Peer, "reported success without verifying the device", unverified.i));
+                throw new MigrationException("reported success without verifying the device", unverified.i, FailureOrigin.Peer);
+            // The commit point: once these bytes may have left, the destination may run the devices, so this side never
+            // resumes them by itself again.
+            committed = true;
+            main.Send(new CommitMessage());
+            try { _running.Wait(ctl.Token); } catch (OperationCanceledException) { }
+            // The destination's word that its devices run settles the run, whatever failed after it.
+            if (!_running.IsSet) ctl.ThrowIfFailed();
         }
         catch (Exception e)
         {
@@ -132,11 +145,13 @@ internal sealed class SourceRun
         }
         finally
         {
-            if (ctl.Failed)
+            if (ctl.Failed && !_running.IsSet)
             {
                 foreach (var t in threads) t.Join(_options.Timeout);
                 if (scheduler is NextIdleScheduler q) q.Drain(_pool);
-                if (stopped) RestoreRunning();
+                // After the commit only the destination's own Error says it did not take over (it reset its devices).
+                if (stopped && (!committed || ctl.Failure!.Origin == FailureOrigin.Peer)) RestoreRunning();
+                else if (committed) outcomeUnknown = true;
             }
             else
             {
@@ -145,7 +160,7 @@ internal sealed class SourceRun
             }
             wake.Dispose();
         }
-        return Report(ctl.Failure, firstStop);
+        return Report(_running.IsSet ? null : ctl.Failure, firstStop, outcomeUnknown);
     }
 
     private Connection Connect(IPEndPoint ep, ushort channel, ulong session, RunControl ctl)
@@ -223,6 +238,11 @@ internal sealed class SourceRun
                 if (!_result.Ok)
                     throw new MigrationException(_result.Message ?? "reported failure", null, FailureOrigin.Peer);
                 _resultArrived.Set();
+                return true;
+            case MessageType.Running:
+                if (!_resultArrived.IsSet) throw new ProtocolException("main channel: Running before Result");
+                _lastRunningUs = m.As<RunningMessage>().LastRunningUs;
+                _running.Set();
                 return false;
             default:
                 throw new ProtocolException($"main channel: unexpected {m.Type} from the destination");
@@ -246,7 +266,7 @@ internal sealed class SourceRun
         }
     }
 
-    private RunReport Report(RunFailure? failure, long firstStop)
+    private RunReport Report(RunFailure? failure, long firstStop, bool outcomeUnknown)
     {
         var report = new RunReport
         {
@@ -254,12 +274,12 @@ internal sealed class SourceRun
             Timeline = _timeline, Window = _window, FirstStopUs = firstStop, PoolBuffers = _pool.Allocated,
         };
         report.Devices.AddRange(_results);
-        report.SetOutcome(failure, "destination", _devices.Select(d => d.Name).ToArray());
+        report.SetOutcome(failure, "destination", _devices.Select(d => d.Name).ToArray(), outcomeUnknown);
         if (report.Ok)
         {
-            report.LastRunningUs = _result.LastRunningUs;
+            report.LastRunningUs = _lastRunningUs;
             report.LoadEndUs = _result.LoadEndUs;
-            _timeline.Mark("destination_last_running", _result.LastRunningUs);
+            _timeline.Mark("destination_last_running", _lastRunningUs);
         }
         return report;
     }

@@ -49,6 +49,8 @@ public static class MessageCodec
         MessageType.Result => ResultMessage.MaxBodySize,
         MessageType.Error => ErrorMessage.MaxBodySize,
         MessageType.Heartbeat => HeartbeatMessage.MaxBodySize,
+        MessageType.Commit => CommitMessage.MaxBodySize,
+        MessageType.Running => RunningMessage.MaxBodySize,
         _ => 0,
     };
 }
@@ -199,16 +201,18 @@ public readonly record struct DeviceResultMessage(int Device, bool Verified, lon
     }
 }
 
-/// <summary>Destination to source, last: the run's outcome; on success when the last device reached RUNNING (destination clock).</summary>
-public readonly record struct ResultMessage(bool Ok, long LastRunningUs, long LoadEndUs, string? Message) : IMessage<ResultMessage>
+/// <summary>
+/// Destination to source, after the last DeviceResult: every device loaded and verified, in STOP (Ok), when the last
+/// one finished loading (destination clock). Nothing runs at the destination before the source's Commit.
+/// </summary>
+public readonly record struct ResultMessage(bool Ok, long LoadEndUs, string? Message) : IMessage<ResultMessage>
 {
     public static MessageType Type => MessageType.Result;
-    public static int MaxBodySize => 4 + 8 + 8 + 2 + Protocol.MaxTextBytes;
+    public static int MaxBodySize => 4 + 8 + 2 + Protocol.MaxTextBytes;
 
     public void Write(ref MessageWriter w)
     {
         w.U32(Ok ? 1u : 0u);
-        w.I64(LastRunningUs);
         w.I64(LoadEndUs);
         w.Str(Message ?? "", Protocol.MaxTextBytes);
     }
@@ -216,10 +220,31 @@ public readonly record struct ResultMessage(bool Ok, long LastRunningUs, long Lo
     public static ResultMessage Read(ref MessageReader r)
     {
         bool ok = r.Bool();
-        long running = r.I64(), loaded = r.I64();
+        long loaded = r.I64();
         string message = r.Str(Protocol.MaxTextBytes);
-        return new ResultMessage(ok, running, loaded, message.Length == 0 ? null : message);
+        return new ResultMessage(ok, loaded, message.Length == 0 ? null : message);
     }
+}
+
+/// <summary>
+/// Source to destination, after a Result that is Ok: the commit point. From the moment it sends this, the source never
+/// resumes its devices by itself; the destination may now run its own.
+/// </summary>
+public readonly record struct CommitMessage : IMessage<CommitMessage>
+{
+    public static MessageType Type => MessageType.Commit;
+    public static int MaxBodySize => 0;
+    public void Write(ref MessageWriter w) { }
+    public static CommitMessage Read(ref MessageReader r) => default;
+}
+
+/// <summary>Destination to source, last: every destination device runs; when the last reached RUNNING (destination clock).</summary>
+public readonly record struct RunningMessage(long LastRunningUs) : IMessage<RunningMessage>
+{
+    public static MessageType Type => MessageType.Running;
+    public static int MaxBodySize => 8;
+    public void Write(ref MessageWriter w) => w.I64(LastRunningUs);
+    public static RunningMessage Read(ref MessageReader r) => new(r.I64());
 }
 
 /// <summary>Either way: the sender aborts the run, and so does the receiver. Device 0xFFFFFFFF on the wire: not about one device.</summary>

@@ -9,7 +9,7 @@ public static class Protocol
     public const uint HandshakeMagic = 0x47494D56;      // "VMIG"
     public const uint HandshakeReplyMagic = 0x41494D56; // "VMIA"
     public const uint PacketMagic = 0x50444D56;         // "VMDP"
-    public const ushort Version = 1;
+    public const ushort Version = 2;
     public const int HandshakeSize = 32;
     public const int HandshakeReplySize = 16;
     public const int PacketHeaderSize = 32;
@@ -144,6 +144,8 @@ public enum MessageType : ushort
     Result = 7,
     Error = 8,
     Heartbeat = 9,
+    Commit = 10,
+    Running = 11,
 }
 
 /// <summary>Little-endian writer for main-channel message bodies, into a buffer of the message's maximum size.</summary>

@@ -280,7 +280,7 @@ public class LoopbackFailureTests
         closed.Stop();
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var options = TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(20) };
-        var report = Loopback.Run(src, dst, options, null, null, target, TestContext.Current.CancellationToken);
+        var report = Loopback.Run(src, dst, options, null, null, _ => target, TestContext.Current.CancellationToken);
         Assert.False(report.Ok);
         Assert.Equal(FailureOrigin.Transport, report.Failure!.Origin);
         Assert.StartsWith($"connect to {target}", report.Error);

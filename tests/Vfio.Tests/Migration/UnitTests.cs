@@ -54,7 +54,7 @@ public class UnitTests
         var b = new byte[Protocol.HandshakeSize];
         new Handshake(2, 0x1234, 6).Write(b);
         Assert.Equal(new Handshake(2, 0x1234, 6), Handshake.Read(b));
-        var v = (byte[])b.Clone(); v[4] = 2;
+        var v = (byte[])b.Clone(); v[4] = (byte)(Protocol.Version + 1);
         Assert.Contains("version", Assert.Throws<ProtocolException>(() => Handshake.Read(v)).Message);
         var c = (byte[])b.Clone(); c[10] ^= 1;
         Assert.Contains("CRC", Assert.Throws<ProtocolException>(() => Handshake.Read(c)).Message);
