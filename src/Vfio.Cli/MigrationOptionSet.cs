@@ -25,7 +25,16 @@ internal sealed class MigrationOptionSet
         Description = "Buffers per device the destination lets be in flight (credits)",
         DefaultValueFactory = _ => MigrationOptions.DefaultWindow,
     };
-    public readonly Option<double> Timeout = new("--timeout") { Description = "Seconds a silent peer is tolerated", DefaultValueFactory = _ => 30 };
+    public readonly Option<double> Timeout = new("--timeout")
+    {
+        Description = "Seconds a silent peer, or a device that makes no progress after the switchover, is tolerated",
+        DefaultValueFactory = _ => 30,
+    };
+    public readonly Option<double> LoadTimeout = new("--load-timeout")
+    {
+        Description = "Seconds one call into a device (a load, a save read, leaving RESUMING) may take",
+        DefaultValueFactory = _ => 60,
+    };
     public readonly Option<string> StateSize = new("--state-size")
     {
         Description = "Simulated devices: state (stream) size, e.g. 64MiB",
@@ -54,15 +63,17 @@ internal sealed class MigrationOptionSet
 
     public void AddTo(Command c)
     {
-        foreach (var o in new Option[] { Channels, BufferSize, Window, Timeout, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
+        foreach (var o in new Option[] { Channels, BufferSize, Window, Timeout, LoadTimeout, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
             c.Options.Add(o);
     }
 
     /// <summary>The transport's options, checked; the loading mode is left at its default for the command to set.</summary>
     public MigrationOptions Options(ParseResult r)
     {
-        double timeout = r.GetValue(Timeout);
-        if (!(timeout > 0 && timeout < 86400)) throw new UsageException("--timeout must be a positive number of seconds");
+        // Socket timeouts count whole milliseconds, and 0 means none: a shorter timeout would silently become no timeout.
+        double timeout = r.GetValue(Timeout), loadTimeout = r.GetValue(LoadTimeout);
+        if (!(timeout >= 0.001 && timeout < 86400)) throw new UsageException("--timeout must be between 0.001 and 86400 seconds");
+        if (!(loadTimeout >= 0.001 && loadTimeout < 86400)) throw new UsageException("--load-timeout must be between 0.001 and 86400 seconds");
         long buffer = Sizes.Parse(r.GetValue(BufferSize)!, "--buffer-size");
         var o = new MigrationOptions
         {
@@ -70,6 +81,7 @@ internal sealed class MigrationOptionSet
             BufferSize = buffer > int.MaxValue ? int.MaxValue : (int)buffer,
             Window = r.GetValue(Window),
             Timeout = TimeSpan.FromSeconds(timeout),
+            LoadTimeout = TimeSpan.FromSeconds(loadTimeout),
         };
         try { o.Validate(); }
         catch (ArgumentException e) { throw new UsageException(e.Message); }

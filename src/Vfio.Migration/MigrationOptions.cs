@@ -31,6 +31,11 @@ public sealed record MigrationOptions
     public int Window { get; init; } = DefaultWindow;
     /// <summary>How long a peer may stay silent (heartbeats every second on the main channel) or refuse to read.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// How long one call into a device may take (a write(2) that loads a record, RESUMING->STOP) before the run fails:
+    /// separate from <see cref="Timeout"/>, since a device may legitimately load for longer than a peer may be silent.
+    /// </summary>
+    public TimeSpan LoadTimeout { get; init; } = TimeSpan.FromSeconds(60);
     /// <summary>How long `receive` waits for a source to connect.</summary>
     public TimeSpan AcceptTimeout { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>How the source distributes packets over channels (default: the next idle channel); tests script it.</summary>
@@ -48,5 +53,7 @@ public sealed record MigrationOptions
             throw new ArgumentException("--window must be between 2 and 4096 buffers");
         if (Timeout <= TimeSpan.Zero)
             throw new ArgumentException("--timeout must be positive");
+        if (LoadTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("--load-timeout must be positive");
     }
 }

@@ -109,7 +109,13 @@ internal sealed class DestinationRun
             }
             _resultSent.Set(); // before the Result leaves: the Commit may come back before Send returns
             main.Send(new ResultMessage(true, loadEnd, null));
-            try { _commit.Wait(ctl.Token); } catch (OperationCanceledException) { }
+            // A source that neither commits nor gives up would otherwise hold the devices here forever.
+            try
+            {
+                if (!_commit.Wait(_options.Timeout, ctl.Token))
+                    throw new MigrationException($"the source did not commit within {_options.Timeout.TotalSeconds:0.#} s of the result");
+            }
+            catch (OperationCanceledException) { }
             // A Commit that arrived counts even if the connection failed since: the source will not resume its devices.
             if (!_commit.IsSet) ctl.ThrowIfFailed();
             // From here on this side tells the source why it failed only after it has reset every device.
@@ -222,6 +228,7 @@ internal sealed class DestinationRun
                 if (_switchover.IsSet) throw new ProtocolException("main channel: second switchover");
                 _sourceFirstStopUs = m.As<SwitchoverMessage>().FirstStopUs;
                 _switchoverUs = MigrationClock.NowUs;
+                foreach (var s in _sinks) s.Watch(_switchoverUs);
                 Timeline.Mark("destination_switchover", _switchoverUs);
                 _switchover.Set();
                 return true;
@@ -283,17 +290,18 @@ internal sealed class DestinationRun
         catch (MigrationException) when (_allFinished.IsSet) { /* the source has its result and closed: credits no longer matter */ }
     }
 
-    /// <summary>A heartbeat every second, after the check for devices whose next buffer was lost.</summary>
+    /// <summary>A heartbeat every second, after the check for devices that stalled.</summary>
     private void Heartbeats(MainChannel main, RunControl ctl)
     {
-        long timeoutUs = (long)_options.Timeout.TotalMicroseconds;
+        long timeoutUs = (long)_options.Timeout.TotalMicroseconds, loadTimeoutUs = (long)_options.LoadTimeout.TotalMicroseconds;
         try
         {
             main.Heartbeats(ctl, _running, () =>
             {
                 long now = MigrationClock.NowUs;
+                bool loading = Coupled && _sinks.Any(s => s.Loading);
                 foreach (var s in _sinks)
-                    if (s.Stalled(now, timeoutUs, out var what)) throw new MigrationException(what, s.Index);
+                    if (s.Stalled(now, timeoutUs, loadTimeoutUs, loading, out var what)) throw new MigrationException(what!, s.Index);
             });
         }
         catch (MigrationException e) when (e is TransportException && _running.IsSet)

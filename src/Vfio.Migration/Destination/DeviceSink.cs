@@ -9,11 +9,12 @@ namespace Vfio.Migration;
 /// its load accounting. Receive threads Offer buffers (never blocking); the loader (its own thread, or in coupled
 /// mode whichever receive thread completes the next buffer) writes them strictly in index order.
 /// Threads and ownership: the ring, _next, _endIndex, _queuedBytes, _offered, _coupledActive, _configLoaded,
-/// _finishing, _done and the stall watch are read and written under _lock, by receive threads (Offer), the loader,
+/// _finishing, _done and _lastProgressUs are read and written under _lock, by receive threads (Offer), the loader,
 /// the main receive thread (SetDone) and the heartbeat thread (Stalled). The hash, _config, Report's load figures and
 /// the track belong to the thread that loads (the loader; coupled: the receive thread that holds _coupledActive), and
-/// then to the thread that finishes the device. PendingCredits and LoadedBytes are shared counters (Interlocked,
-/// Volatile). Lock order: _lock is a leaf; no other lock is taken while holding it.
+/// then to the thread that finishes the device, which also sets _loadingSinceUs around each call into the device
+/// (Volatile: the watchdog reads it). PendingCredits and LoadedBytes are shared counters (Interlocked, Volatile).
+/// Lock order: _lock is a leaf; no other lock is taken while holding it.
 /// </summary>
 internal sealed class DeviceSink
 {
@@ -31,7 +32,8 @@ internal sealed class DeviceSink
     private bool _finishing;
     private DeviceDoneMessage? _done;
     private byte[]? _config;
-    private long _gapSinceUs;   // since when later buffers wait for a missing next one (0: none)
+    private long _lastProgressUs; // the last buffer received or loaded, or the completion message (0: not watched yet)
+    private long _loadingSinceUs; // a call into the device (a load, or RESUMING->STOP) in progress since (0: none)
 
     private struct Slot
     {
@@ -92,6 +94,7 @@ internal sealed class DeviceSink
             slot = new Slot { Used = true, Index = index, Flags = flags, Data = data, Length = length, Crc = crc };
             _offered++;
             _queuedBytes += length;
+            _lastProgressUs = MigrationClock.NowUs;
             if (_queuedBytes > Report.MaxQueuedBytes) Report.MaxQueuedBytes = _queuedBytes;
             Monitor.PulseAll(_lock);
         }
@@ -137,6 +140,7 @@ internal sealed class DeviceSink
             return true;
         }
         long t0 = MigrationClock.NowUs;
+        Volatile.Write(ref _loadingSinceUs, t0);
         try
         {
             Stream.WriteAll(s.Data.AsSpan(0, s.Length));
@@ -147,6 +151,7 @@ internal sealed class DeviceSink
             throw new MigrationException($"loading buffer {s.Index} failed: {e.Message}", Index);
         }
         long t1 = MigrationClock.NowUs;
+        Volatile.Write(ref _loadingSinceUs, 0);
         if (Report.FirstLoadUs == 0) Report.FirstLoadUs = t0;
         StreamChecksum.Append(_hash, (uint)s.Index, s.Length, s.Crc);
         Track.Add(TraceKind.Load, t0, t1, s.Length, (int)s.Index);
@@ -155,7 +160,7 @@ internal sealed class DeviceSink
         Report.Bytes += s.Length;
         Volatile.Write(ref LoadedBytes, Report.Bytes);
         _pool.Return(s.Data);
-        lock (_lock) { _queuedBytes -= s.Length; _next++; }
+        lock (_lock) { _queuedBytes -= s.Length; _next++; _lastProgressUs = t1; }
         Interlocked.Increment(ref PendingCredits);
         return false;
     }
@@ -233,6 +238,7 @@ internal sealed class DeviceSink
         {
             if (_done is not null) throw new ProtocolException("second completion message", Index);
             _done = info;
+            _lastProgressUs = MigrationClock.NowUs;
             Monitor.PulseAll(_lock);
             return ClaimFinish();
         }
@@ -282,6 +288,8 @@ internal sealed class DeviceSink
         if (_config is null || _config.Length != done.ConfigLength)
             throw new MigrationException("config state length differs from the source's", Index);
         long t0 = MigrationClock.NowUs;
+        // A device may complete its last load in RESUMING->STOP: the load deadline covers it.
+        Volatile.Write(ref _loadingSinceUs, t0);
         try
         {
             Device.SetState(MigrationState.Stop)?.Dispose();
@@ -289,6 +297,10 @@ internal sealed class DeviceSink
         catch (VfioException e)
         {
             throw new MigrationException($"the device refused the stream: {e.Message}", Index);
+        }
+        finally
+        {
+            Volatile.Write(ref _loadingSinceUs, 0);
         }
         Stream.Dispose();
         long t1 = MigrationClock.NowUs;
@@ -311,25 +323,49 @@ internal sealed class DeviceSink
         lock (_lock) Finished = true;
     }
 
-    /// <summary>
-    /// Watchdog (called about once a second): true when buffers after the next one have been queued for longer than
-    /// <paramref name="timeoutUs"/> while the next one has not arrived (it was lost: the source waits for credits
-    /// that only its load would return, so nothing else would end the run).
-    /// </summary>
-    public bool Stalled(long nowUs, long timeoutUs, out string what)
+    /// <summary>Whether a call into the device (a load) is in progress.</summary>
+    public bool Loading => Volatile.Read(ref _loadingSinceUs) != 0;
+
+    /// <summary>Starts the watch (at the switchover): from now on the device is expected to make progress.</summary>
+    public void Watch(long nowUs)
     {
+        lock (_lock) if (_lastProgressUs == 0) _lastProgressUs = nowUs;
+    }
+
+    /// <summary>
+    /// Watchdog (called about once a second after the switchover): whether the device stalled, and how. A call into the
+    /// device (a load) has <paramref name="loadTimeoutUs"/>; otherwise, after <paramref name="timeoutUs"/> with nothing
+    /// received, loaded or completed, the device waits for something that is not coming (a lost buffer, a stalled
+    /// channel, a silent source), in either loading mode. <paramref name="othersLoading"/>: in coupled mode, while any
+    /// device loads, the receive thread doing it holds back its channel's other buffers, so waiting is no stall yet.
+    /// </summary>
+    public bool Stalled(long nowUs, long timeoutUs, long loadTimeoutUs, bool othersLoading, out string? what)
+    {
+        what = null;
+        long loading = Volatile.Read(ref _loadingSinceUs);
         lock (_lock)
         {
-            what = $"buffer {_next} did not arrive within {timeoutUs / 1_000_000.0:0.#} s although later buffers did";
-            if (_coupledActive || Finished || _configLoaded) { _gapSinceUs = 0; return false; }
+            if (Finished || _lastProgressUs == 0) return false;
+            if (loading != 0)
+            {
+                if (nowUs - loading > loadTimeoutUs)
+                    what = _configLoaded
+                        ? $"leaving RESUMING has not returned after {Seconds(nowUs - loading)} s (--load-timeout)"
+                        : $"loading buffer {_next} has not returned after {Seconds(nowUs - loading)} s (--load-timeout)";
+                return what is not null;
+            }
             NextSlot(out bool nextQueued);
+            if (nextQueued || othersLoading || nowUs - _lastProgressUs <= timeoutUs) return false;
             bool later = false;
             foreach (var s in _ring) later |= s.Used && s.Index > _next;
-            if (nextQueued || !later) { _gapSinceUs = 0; return false; }
-            if (_gapSinceUs == 0) { _gapSinceUs = nowUs; return false; }
-            return nowUs - _gapSinceUs > timeoutUs;
+            what = _configLoaded ? $"the source's completion message did not come within {Seconds(timeoutUs)} s"
+                : later ? $"buffer {_next} did not arrive within {Seconds(timeoutUs)} s although later buffers did"
+                : $"nothing arrived for {Seconds(timeoutUs)} s: buffer {_next} is missing (a channel or the source stalled)";
+            return true;
         }
     }
+
+    private static string Seconds(long us) => (us / 1_000_000.0).ToString("0.#", System.Globalization.CultureInfo.InvariantCulture);
 
     /// <summary>On abort: give queued buffers back to the pool.</summary>
     public void Drain()

@@ -7,7 +7,8 @@ namespace Vfio.Migration;
 /// One source device's save thread: STOP->STOP_COPY, then per buffer take a credit, read the data stream into a pooled
 /// buffer (or lend the bytes in place), CRC32C, queue; then the config state, STOP_COPY->STOP and DeviceDone.
 /// Everything here belongs to the save thread, except <see cref="StartLine"/> (shared, Interlocked), the progress
-/// counter and the device's entry of the sent counters (written Interlocked, read by the main receive thread).
+/// counter, the device's entry of the sent counters (written Interlocked, read by the main receive thread), and the
+/// two "since" stamps the heartbeat thread's watchdog reads (Volatile).
 /// </summary>
 internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? digest, CreditGate credits, IPacketScheduler scheduler,
     BufferPool pool, long[] sent, MigrationProgress progress, DeviceSaver.StartLine started, TimelineTrack track, MainChannel main,
@@ -23,12 +24,32 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? dig
 
     public int Index => index;
 
+    private long _inDeviceSinceUs;     // a call into the device (a read, a transition, the config) in progress since (0: none)
+    private long _creditWaitSinceUs;   // waiting for a credit since (0: not waiting)
+
+    /// <summary>
+    /// Watchdog: a call into the device that has not returned for <paramref name="deviceTimeoutUs"/> (a save that hangs),
+    /// or no credit from the destination for <paramref name="creditTimeoutUs"/>.
+    /// </summary>
+    public bool Stalled(long nowUs, long deviceTimeoutUs, long creditTimeoutUs, out string? what)
+    {
+        long inDevice = Volatile.Read(ref _inDeviceSinceUs), waiting = Volatile.Read(ref _creditWaitSinceUs);
+        what = inDevice != 0 && nowUs - inDevice > deviceTimeoutUs
+            ? $"saving has not returned from the device for {(nowUs - inDevice) / 1_000_000} s (--load-timeout: a save that hangs)"
+            : waiting != 0 && nowUs - waiting > creditTimeoutUs
+            ? $"no credit from the destination for {(nowUs - waiting) / 1_000_000} s (it loads nothing more of this device)"
+            : null;
+        return what is not null;
+    }
+
     /// <summary>Saves the whole device; returns the stream checksum it announced in DeviceDone.</summary>
     public ulong Run(CancellationToken token)
     {
         long t0 = MigrationClock.NowUs;
+        Volatile.Write(ref _inDeviceSinceUs, t0);
         using var stream = device.SetState(MigrationState.StopCopy)
             ?? throw new MigrationException("STOP->STOP_COPY returned no data stream", index);
+        Volatile.Write(ref _inDeviceSinceUs, 0);
         track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: "STOP->STOP_COPY");
         var inPlace = stream as IInPlaceDataStream;
         var hash = new XxHash3();
@@ -37,8 +58,11 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? dig
         while (true)
         {
             long w0 = MigrationClock.NowUs;
+            Volatile.Write(ref _creditWaitSinceUs, w0);
             if (!credits.Take(token)) return 0;
             long w1 = MigrationClock.NowUs;
+            Volatile.Write(ref _creditWaitSinceUs, 0);
+            Volatile.Write(ref _inDeviceSinceUs, w1);
             if (w1 - w0 > 20) track.Add(TraceKind.CreditWait, w0, w1, buffer: (int)buffer);
             // The first buffers are small so that the destination device starts loading sooner (the first buffer
             // crosses every stage of the pipeline alone); from the third on, full buffers.
@@ -54,6 +78,7 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? dig
                 payload = rented.AsMemory(0, Fill(stream, rented.AsSpan(0, want), token));
             }
             long r1 = MigrationClock.NowUs;
+            Volatile.Write(ref _inDeviceSinceUs, 0);
             int n = payload.Length;
             if (buffer == 0) started.Started();
             if (n == 0)
@@ -76,6 +101,7 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? dig
         // A stream cut short by an abort must not be finished (the device goes back to RUNNING instead).
         token.ThrowIfCancellationRequested();
         long c0 = MigrationClock.NowUs;
+        Volatile.Write(ref _inDeviceSinceUs, c0);
         var config = device.SaveConfig();
         if (config.Length > pool.BufferSize)
             throw new MigrationException($"config state of {config.Length} bytes exceeds the buffer size", index);
@@ -83,6 +109,7 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? dig
         long s0 = MigrationClock.NowUs;
         stream.Dispose();
         device.SetState(MigrationState.Stop)?.Dispose();
+        Volatile.Write(ref _inDeviceSinceUs, 0);
         track.Add(TraceKind.Transition, s0, MigrationClock.NowUs, detail: "STOP_COPY->STOP");
         var configBuffer = pool.Rent();
         config.CopyTo(configBuffer, 0);

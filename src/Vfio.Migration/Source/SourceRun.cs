@@ -34,6 +34,9 @@ internal sealed class SourceRun
     private CreditGate[] _credits = [];
     private ResultMessage _result;
     private long _lastRunningUs;
+    private DeviceSaver[] _savers = [];
+    private long _switchoverUs;        // 0 until the devices stopped (written by the coordinator, read by the watchdog)
+    private long _lastPeerProgressUs;  // the destination's last credit or result (written by the main receive thread)
     private int _window;
 
     public SourceRun(MigrationSource side)
@@ -84,7 +87,7 @@ internal sealed class SourceRun
             var mainMessages = main;
             threads.Add(ctl.Start("src main receive", () => mainMessages.ReceiveLoop(ctl, OnMessage, () => _running.IsSet,
                 "before its devices ran")));
-            threads.Add(ctl.Start("src heartbeat", () => mainMessages.Heartbeats(ctl, _running)));
+            threads.Add(ctl.Start("src heartbeat", () => mainMessages.Heartbeats(ctl, _running, Watchdog)));
             var senders = new List<Thread>();
             for (int c = 0; c < data.Length; c++)
             {
@@ -104,10 +107,11 @@ internal sealed class SourceRun
             var go = new ManualResetEventSlim();
             var started = new DeviceSaver.StartLine(_devices.Count);
             var savers = new List<Thread>();
+            _savers = new DeviceSaver[_devices.Count];
             for (int i = 0; i < _devices.Count; i++)
             {
-                var saver = new DeviceSaver(i, _devices[i], digests[i], _credits[i], scheduler, _pool, _sent, _progress, started,
-                    _timeline.AddTrack($"src save {_devices[i].Name}", "save", "source", i), mainMessages, _log);
+                var saver = _savers[i] = new DeviceSaver(i, _devices[i], digests[i], _credits[i], scheduler, _pool, _sent, _progress,
+                    started, _timeline.AddTrack($"src save {_devices[i].Name}", "save", "source", i), mainMessages, _log);
                 savers.Add(ctl.Start($"src save {_devices[i].Name}", () =>
                 {
                     go.Wait(ctl.Token);
@@ -121,11 +125,13 @@ internal sealed class SourceRun
             _timeline.Mark("source_first_stop", firstStop);
             Quiesce(mainTrack);
             main.Send(new SwitchoverMessage(firstStop));
+            Volatile.Write(ref _lastPeerProgressUs, MigrationClock.NowUs);
+            Volatile.Write(ref _switchoverUs, MigrationClock.NowUs);
             go.Set();
             _log.LogInformation("switchover: {Devices} devices stopped", _devices.Count);
-            foreach (var t in savers) t.Join();
+            JoinAll(savers, ctl.Token);
             scheduler.Complete();
-            foreach (var t in senders) t.Join();
+            JoinAll(senders, ctl.Token);
             try { _resultArrived.Wait(ctl.Token); } catch (OperationCanceledException) { }
             ctl.ThrowIfFailed();
             // Commit only with the destination's word that every device was loaded and verified.
@@ -147,11 +153,17 @@ internal sealed class SourceRun
         {
             if (ctl.Failed && !_running.IsSet)
             {
-                foreach (var t in threads) t.Join(_options.Timeout);
-                if (scheduler is NextIdleScheduler q) q.Drain(_pool);
                 // After the commit only the destination's own Error says it did not take over (it reset its devices).
-                if (stopped && (!committed || ctl.Failure!.Origin == FailureOrigin.Peer)) RestoreRunning();
-                else if (committed) outcomeUnknown = true;
+                bool restore = stopped && (!committed || ctl.Failure!.Origin == FailureOrigin.Peer);
+                outcomeUnknown = committed && !restore;
+                // A save thread stuck in the device is woken by the device leaving STOP_COPY (on mlx5 its read then
+                // fails with ENODEV): give the threads a moment, restore, wait for them, and restore again whatever a
+                // thread that was finishing its device moved on meanwhile.
+                foreach (var t in threads) t.Join(TimeSpan.FromMilliseconds(200));
+                if (restore) RestoreRunning();
+                foreach (var t in threads) t.Join(_options.Timeout);
+                if (restore) RestoreRunning();
+                if (scheduler is NextIdleScheduler q) q.Drain(_pool);
             }
             else
             {
@@ -161,6 +173,13 @@ internal sealed class SourceRun
             wake.Dispose();
         }
         return Report(_running.IsSet ? null : ctl.Failure, firstStop, outcomeUnknown);
+    }
+
+    /// <summary>Waits for the threads to end, or for the run to fail (a thread stuck in a device must not hold the coordinator).</summary>
+    private static void JoinAll(List<Thread> threads, CancellationToken token)
+    {
+        foreach (var t in threads)
+            while (!t.Join(50)) token.ThrowIfCancellationRequested();
     }
 
     private Connection Connect(IPEndPoint ep, ushort channel, ulong session, RunControl ctl)
@@ -209,9 +228,29 @@ internal sealed class SourceRun
         track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: $"{d.Name} {from}->{target}");
     }
 
+    /// <summary>
+    /// The heartbeat thread's check, every second after the switchover: a device whose save hangs, a device that waits
+    /// for credits, or a destination that reports nothing, past their deadlines. The destination watches its own devices
+    /// with --timeout and --load-timeout, so waiting on it here allows both: this is the backstop for a destination that
+    /// stays connected and does nothing.
+    /// </summary>
+    private void Watchdog()
+    {
+        if (Volatile.Read(ref _switchoverUs) == 0) return;
+        long now = MigrationClock.NowUs;
+        long loadTimeoutUs = (long)_options.LoadTimeout.TotalMicroseconds;
+        long patienceUs = (long)_options.Timeout.TotalMicroseconds + loadTimeoutUs;
+        foreach (var s in _savers)
+            if (s.Stalled(now, loadTimeoutUs, patienceUs, out var what)) throw new MigrationException(what!, s.Index);
+        if (!_resultArrived.IsSet && now - Volatile.Read(ref _lastPeerProgressUs) > patienceUs)
+            throw new MigrationException($"the destination reported no progress for {patienceUs / 1_000_000} s");
+    }
+
     /// <summary>The main receive thread's dispatch: credits, per-device results, the result.</summary>
     private bool OnMessage(in InboundMessage m)
     {
+        if (m.Type is MessageType.Credit or MessageType.DeviceResult or MessageType.Result)
+            Volatile.Write(ref _lastPeerProgressUs, MigrationClock.NowUs);
         switch (m.Type)
         {
             case MessageType.Credit:

@@ -20,14 +20,17 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             socket.ReceiveBufferSize = SocketBufferBytes;
         }
         catch (SocketException) { /* capped by net.core.[rw]mem_max: keep what the kernel gives */ }
-        socket.SendTimeout = (int)timeout.TotalMilliseconds;
+        socket.SendTimeout = Milliseconds(timeout);
     }
+
+    /// <summary>A socket timeout: whole milliseconds, rounded up, since 0 would mean none.</summary>
+    private static int Milliseconds(TimeSpan t) => t <= TimeSpan.Zero ? 0 : (int)Math.Min(int.MaxValue, Math.Ceiling(t.TotalMilliseconds));
 
     public Socket Socket { get; }
     public string Name { get; }
 
     /// <summary>Receive timeout for this connection (0 = none; data channels rely on the main channel's heartbeats).</summary>
-    public TimeSpan ReceiveTimeout { set => Socket.ReceiveTimeout = (int)value.TotalMilliseconds; }
+    public TimeSpan ReceiveTimeout { set => Socket.ReceiveTimeout = Milliseconds(value); }
 
     public static Connection Connect(IPEndPoint endpoint, TimeSpan timeout, string name)
     {
@@ -37,7 +40,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             // A blocking connect, whose timeout Linux takes from SO_SNDTIMEO. Not .NET's ConnectAsync: after an async
             // operation a socket stays non-blocking underneath, and every blocking Send/Receive that has to wait then
             // goes through .NET's epoll thread and a spinning event (measurably slower on the data path).
-            socket.SendTimeout = (int)timeout.TotalMilliseconds;
+            socket.SendTimeout = Milliseconds(timeout);
             socket.Connect(endpoint);
         }
         catch (SocketException e) when (e.SocketErrorCode is SocketError.InProgress or SocketError.WouldBlock or SocketError.TimedOut)

@@ -53,6 +53,8 @@ public class CliTests
     [InlineData("loopback --channels 0", "--channels")]
     [InlineData("loopback --loading sideways", "--loading")]
     [InlineData("loopback --window 1", "--window")]
+    [InlineData("loopback --timeout 0.0001", "--timeout")]
+    [InlineData("loopback --load-timeout 0", "--load-timeout")]
     [InlineData("loopback --device sim:a", "SRC=DST")]
     [InlineData("loopback --sim 2 --device sim:a=sim:b", "either")]
     [InlineData("send --to nowhere --device sim:a", "ADDR:PORT")]

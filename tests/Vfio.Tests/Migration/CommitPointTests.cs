@@ -10,28 +10,30 @@ namespace Vfio.Tests.Migration;
 /// </summary>
 public class CommitPointTests
 {
-    public static TheoryData<MessageType, bool, bool, MigrationOutcome[], MigrationOutcome> Moments => new()
+    public static TheoryData<MessageType, bool, bool, MigrationOutcome[], MigrationOutcome[]> Moments => new()
     {
         // message lost or delivered-then-cut, direction, what the source may end with, what the destination ends with
-        { MessageType.DeviceList, true, false, [MigrationOutcome.RolledBack], MigrationOutcome.RolledBack },
-        { MessageType.Accept, false, false, [MigrationOutcome.RolledBack], MigrationOutcome.RolledBack },
-        { MessageType.Switchover, true, false, [MigrationOutcome.RolledBack], MigrationOutcome.RolledBack },
-        { MessageType.Credit, false, false, [MigrationOutcome.RolledBack], MigrationOutcome.RolledBack },
-        { MessageType.DeviceDone, true, false, [MigrationOutcome.RolledBack], MigrationOutcome.RolledBack },
-        { MessageType.DeviceResult, false, false, [MigrationOutcome.RolledBack], MigrationOutcome.RolledBack },
-        { MessageType.Result, false, false, [MigrationOutcome.RolledBack], MigrationOutcome.RolledBack },
-        // The source read the Result: it may notice the loss before it commits (and resume) or after (and not know).
-        { MessageType.Result, false, true, [MigrationOutcome.RolledBack, MigrationOutcome.Unknown], MigrationOutcome.RolledBack },
-        { MessageType.Commit, true, false, [MigrationOutcome.Unknown], MigrationOutcome.RolledBack },
-        { MessageType.Commit, true, true, [MigrationOutcome.Unknown], MigrationOutcome.Migrated },
-        { MessageType.Running, false, false, [MigrationOutcome.Unknown], MigrationOutcome.Migrated },
-        { MessageType.Running, false, true, [MigrationOutcome.Migrated], MigrationOutcome.Migrated },
+        { MessageType.DeviceList, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
+        { MessageType.Accept, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
+        { MessageType.Switchover, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
+        { MessageType.Credit, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
+        { MessageType.DeviceDone, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
+        { MessageType.DeviceResult, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
+        { MessageType.Result, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
+        // The source read the Result: it may notice the loss before it commits (and resume) or after (and not know); and
+        // a link that fails takes a moment in each direction, so its Commit may still get through.
+        { MessageType.Result, false, true, [MigrationOutcome.RolledBack, MigrationOutcome.Unknown],
+            [MigrationOutcome.RolledBack, MigrationOutcome.Migrated] },
+        { MessageType.Commit, true, false, [MigrationOutcome.Unknown], [MigrationOutcome.RolledBack] },
+        { MessageType.Commit, true, true, [MigrationOutcome.Unknown], [MigrationOutcome.Migrated] },
+        { MessageType.Running, false, false, [MigrationOutcome.Unknown], [MigrationOutcome.Migrated] },
+        { MessageType.Running, false, true, [MigrationOutcome.Migrated], [MigrationOutcome.Migrated] },
     };
 
     [Theory]
     [MemberData(nameof(Moments))]
     public void Losing_the_main_channel_at_any_message_keeps_exactly_one_copy(MessageType type, bool toDestination, bool deliver,
-        MigrationOutcome[] source, MigrationOutcome destination)
+        MigrationOutcome[] source, MigrationOutcome[] destination)
     {
         var (src, dst) = TestDevices.Pairs(2);
         var options = TestDevices.Options(2) with { Timeout = TimeSpan.FromSeconds(3) };
@@ -48,7 +50,7 @@ public class CommitPointTests
         Assert.True(proxy.Struck.IsSet, $"the run never sent {type}: {what}");
 
         Assert.True(source.Contains(sreport.Outcome), what);
-        Assert.True(dreport.Outcome == destination, what);
+        Assert.True(destination.Contains(dreport.Outcome), what);
         var migrated = src.Select(s => s.StateDigest()).ToArray();
         for (int i = 0; i < src.Length; i++)
         {

@@ -289,3 +289,91 @@ public class LoopbackFailureTests
         Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
     }
 }
+
+/// <summary>No progress, a load or a save that does not return: every case ends in bounded time, naming what stalled.</summary>
+public class StallTests
+{
+    private static void AssertRolledBack(RunReport report, IEnumerable<IMigrationDevice> src, SimulatedDevice[] dst)
+    {
+        Assert.False(report.Ok);
+        Assert.Equal(MigrationOutcome.RolledBack, report.Outcome);
+        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
+        foreach (var d in dst)
+        {
+            Assert.Equal(MigrationState.Running, d.GetState());
+            Assert.Equal(new SimulatedDevice(d.Name, d.Options).StateDigest(), d.StateDigest());
+        }
+    }
+
+    [Theory]
+    [InlineData(LoadingMode.Decoupled)]
+    [InlineData(LoadingMode.Coupled)]
+    public void A_data_channel_that_stops_forwarding_fails_both_sides_within_the_timeout(LoadingMode mode)
+    {
+        // One channel, and a link that stops passing its bytes mid-transfer while the main channel stays alive.
+        var (src, dst) = TestDevices.Pairs(2, TestDevices.Fast(1 << 20));
+        var options = TestDevices.Options(1, mode) with { Timeout = TimeSpan.FromSeconds(2) };
+        FaultProxy? proxy = null;
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var report = Loopback.Run(src, dst, options, null, null,
+            ep => (proxy = new FaultProxy(ep) { StallData = (1, 300 << 10) }).Endpoint, TestContext.Current.CancellationToken);
+        proxy!.Dispose();
+        Assert.True(proxy.Struck.IsSet, "the channel never stalled");
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(15), $"took {sw.Elapsed}");
+        Assert.Equal(FailureOrigin.Local, report.Failure!.Origin);
+        Assert.NotNull(report.Failure.Device);
+        Assert.Contains("buffer", report.Failure.Message);
+        AssertRolledBack(report, src, dst);
+    }
+
+    [Theory]
+    [InlineData(LoadingMode.Decoupled)]
+    [InlineData(LoadingMode.Coupled)]
+    public void A_load_longer_than_the_timeout_but_within_the_load_timeout_is_not_a_stall(LoadingMode mode)
+    {
+        var (src, dst) = TestDevices.Pairs(2);
+        var options = TestDevices.Options(2, mode) with { Timeout = TimeSpan.FromSeconds(2), LoadTimeout = TimeSpan.FromSeconds(30) };
+        var slow = new FaultyDevice(dst[1], slowWriteAt: 100 << 10, slowWrite: TimeSpan.FromSeconds(3.5));
+        var report = Loopback.Run(src, [dst[0], slow], options, cancel: TestContext.Current.CancellationToken);
+        Assert.True(report.Ok, report.Error);
+        TestDevices.AssertSameState(src, dst);
+    }
+
+    [Theory]
+    [InlineData(LoadingMode.Decoupled)]
+    [InlineData(LoadingMode.Coupled)]
+    public void A_load_that_does_not_return_fails_at_the_load_timeout_with_its_own_message(LoadingMode mode)
+    {
+        var (src, dst) = TestDevices.Pairs(2);
+        var options = TestDevices.Options(2, mode) with { Timeout = TimeSpan.FromSeconds(20), LoadTimeout = TimeSpan.FromSeconds(1) };
+        var stuck = new FaultyDevice(dst[1], slowWriteAt: 100 << 10, hangWrite: true);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var report = Loopback.Run(src, [dst[0], stuck], options, cancel: TestContext.Current.CancellationToken);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(12), $"took {sw.Elapsed}");
+        Assert.Equal((FailureOrigin.Local, (int?)1), (report.Failure!.Origin, report.Failure.Device));
+        Assert.Contains("--load-timeout", report.Failure.Message);
+        AssertRolledBack(report, src, dst);
+    }
+
+    [Fact]
+    public void A_save_that_does_not_return_fails_at_the_load_timeout_and_the_source_runs_again()
+    {
+        // The destination is patient here, so that the source's own watchdog is what notices.
+        var (src, dst) = TestDevices.Pairs(2);
+        var hanging = new FaultyDevice(src[0], hangReadAt: 64 << 10);
+        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 16);
+        var destination = new MigrationDestination(dst, TestDevices.Options(2) with { Timeout = TimeSpan.FromSeconds(20) });
+        RunReport? dreport = null;
+        var t = new Thread(() => dreport = destination.Run(listener)) { IsBackground = true };
+        t.Start();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var report = new MigrationSource([hanging, src[1]], TestDevices.Options(2) with { LoadTimeout = TimeSpan.FromSeconds(2) })
+            .Run((IPEndPoint)listener.LocalEndPoint!, TestContext.Current.CancellationToken);
+        Assert.True(t.Join(TimeSpan.FromSeconds(20)));
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(12), $"took {sw.Elapsed}");
+        Assert.Equal((FailureOrigin.Local, (int?)0), (report.Failure!.Origin, report.Failure.Device));
+        Assert.Contains("saving has not returned", report.Failure.Message);
+        Assert.Equal(FailureOrigin.Peer, dreport!.Failure!.Origin);
+        AssertRolledBack(report, src, dst);
+    }
+}
