@@ -83,6 +83,23 @@ internal sealed class RunControl : IDisposable
         return t;
     }
 
+    /// <summary>
+    /// Starts a data channel's thread. Its connection's loss fails the run only after a moment's grace: a peer that fails
+    /// sends Error on the main channel and then aborts every connection, so the data channels usually see the loss first,
+    /// while the peer's message names the cause (the first failure wins).
+    /// </summary>
+    public Thread StartDataChannel(string name, Action body) => Start(name, () =>
+    {
+        try { body(); }
+        catch (TransportException e)
+        {
+            _cts.Token.WaitHandle.WaitOne(LostChannelGrace);
+            Fail(e);
+        }
+    });
+
+    private static readonly TimeSpan LostChannelGrace = TimeSpan.FromSeconds(1);
+
     /// <summary>Stops listening to the caller's token (the token of this run stays valid for threads still finishing).</summary>
     public void Dispose() => _outer.Dispose();
 }

@@ -15,7 +15,7 @@ internal sealed class ChannelReceiver(int channel, Connection connection, Device
         while (!ctl.Token.IsCancellationRequested)
         {
             if (!connection.ReadExact(header))
-                throw new ProtocolException($"data channel {channel}: closed by the source before its end marker");
+                throw new TransportException($"data channel {channel}: closed by the source before its end marker");
             long t0 = MigrationClock.NowUs;
             var h = PacketHeader.Read(header, channel);
             if (h.Flags == PacketFlags.ChannelEnd)

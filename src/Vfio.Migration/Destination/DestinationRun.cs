@@ -90,7 +90,7 @@ internal sealed class DestinationRun
             {
                 var receiver = new ChannelReceiver(c + 1, data[c], _sinks, _pool, bufferSize,
                     Timeline.AddTrack($"dst channel {c + 1} receive", "receive", "destination"), this);
-                threads.Add(ctl.Start($"dst channel {c + 1} receive", () => receiver.Run(ctl)));
+                threads.Add(ctl.StartDataChannel($"dst channel {c + 1} receive", () => receiver.Run(ctl)));
             }
             if (!Coupled)
                 foreach (var sink in _sinks)

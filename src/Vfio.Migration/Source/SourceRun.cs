@@ -93,7 +93,7 @@ internal sealed class SourceRun
             {
                 var sender = new ChannelSender(c + 1, _options.DataChannelWriter?.Invoke(c + 1, data[c]) ?? data[c], scheduler, _pool,
                     _timeline.AddTrack($"src channel {c + 1} send", "send", "source"));
-                senders.Add(ctl.Start($"src channel {c + 1} send", () => sender.Run(ctl.Token)));
+                senders.Add(ctl.StartDataChannel($"src channel {c + 1} send", () => sender.Run(ctl.Token)));
             }
             threads.AddRange(senders);
 
