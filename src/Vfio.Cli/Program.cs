@@ -16,6 +16,7 @@ public static class Program
         foreach (var command in MigrationCommands.Create()) root.Subcommands.Add(command);
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ResumeCommand.Create());
+        root.Subcommands.Add(VfCommand.Create(new Vfio.Host.LinuxHostKernel(VfioHostPaths.Default)));
         return root;
     }
 }

@@ -135,7 +135,7 @@ public static partial class VfioSysfs
     }
 
     /// <summary>The last path element of a symlink's target (driver, iommu_group links); null if absent.</summary>
-    internal static string? LinkName(string path)
+    public static string? LinkName(string path)
     {
         try
         {

@@ -11,6 +11,7 @@ public static partial class Libc
 {
     private const string Lib = "libc";
 
+    public const int O_WRONLY = 0x1;
     public const int O_RDWR = 0x2;
     public const int O_CLOEXEC = 0x80000;
 
