@@ -10,8 +10,7 @@ namespace Vfio.HwTests;
 /// happened, so each case reads the module's sysfs afterwards: every source RUNNING with its state digest unchanged
 /// (its state was not lost), every destination RUNNING, and the survivor's exit code and one-line error.
 /// A destination load takes 2 s (the module's load delay), far longer than the start of a process under TCG takes to
-/// notice the switchover line, so the fault always lands inside the downtime. (No SIGINT case: a process started in the
-/// background of a non-interactive shell, as the guest harness runs the tests, inherits SIGINT ignored.)
+/// notice the switchover line, so the fault always lands inside the downtime.
 /// </summary>
 public class ProcessFailureTests
 {
@@ -25,6 +24,7 @@ public class ProcessFailureTests
         { "destination", "TERM" },
         { "source", "KILL" },
         { "source", "TERM" },
+        { "destination", "INT" },
     };
 
     [Theory]

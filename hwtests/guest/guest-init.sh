@@ -98,14 +98,13 @@ EOF
 log "running the command"
 dmesg -c >/results/guest-dmesg-boot.txt
 # stdout goes to a file (a pipe would stay open as long as any background child of the
-# command lives); the console follows it
+# command lives); the console follows it. The command runs in the foreground: a background job
+# of a non-interactive shell starts with SIGINT ignored, and the tests send SIGINT on purpose.
 : >/results/guest-stdout.txt
-chroot $R /bin/sh -c '. /run/vfio-mig-sim.env; exec /bin/bash /results/.guest-run.sh' \
-    </dev/null >/results/guest-stdout.txt 2>/results/guest-stderr.txt &
-CPID=$!
 tail -f /results/guest-stdout.txt &
 TPID=$!
-wait $CPID
+chroot $R /bin/sh -c '. /run/vfio-mig-sim.env; exec /bin/bash /results/.guest-run.sh' \
+    </dev/null >/results/guest-stdout.txt 2>/results/guest-stderr.txt
 RC=$?
 echo $RC >/results/guest-exit-code
 sleep 1
