@@ -94,6 +94,8 @@ hw_tiers() {
     # The hardware tests against the module's devices, then the engine's again with a PF that allows only 2 concurrent loads.
     guest_xunit guest hw
     guest_xunit guest-limit2 hw-limit2 --module-args max_concurrent_loads=2 -- -class Vfio.HwTests.EngineTests
+    # Real SR-IOV and vfio-pci: QEMU's igb PF and its VFs behind an emulated Intel IOMMU.
+    guest_xunit guest-igb hw-igb --igb --devices 1 -- -class Vfio.HwTests.SriovTests
 }
 
 GUEST=hwtests/guest/run-in-guest.sh

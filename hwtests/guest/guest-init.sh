@@ -34,6 +34,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results || di
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host || die "mounting the host root failed"
 
 NDEV=8
+IGB=0
 MODULE_ARGS=
 TYPE_NAME=vfio_mig_sim-mig
 [ -f /results/.guest-conf ] && . /results/.guest-conf
@@ -87,12 +88,23 @@ for p in ${KEEP_PATHS:-}; do
     [ -d "/host$p" ] && mkdir -p "$R$p" && mount --bind "/host$p" "$R$p"
 done
 
+IGB_PF=
+if [ "${IGB:-0}" = 1 ]; then
+    for d in /sys/bus/pci/devices/*; do
+        [ -e "$d/sriov_totalvfs" ] || continue
+        case "$(readlink "$d/driver")" in */igb) IGB_PF=${d##*/} ;; esac
+    done
+    [ -n "$IGB_PF" ] || die "--igb: no igb PF in the guest (lspci: $(ls /sys/bus/pci/devices))"
+    log "igb PF $IGB_PF: sriov_totalvfs $(cat /sys/bus/pci/devices/$IGB_PF/sriov_totalvfs), IOMMU group $(readlink /sys/bus/pci/devices/$IGB_PF/iommu_group)"
+fi
+
 cat >$R/run/vfio-mig-sim.env <<EOF
 export VFIO_MIG_SIM_DEVICES="$UUIDS"
 export VFIO_MIG_SIM_SYSFS="$SYSFS"
 export VFIO_MIG_SIM_PARENT="$PARENT"
 export VFIO_MIG_SIM_TYPE="$TYPE_NAME"
 export VFIO_MIG_SIM_KERNEL="$(uname -r)"
+export VFIO_MIG_IGB_PF="$IGB_PF"
 EOF
 
 log "running the command"

@@ -17,6 +17,9 @@
 #   --timeout SECONDS   whole guest run (default 1500)
 #   --kernel auto|bpo|stable   6.12 from bookworm-backports (default, falls back) or 6.1
 #   --kernel-args ARGS  extra kernel command line, e.g. "loglevel=7 softlockup_panic=1"
+#   --igb               also give the guest an emulated SR-IOV NIC (QEMU's igb, an 82576 PF with up to 7 VFs)
+#                       behind an emulated Intel IOMMU, with the igb and vfio-pci modules loaded; needs QEMU 8+
+#                       (installed from bookworm-backports when the machine's QEMU lacks igb)
 #   --check             only report whether the tier can run, and why not
 #   --smoke             COMMAND := the native/guest-smoke binary (built here)
 #   -q                  do not echo the guest console
@@ -30,6 +33,7 @@
 #   VFIO_MIG_SIM_TYPE      mdev type name (vfio_mig_sim-mig)
 #   VFIO_MIG_SIM_RESULTS   /results (writable, copied to the host's --results DIR)
 #   VFIO_MIG_SIM_GUEST=1, VFIO_MIG_SIM_KERNEL=<uname -r>
+#   VFIO_MIG_IGB_PF        with --igb: the PCI address of the igb PF
 #
 # Exit status: COMMAND's exit status, or
 #   77 the tier cannot run here (reason printed), 2 usage,
@@ -53,6 +57,7 @@ SMOKE=0
 QUIET=0
 EXTRA_ENV=()
 TYPE_NAME=vfio_mig_sim-mig
+IGB=0
 
 say() { printf '[run-in-guest] %s\n' "$*" >&2; }
 cannot() { echo "cannot run the kernel-in-the-loop tier: $*"; exit 77; }
@@ -71,6 +76,7 @@ while [ $# -gt 0 ]; do
         --timeout) TIMEOUT=$2; shift ;;
         --kernel) KERNEL_PREF=$2; shift ;;
         --kernel-args) KERNEL_ARGS=$2; shift ;;
+        --igb) IGB=1 ;;
         -q) QUIET=1 ;;
         -h|--help) usage ;;
         --) shift; break ;;
@@ -132,6 +138,8 @@ need_pkgs() {
     dpkg -s libssl3 >/dev/null 2>&1 || p+=(libssl3)
     echo "${p[@]+"${p[@]}"}"
 }
+
+qemu_has_igb() { command -v qemu-system-x86_64 >/dev/null && qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'; }
 
 # The bookworm-backports suite on the machine's configured Debian mirror.
 debian_uri() {
@@ -238,6 +246,15 @@ else
 fi
 KDIR=$CACHE/kernels/$KREL/root
 [ -f "$KDIR/boot/vmlinuz-$KREL" ] || cannot "kernel image missing in $KDIR"
+if [ $IGB -eq 1 ] && ! qemu_has_igb; then
+    # bookworm's QEMU 7.2 has no igb; bookworm-backports has QEMU 10
+    ensure_backports_source || cannot "--igb: QEMU $(qemu-system-x86_64 --version | head -1) has no igb and no bookworm source to find a newer one"
+    apt_update || cannot "apt-get update failed (no package mirror reachable?)"
+    say "installing qemu-system-x86 from bookworm-backports (for igb)"
+    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 \
+        >"$CACHE/apt-install-qemu.log" 2>&1 || { tail -5 "$CACHE/apt-install-qemu.log" >&2; cannot "installing a QEMU with igb failed"; }
+    qemu_has_igb || cannot "--igb: $(qemu-system-x86_64 --version | head -1) still has no igb device"
+fi
 
 if [ $CHECK -eq 1 ]; then
     echo "ok: kernel-in-the-loop tier can run (kernel $KREL, QEMU TCG, $CPUS vCPUs, $MEM MiB)"
@@ -279,7 +296,9 @@ add_mod() { # name as in modules.dep (path relative to MODDIR)
     ORDER+=("$rel")
 }
 find_mod() { awk -F: -v n="$1" '{ b = $1; sub(/.*\//, "", b); sub(/\.ko(\.xz|\.zst|\.gz)?$/, "", b); gsub(/-/, "_", b); if (b == n) { print $1; exit } }' "$MODDIR/modules.dep"; }
-for m in virtio_pci 9pnet_virtio 9p vfio vfio_iommu_type1 mdev; do
+GUEST_MODULES="virtio_pci 9pnet_virtio 9p vfio vfio_iommu_type1 mdev"
+[ $IGB -eq 1 ] && GUEST_MODULES="$GUEST_MODULES igb vfio_pci"
+for m in $GUEST_MODULES; do
     rel=$(find_mod "$m")
     if [ -z "$rel" ]; then
         grep -qE "/$m\.ko" "$MODDIR/modules.builtin" 2>/dev/null && continue
@@ -318,6 +337,7 @@ rm -f "$RESULTS"/guest-{status,exit-code,stdout.txt,stderr.txt,dmesg.txt,dmesg-u
     printf 'MODULE_ARGS=%q\n' "$MODULE_ARGS"
     printf 'TYPE_NAME=%q\n' "$TYPE_NAME"
     printf 'KEEP_PATHS=%q\n' "$KEEP_PATHS"
+    echo "IGB=$IGB"
 } >"$RESULTS/.guest-conf"
 {
     echo '#!/bin/bash'
@@ -334,7 +354,13 @@ rm -f "$RESULTS"/guest-{status,exit-code,stdout.txt,stderr.txt,dmesg.txt,dmesg-u
 # ------------------------------------------------------------------ boot
 say "booting $KREL under QEMU TCG ($CPUS vCPUs, $MEM MiB, $NDEV devices, timeout ${TIMEOUT}s); results in $RESULTS"
 T0=$(date +%s)
-QEMU=(qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp "$CPUS" -m "$MEM"
+MACHINE=(-machine q35,accel=tcg)
+if [ $IGB -eq 1 ]; then
+    # interrupt remapping needs the split irqchip; caching-mode lets the emulated IOMMU serve vfio in the guest
+    MACHINE=(-machine q35,accel=tcg,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on -device igb)
+    KERNEL_ARGS="intel_iommu=on $KERNEL_ARGS"
+fi
+QEMU=(qemu-system-x86_64 "${MACHINE[@]}" -cpu max -smp "$CPUS" -m "$MEM"
       -display none -monitor none -serial stdio -no-reboot -nic none
       -kernel "$KDIR/boot/vmlinuz-$KREL" -initrd "$BUILD/initramfs.cpio.gz"
       -append "console=ttyS0 loglevel=4 panic=-1 rdinit=/init hung_task_timeout_secs=600 softlockup_panic=1 $KERNEL_ARGS"

@@ -44,7 +44,7 @@ int main(void)
     /* libc */
     C(O_WRONLY); C(O_RDWR); C(O_CLOEXEC);
     C(EPERM); C(ENOENT); C(EINTR); C(EIO); C(EBADF); C(EAGAIN); C(ENOMEM); C(EACCES); C(EFAULT);
-    C(EBUSY); C(ENODEV); C(EINVAL); C(ENOTTY); C(ESPIPE); C(EPIPE); C(ENOMSG); C(EOPNOTSUPP);
+    C(EBUSY); C(EEXIST); C(ENODEV); C(EINVAL); C(ENOTTY); C(ESPIPE); C(EPIPE); C(ENOMSG); C(EOPNOTSUPP);
     C(AF_UNIX); C(SOCK_STREAM); C(SOCK_CLOEXEC);
     C(PRIO_PROCESS);
 
@@ -79,6 +79,21 @@ int main(void)
     C(VFIO_PCI_BAR3_REGION_INDEX); C(VFIO_PCI_BAR4_REGION_INDEX); C(VFIO_PCI_BAR5_REGION_INDEX);
     C(VFIO_PCI_ROM_REGION_INDEX); C(VFIO_PCI_CONFIG_REGION_INDEX); C(VFIO_PCI_VGA_REGION_INDEX);
     C(VFIO_PCI_NUM_REGIONS);
+
+    /* interrupts (information only) and the type1 IOMMU's DMA mappings */
+    C(VFIO_DEVICE_GET_IRQ_INFO);
+    C(VFIO_IRQ_INFO_EVENTFD); C(VFIO_IRQ_INFO_MASKABLE); C(VFIO_IRQ_INFO_AUTOMASKED); C(VFIO_IRQ_INFO_NORESIZE);
+    C(VFIO_PCI_INTX_IRQ_INDEX); C(VFIO_PCI_MSI_IRQ_INDEX); C(VFIO_PCI_MSIX_IRQ_INDEX); C(VFIO_PCI_ERR_IRQ_INDEX);
+    C(VFIO_PCI_REQ_IRQ_INDEX); C(VFIO_PCI_NUM_IRQS);
+    S(vfio_irq_info); F(vfio_irq_info, argsz); F(vfio_irq_info, flags); F(vfio_irq_info, index); F(vfio_irq_info, count);
+    C(VFIO_IOMMU_MAP_DMA); C(VFIO_IOMMU_UNMAP_DMA); C(VFIO_DMA_MAP_FLAG_READ); C(VFIO_DMA_MAP_FLAG_WRITE);
+    S(vfio_iommu_type1_dma_map);
+    F(vfio_iommu_type1_dma_map, argsz); F(vfio_iommu_type1_dma_map, flags); F(vfio_iommu_type1_dma_map, vaddr);
+    F(vfio_iommu_type1_dma_map, iova); F(vfio_iommu_type1_dma_map, size);
+    /* data[] is a flexible array (a dirty bitmap when asked for): not part of the fixed layout */
+    S(vfio_iommu_type1_dma_unmap);
+    F(vfio_iommu_type1_dma_unmap, argsz); F(vfio_iommu_type1_dma_unmap, flags); F(vfio_iommu_type1_dma_unmap, iova);
+    F(vfio_iommu_type1_dma_unmap, size);
 
     /* VFIO_DEVICE_FEATURE and migration */
     C(VFIO_DEVICE_FEATURE);

@@ -4,7 +4,7 @@ using Vfio.Host;
 namespace Vfio.Cli;
 
 /// <summary>`vf create|bind|setup|restore`: prepare SR-IOV VFs for migration and put the host back afterwards.</summary>
-internal static class VfCommand
+public static class VfCommand
 {
     /// <param name="kernel">The host's kernel, or a model of it in tests.</param>
     public static Command Create(IHostKernel kernel)

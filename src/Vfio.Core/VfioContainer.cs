@@ -66,6 +66,34 @@ public sealed class VfioContainer : IDisposable
         IommuType = type;
     }
 
+    /// <summary>
+    /// VFIO_IOMMU_MAP_DMA: lets the container's devices reach <paramref name="size"/> bytes of this process's memory at
+    /// <paramref name="vaddr"/> through IO virtual address <paramref name="iova"/> (the kernel pins the pages). Both page
+    /// aligned; the memory must stay allocated until <see cref="UnmapDma"/> (or the container closes).
+    /// </summary>
+    public unsafe void MapDma(nint vaddr, ulong iova, ulong size, bool deviceReads = true, bool deviceWrites = true)
+    {
+        var map = new VfioIommuType1DmaMap
+        {
+            Argsz = (uint)sizeof(VfioIommuType1DmaMap), Vaddr = (ulong)vaddr, Iova = iova, Size = size,
+            Flags = (deviceReads ? VfioUapi.VFIO_DMA_MAP_FLAG_READ : 0) | (deviceWrites ? VfioUapi.VFIO_DMA_MAP_FLAG_WRITE : 0),
+        };
+        // &map: stack memory of this frame; the kernel reads it during the call (vaddr is the caller's to keep valid).
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_IOMMU_MAP_DMA, &map) < 0)
+            throw VfioException.FromLastError($"VFIO_IOMMU_MAP_DMA(iova 0x{iova:x}, {size} bytes)",
+                IommuType is null ? "no IOMMU model is set on the container (SetIommu after attaching a group)" : null);
+    }
+
+    /// <summary>VFIO_IOMMU_UNMAP_DMA of a range mapped before; returns the bytes the kernel unmapped.</summary>
+    public unsafe ulong UnmapDma(ulong iova, ulong size)
+    {
+        var unmap = new VfioIommuType1DmaUnmap { Argsz = (uint)sizeof(VfioIommuType1DmaUnmap), Iova = iova, Size = size };
+        // &unmap: stack memory of this frame; the kernel writes back the size it unmapped.
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_IOMMU_UNMAP_DMA, &unmap) < 0)
+            throw VfioException.FromLastError($"VFIO_IOMMU_UNMAP_DMA(iova 0x{iova:x}, {size} bytes)");
+        return unmap.Size;
+    }
+
     public void Dispose() => Handle.Dispose();
 }
 

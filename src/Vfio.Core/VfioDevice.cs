@@ -23,6 +23,23 @@ public readonly record struct VfioDeviceInformation(uint Flags, uint NumRegions,
 }
 
 /// <summary>VFIO_DEVICE_GET_REGION_INFO: one region of the device fd.</summary>
+/// <summary>One interrupt index of a device: its flags and how many vectors it has (0: not supported).</summary>
+public readonly record struct VfioIrq(uint Index, uint Flags, uint Count)
+{
+    public bool UsesEventfd => (Flags & VfioUapi.VFIO_IRQ_INFO_EVENTFD) != 0;
+    public bool CanMask => (Flags & VfioUapi.VFIO_IRQ_INFO_MASKABLE) != 0;
+
+    public string Name => Index switch
+    {
+        VfioUapi.VFIO_PCI_INTX_IRQ_INDEX => "INTx",
+        VfioUapi.VFIO_PCI_MSI_IRQ_INDEX => "MSI",
+        VfioUapi.VFIO_PCI_MSIX_IRQ_INDEX => "MSI-X",
+        VfioUapi.VFIO_PCI_ERR_IRQ_INDEX => "ERR",
+        VfioUapi.VFIO_PCI_REQ_IRQ_INDEX => "REQ",
+        _ => $"IRQ{Index}",
+    };
+}
+
 public readonly record struct VfioRegion(uint Index, uint Flags, ulong Size, ulong Offset)
 {
     public bool CanRead => (Flags & VfioUapi.VFIO_REGION_INFO_FLAG_READ) != 0;
@@ -203,6 +220,19 @@ public sealed class VfioDevice : IDisposable
         return new VfioDeviceInformation(info.Flags, info.NumRegions, info.NumIrqs);
     }
 
+    /// <summary>VFIO_DEVICE_GET_IRQ_INFO for one index (INTx, MSI, MSI-X, ERR, REQ on a PCI device).</summary>
+    public unsafe VfioIrq GetIrq(uint index)
+    {
+        var info = new VfioIrqInfo { Argsz = (uint)sizeof(VfioIrqInfo), Index = index };
+        // &info: stack memory of this frame.
+        if (Libc.Ioctl(Handle, VfioUapi.VFIO_DEVICE_GET_IRQ_INFO, &info) < 0)
+            throw VfioException.FromLastError($"VFIO_DEVICE_GET_IRQ_INFO({index}) on {Name}");
+        return new VfioIrq(info.Index, info.Flags, info.Count);
+    }
+
+    /// <summary>Every interrupt index the device reports (NumIrqs of its info).</summary>
+    public IReadOnlyList<VfioIrq> GetIrqs() => Enumerable.Range(0, (int)Info.NumIrqs).Select(i => GetIrq((uint)i)).ToList();
+
     /// <summary>VFIO_DEVICE_GET_REGION_INFO for one index.</summary>
     public unsafe VfioRegion GetRegion(uint index)
     {
@@ -219,7 +249,10 @@ public sealed class VfioDevice : IDisposable
         var list = new List<VfioRegion>();
         for (uint i = 0; i < Info.NumRegions; i++)
         {
-            var region = GetRegion(i);
+            VfioRegion region;
+            try { region = GetRegion(i); }
+            // vfio-pci refuses the VGA region of a device that has none (EINVAL) instead of reporting it empty.
+            catch (VfioException e) when (e.Errno == Libc.EINVAL) { continue; }
             if (region.Size > 0)
                 list.Add(region);
         }

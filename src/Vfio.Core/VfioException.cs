@@ -47,6 +47,7 @@ public static class ErrnoNames
         Libc.EACCES => "EACCES",
         Libc.EFAULT => "EFAULT",
         Libc.EBUSY => "EBUSY",
+        Libc.EEXIST => "EEXIST",
         Libc.ENODEV => "ENODEV",
         Libc.EINVAL => "EINVAL",
         Libc.ENOTTY => "ENOTTY",

@@ -25,6 +25,7 @@ public static partial class Libc
     public const int EACCES = 13;
     public const int EFAULT = 14;
     public const int EBUSY = 16;
+    public const int EEXIST = 17;
     public const int ENODEV = 19;
     public const int EINVAL = 22;
     public const int ENOTTY = 25;

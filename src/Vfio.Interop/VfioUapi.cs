@@ -24,7 +24,10 @@ public static class VfioUapi
     public static readonly nuint VFIO_GROUP_GET_DEVICE_FD = Io(VfioType, VfioBase + 6);
     public static readonly nuint VFIO_DEVICE_GET_INFO = Io(VfioType, VfioBase + 7);
     public static readonly nuint VFIO_DEVICE_GET_REGION_INFO = Io(VfioType, VfioBase + 8);
+    public static readonly nuint VFIO_DEVICE_GET_IRQ_INFO = Io(VfioType, VfioBase + 9);
     public static readonly nuint VFIO_DEVICE_RESET = Io(VfioType, VfioBase + 11);
+    public static readonly nuint VFIO_IOMMU_MAP_DMA = Io(VfioType, VfioBase + 13);
+    public static readonly nuint VFIO_IOMMU_UNMAP_DMA = Io(VfioType, VfioBase + 14);
     public static readonly nuint VFIO_DEVICE_FEATURE = Io(VfioType, VfioBase + 17);
     public static readonly nuint VFIO_DEVICE_BIND_IOMMUFD = Io(VfioType, VfioBase + 18);
     public static readonly nuint VFIO_DEVICE_ATTACH_IOMMUFD_PT = Io(VfioType, VfioBase + 19);
@@ -69,6 +72,20 @@ public static class VfioUapi
     public const uint VFIO_PCI_CONFIG_REGION_INDEX = 7;
     public const uint VFIO_PCI_VGA_REGION_INDEX = 8;
     public const uint VFIO_PCI_NUM_REGIONS = 9;
+
+    public const uint VFIO_IRQ_INFO_EVENTFD = 1 << 0;
+    public const uint VFIO_IRQ_INFO_MASKABLE = 1 << 1;
+    public const uint VFIO_IRQ_INFO_AUTOMASKED = 1 << 2;
+    public const uint VFIO_IRQ_INFO_NORESIZE = 1 << 3;
+    public const uint VFIO_PCI_INTX_IRQ_INDEX = 0;
+    public const uint VFIO_PCI_MSI_IRQ_INDEX = 1;
+    public const uint VFIO_PCI_MSIX_IRQ_INDEX = 2;
+    public const uint VFIO_PCI_ERR_IRQ_INDEX = 3;
+    public const uint VFIO_PCI_REQ_IRQ_INDEX = 4;
+    public const uint VFIO_PCI_NUM_IRQS = 5;
+
+    public const uint VFIO_DMA_MAP_FLAG_READ = 1 << 0;
+    public const uint VFIO_DMA_MAP_FLAG_WRITE = 1 << 1;
 
     public const uint VFIO_DEVICE_FEATURE_MASK = 0xffff;
     public const uint VFIO_DEVICE_FEATURE_GET = 1 << 16;
@@ -124,6 +141,35 @@ public struct VfioRegionInfo
     public uint CapOffset;
     public ulong Size;
     public ulong Offset;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct VfioIrqInfo
+{
+    public uint Argsz;
+    public uint Flags;
+    public uint Index;
+    public uint Count;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct VfioIommuType1DmaMap
+{
+    public uint Argsz;
+    public uint Flags;
+    public ulong Vaddr;
+    public ulong Iova;
+    public ulong Size;
+}
+
+/// <summary>VFIO_IOMMU_UNMAP_DMA's argument without its trailing data[] (a dirty bitmap, unused here).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct VfioIommuType1DmaUnmap
+{
+    public uint Argsz;
+    public uint Flags;
+    public ulong Iova;
+    public ulong Size;
 }
 
 /// <summary>Header of VFIO_DEVICE_FEATURE; the feature's payload follows at offset 8.</summary>
