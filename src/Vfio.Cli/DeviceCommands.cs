@@ -50,7 +50,7 @@ internal static class DeviceCommands
             catch (Exception e) when (e is VfioException or IOException or UnauthorizedAccessException)
             {
                 error.WriteLine($"vfio-mig: list: {e.Message}");
-                return 1;
+                return ExitCodes.Failed;
             }
             if (asJson)
             {
@@ -91,7 +91,8 @@ internal static class DeviceCommands
             catch (Exception e) when (e is VfioException or IOException or UnauthorizedAccessException or ArgumentException)
             {
                 error.WriteLine($"vfio-mig: info {name}: {OneLine(e.Message)}");
-                return 1;
+                // A name that is no device here is bad input; anything else is the host failing to answer.
+                return e is ArgumentException || (e is VfioException v && v.Errno == Interop.Libc.ENOENT) ? ExitCodes.Usage : ExitCodes.Failed;
             }
         });
         return command;
