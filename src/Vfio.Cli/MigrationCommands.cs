@@ -102,8 +102,8 @@ public static class MigrationCommands
                     string kind = useNull ? "null" : "sim";
                     for (int i = 0; i < n; i++)
                     {
-                        src.Add(factory.Open($"{kind}:vf{i}"));
-                        dst.Add(dstFactory.Open($"{kind}:vf{i}"));
+                        src.Add(OpenDevice(factory, $"{kind}:vf{i}"));
+                        dst.Add(OpenDevice(dstFactory, $"{kind}:vf{i}"));
                     }
                 }
                 else
@@ -113,8 +113,8 @@ public static class MigrationCommands
                     {
                         int eq = p.IndexOf('=');
                         if (eq <= 0 || eq == p.Length - 1) throw new UsageException($"--device for loopback takes SRC=DST pairs, not '{p}'");
-                        src.Add(factory.Open(p[..eq]));
-                        dst.Add(dstFactory.Open(p[(eq + 1)..]));
+                        src.Add(OpenDevice(factory, p[..eq]));
+                        dst.Add(OpenDevice(dstFactory, p[(eq + 1)..]));
                     }
                 }
                 var report = Loopback.Run(src, dst, options, log, (s, d) => { watch(d); watch(s); }, cancel);
@@ -183,6 +183,16 @@ public static class MigrationCommands
         return command;
     }
 
+    /// <summary>A device that cannot be found or opened is bad input: the run has not started, no device changed state.</summary>
+    private static IMigrationDevice OpenDevice(DeviceFactory factory, string spec)
+    {
+        try { return factory.Open(spec); }
+        catch (Exception e) when (e is MigrationException or VfioException or IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+
     private static List<IMigrationDevice> OpenAll(string[]? specs, DeviceFactory factory)
     {
         if (specs is null || specs.Length == 0) throw new UsageException("at least one --device is required");
@@ -193,7 +203,7 @@ public static class MigrationCommands
             {
                 if (string.IsNullOrWhiteSpace(s)) throw new UsageException("empty --device");
                 if (devices.Any(d => d.Name == s)) throw new UsageException($"device {s} given twice");
-                devices.Add(factory.Open(s));
+                devices.Add(OpenDevice(factory, s));
             }
             return devices;
         }
@@ -305,7 +315,7 @@ public static class MigrationCommands
     }
 
     /// <summary>What the sides of this run still do with their devices, for a second or third signal.</summary>
-    private static Interruption.AtStake AtStake(List<MigrationSide> sides)
+    internal static Interruption.AtStake AtStake(List<MigrationSide> sides)
     {
         var doing = new List<string>();
         var risk = new List<string>();
