@@ -30,6 +30,9 @@ public static class ExitCodes
     /// <summary>A third signal abandoned the run's cleanup: the devices are left as the last line said.</summary>
     public const int Abandoned = 4;
 
-    /// <summary>Cancelled by a signal and rolled back, as <see cref="Failed"/>: 128 + the signal's number (130 SIGINT, 143 SIGTERM, 129 SIGHUP).</summary>
+    /// <summary>
+    /// Cancelled by a signal and rolled back, as <see cref="Failed"/>: 128 + the signal's number (130 SIGINT, 143 SIGTERM,
+    /// 129 SIGHUP), the shell's convention for a process a signal ended.
+    /// </summary>
     public static int Cancelled(int signalNumber) => 128 + signalNumber;
 }

@@ -324,24 +324,24 @@ public static class MigrationCommands
             foreach (var side in sides)
             {
                 int n = side.Devices.Count;
-                string devices = n == 1 ? "device" : $"{n} devices";
+                string Of(string role) => n == 1 ? $"the {role} device" : $"the {n} {role} devices";
                 switch (side.Progress.Finishing)
                 {
                     case FinishingStep.RestoringSources:
-                        doing.Add($"putting the source {devices} back to RUNNING");
-                        risk.Add("they may stay stopped, and a VF is reset when this process exits: their state may be lost");
+                        doing.Add($"putting {Of("source")} back to RUNNING");
+                        risk.Add("the source devices may stay stopped, and a VF is reset when this process exits: their state may be lost");
                         break;
                     case FinishingStep.KeepingSourcesStopped:
-                        doing.Add($"waiting for the threads of the stopped source {devices} (outcome unknown: their state is kept)");
+                        doing.Add($"waiting for the threads of {Of("stopped source")} (outcome unknown: their state is kept)");
                         risk.Add("a VF is reset when this process exits: the state kept for `vfio-mig resume` may be lost");
                         break;
                     case FinishingStep.ResettingDestinations:
-                        doing.Add($"resetting the destination {devices}");
+                        doing.Add($"resetting {Of("destination")}");
                         risk.Add("a destination device may be left half-loaded until it is reset");
                         break;
                     case FinishingStep.RunningDestinations:
-                        doing.Add($"moving the destination {devices} to RUNNING (the source committed: they must run here)");
-                        risk.Add("they may never run while the source's stay stopped: their state may be lost");
+                        doing.Add($"moving {Of("destination")} to RUNNING (the source committed: they must run here)");
+                        risk.Add("the destination devices may never run while the source's stay stopped: their state may be lost");
                         break;
                 }
             }

@@ -113,8 +113,8 @@ public class CliSignalTests
         run.Tx.Signal("TERM");
         AssertSide(run.Tx, run.TxJson, 143, "rolled_back", "migration cancelled by SIGTERM: source devices RUNNING", "SIGTERM");
         Assert.Contains("2 source devices back to RUNNING", run.Tx.Stdout);
-        run.Proxy.Release();
-        AssertSide(run.Rx, run.RxJson, 1, "rolled_back", "source: cancelled; destination devices reset");
+        run.Proxy.Release(); // the source's Error, or its closed data channels first
+        AssertSide(run.Rx, run.RxJson, 1, "rolled_back", "; destination devices reset");
     }
 
     [Fact]

@@ -38,12 +38,13 @@ public class InterruptionTests
         source.Progress.Finishing = FinishingStep.RestoringSources;
         interruption.Deliver(PosixSignal.SIGINT);
         Assert.Empty(exits); // a second signal never ends the process
-        Assert.Equal("vfio-mig: SIGINT again: still putting the source 2 devices back to RUNNING; a third signal abandons this (they may "
-            + "stay stopped, and a VF is reset when this process exits: their state may be lost)", Lines(error)[1]);
+        Assert.Equal("vfio-mig: SIGINT again: still putting the 2 source devices back to RUNNING; a third signal abandons this (the "
+            + "source devices may stay stopped, and a VF is reset when this process exits: their state may be lost)", Lines(error)[1]);
 
         interruption.Deliver(PosixSignal.SIGINT);
         Assert.Equal([ExitCodes.Abandoned], exits);
-        Assert.StartsWith("vfio-mig: SIGINT: abandoned while putting the source 2 devices back to RUNNING: they may stay stopped", Lines(error)[2]);
+        Assert.StartsWith("vfio-mig: SIGINT: abandoned while putting the 2 source devices back to RUNNING: the source devices may stay",
+            Lines(error)[2]);
         Assert.Equal("SIGTERM", interruption.Signal); // the first signal is the one that cancelled the run
     }
 
@@ -64,10 +65,10 @@ public class InterruptionTests
     }
 
     [Theory]
-    [InlineData(FinishingStep.KeepingSourcesStopped, "waiting for the threads of the stopped source 2 devices (outcome unknown",
+    [InlineData(FinishingStep.KeepingSourcesStopped, "waiting for the threads of the 2 stopped source devices (outcome unknown",
         "the state kept for `vfio-mig resume` may be lost")]
     [InlineData(FinishingStep.RunningDestinations, "moving the destination device to RUNNING (the source committed",
-        "they may never run while the source's stay stopped")]
+        "the destination devices may never run while the source's stay stopped")]
     [InlineData(FinishingStep.ResettingDestinations, "resetting the destination device", "half-loaded")]
     public void Each_cleanup_step_says_what_it_does_and_what_abandoning_it_costs(FinishingStep step, string doing, string risk)
     {
