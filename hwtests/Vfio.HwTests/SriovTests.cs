@@ -38,9 +38,9 @@ public sealed class SriovTests : IDisposable
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        var root = new RootCommand { Vfio.Cli.VfCommand.Create(new LinuxHostKernel(_paths)) };
-        int code = root.Parse(["vf", .. args.Split(' ', StringSplitOptions.RemoveEmptyEntries), "--state", _state])
-            .Invoke(new InvocationConfiguration { Output = output, Error = error });
+        int code = Vfio.Cli.Program.Run(new RootCommand { Vfio.Cli.VfCommand.Create(new LinuxHostKernel(_paths)) },
+            ["vf", .. args.Split(' ', StringSplitOptions.RemoveEmptyEntries), "--state", _state],
+            new InvocationConfiguration { Output = output, Error = error });
         return (code, output.ToString(), error.ToString());
     }
 
@@ -177,8 +177,8 @@ public sealed class SriovTests : IDisposable
         var vfs = PciFunction.VfsOf(_pf, _paths);
         var output = new StringWriter();
         var error = new StringWriter();
-        code = Vfio.Cli.Program.BuildRoot().Parse(["loopback", "--device", $"{vfs[0]}={vfs[1]}", "--timeout", "20"])
-            .Invoke(new InvocationConfiguration { Output = output, Error = error });
+        code = Vfio.Cli.Program.Run(["loopback", "--device", $"{vfs[0]}={vfs[1]}", "--timeout", "20"],
+            new InvocationConfiguration { Output = output, Error = error });
         Assert.NotEqual(0, code);
         string line = error.ToString().Trim();
         Assert.DoesNotContain("\n", line);

@@ -84,35 +84,29 @@ internal static class BenchCommand
                 {
                     throw new UsageException($"--out: cannot create {dir}: {e.Message}");
                 }
-                if (r.GetValue(json) is string jsonFile && Path.GetDirectoryName(Path.GetFullPath(jsonFile)) is string jsonDir
-                    && !Directory.Exists(jsonDir))
-                    throw new UsageException($"--json: directory {jsonDir} does not exist");
+                using var jsonFile = ReportFile.OpenAll((r.GetValue(json), "--json"))[0];
 
                 var result = new BenchRunner(settings, stdout).Run("vfio-mig " + string.Join(' ', r.Tokens.Select(t => t.Value)));
                 File.WriteAllText(Path.Combine(dir, "bench.md"), BenchWriters.Markdown(result));
                 File.WriteAllText(Path.Combine(dir, "bench.csv"), BenchWriters.Csv(result));
                 File.WriteAllText(Path.Combine(dir, "bench.svg"), BenchWriters.Chart(result));
-                if (r.GetValue(json) is string jsonPath)
-                {
-                    using var f = File.Create(jsonPath);
-                    BenchWriters.Json(result, f);
-                }
+                jsonFile?.TryWrite(f => BenchWriters.Json(result, f), stderr);
                 foreach (var t in result.Targets)
                     stdout.WriteLine($"target {(t.Met ? "met" : "NOT met")}: {t.Name} ({t.Detail})");
                 stdout.WriteLine($"wrote {Path.Combine(dir, "bench.md")}, bench.csv, bench.svg{(r.GetValue(json) is string p ? ", " + p : "")}");
                 bool allVerified = result.Rows.All(row => row.AllVerified);
                 if (!allVerified) stderr.WriteLine("vfio-mig: some benchmark runs failed: see the table");
-                return allVerified ? 0 : 1;
+                return allVerified ? ExitCodes.Ok : ExitCodes.Failed;
             }
             catch (UsageException e)
             {
                 stderr.WriteLine($"vfio-mig: {e.Message}");
-                return 2;
+                return ExitCodes.Usage;
             }
             catch (Exception e) when (e is MigrationException or IOException or UnauthorizedAccessException or VfioException)
             {
                 stderr.WriteLine($"vfio-mig: {e.Message}");
-                return 1;
+                return ExitCodes.Failed;
             }
         });
         return command;

@@ -50,7 +50,7 @@ internal static class DeviceCommands
             catch (Exception e) when (e is VfioException or IOException or UnauthorizedAccessException)
             {
                 error.WriteLine($"vfio-mig: list: {e.Message}");
-                return 1;
+                return ExitCodes.Failed;
             }
             if (asJson)
             {
@@ -84,6 +84,13 @@ internal static class DeviceCommands
             var name = parseResult.GetValue(device) ?? "";
             try
             {
+                // A name that is no device of this host is bad input; anything after that is the host failing to answer.
+                try { VfioSysfs.Resolve(name, paths); }
+                catch (Exception e) when (e is VfioException or ArgumentException)
+                {
+                    error.WriteLine($"vfio-mig: info {name}: {OneLine(e.Message)}");
+                    return ExitCodes.Usage;
+                }
                 var info = DeviceInfoReport.Collect(name, paths);
                 output.Write(parseResult.GetValue(json) ? info.ToJson() + Environment.NewLine : info.ToText());
                 return 0;
@@ -91,7 +98,7 @@ internal static class DeviceCommands
             catch (Exception e) when (e is VfioException or IOException or UnauthorizedAccessException or ArgumentException)
             {
                 error.WriteLine($"vfio-mig: info {name}: {OneLine(e.Message)}");
-                return 1;
+                return ExitCodes.Failed;
             }
         });
         return command;

@@ -57,7 +57,7 @@ public static class MigrationCommands
         public DeviceFactory Factory(ParseResult r) => new(Shared.Simulation(r), new SimulatedPf("sim-pf", Shared.PfConcurrency(r)));
     }
 
-    /// <summary>Bad input: printed as one line, exit code 2.</summary>
+    /// <summary>Bad input: printed as one line, exit code 2 (<see cref="ExitCodes.Usage"/>).</summary>
     public sealed class UsageException(string message) : Exception(message);
 
     public static IEnumerable<Command> Create()
@@ -78,7 +78,7 @@ public static class MigrationCommands
         common.AddTo(command);
         command.Options.Add(sim);
         command.Options.Add(nullDevices);
-        command.SetAction(r => Run(r, common, (options, factory, log, progress) =>
+        command.SetAction(r => Run(r, common, (options, factory, log, watch, cancel) =>
         {
             var pairs = r.GetValue(common.Device) ?? Array.Empty<string>();
             int? n = r.GetValue(sim);
@@ -102,8 +102,8 @@ public static class MigrationCommands
                     string kind = useNull ? "null" : "sim";
                     for (int i = 0; i < n; i++)
                     {
-                        src.Add(factory.Open($"{kind}:vf{i}"));
-                        dst.Add(dstFactory.Open($"{kind}:vf{i}"));
+                        src.Add(OpenDevice(factory, $"{kind}:vf{i}"));
+                        dst.Add(OpenDevice(dstFactory, $"{kind}:vf{i}"));
                     }
                 }
                 else
@@ -113,11 +113,12 @@ public static class MigrationCommands
                     {
                         int eq = p.IndexOf('=');
                         if (eq <= 0 || eq == p.Length - 1) throw new UsageException($"--device for loopback takes SRC=DST pairs, not '{p}'");
-                        src.Add(factory.Open(p[..eq]));
-                        dst.Add(dstFactory.Open(p[(eq + 1)..]));
+                        src.Add(OpenDevice(factory, p[..eq]));
+                        dst.Add(OpenDevice(dstFactory, p[(eq + 1)..]));
                     }
                 }
-                return SimulatedRun.Annotate(Loopback.Run(src, dst, options, log, (s, d) => progress(d.Progress)), src, dst);
+                var report = Loopback.Run(src, dst, options, log, (s, d) => { watch(d); watch(s); }, cancel);
+                return SimulatedRun.Annotate(report, src, dst);
             }
             finally
             {
@@ -134,15 +135,15 @@ public static class MigrationCommands
         var command = new Command("send", "Migrate devices to a destination running `vfio-mig receive`");
         common.AddTo(command);
         command.Options.Add(to);
-        command.SetAction(r => Run(r, common, (options, factory, log, progress) =>
+        command.SetAction(r => Run(r, common, (options, factory, log, watch, cancel) =>
         {
             var endpoint = Endpoints.Parse(r.GetValue(to)!, "--to", resolve: true);
             var devices = OpenAll(r.GetValue(common.Device), factory);
             try
             {
                 var source = new MigrationSource(devices, options, log);
-                progress(source.Progress);
-                var report = source.Run(endpoint);
+                watch(source);
+                var report = source.Run(endpoint, cancel);
                 report.DeviceBoundMs = DeviceBound.Compute(devices);
                 return report;
             }
@@ -158,23 +159,38 @@ public static class MigrationCommands
         var command = new Command("receive", "Receive a migration from `vfio-mig send` into the given devices");
         common.AddTo(command);
         command.Options.Add(listen);
-        command.SetAction(r => Run(r, common, (options, factory, log, progress) =>
+        command.SetAction(r => Run(r, common, (options, factory, log, watch, cancel) =>
         {
             var endpoint = Endpoints.Parse(r.GetValue(listen)!, "--listen", resolve: false);
-            var devices = OpenAll(r.GetValue(common.Device), factory);
-            try
+            // Listening comes before the devices are opened: an address in use is bad input, and no device was touched.
+            Socket listener;
+            try { listener = Loopback.Listen(endpoint, Protocol.MaxChannels + 4); }
+            catch (MigrationException e) { throw new UsageException($"--listen: {e.Message}"); }
+            using (listener)
             {
-                using var listener = Loopback.Listen(endpoint, Protocol.MaxChannels + 4);
-                var bound = (IPEndPoint)listener.LocalEndPoint!;
-                r.InvocationConfiguration.Output.WriteLine($"listening on {bound}");
-                r.InvocationConfiguration.Output.Flush();
-                var destination = new MigrationDestination(devices, options, log);
-                progress(destination.Progress);
-                return SimulatedRun.Annotate(destination.Run(listener), devices, devices);
+                var devices = OpenAll(r.GetValue(common.Device), factory);
+                try
+                {
+                    var destination = new MigrationDestination(devices, options, log);
+                    watch(destination);
+                    r.InvocationConfiguration.Output.WriteLine($"listening on {(IPEndPoint)listener.LocalEndPoint!}");
+                    r.InvocationConfiguration.Output.Flush();
+                    return SimulatedRun.Annotate(destination.Run(listener, cancel), devices, devices);
+                }
+                finally { foreach (var d in devices) d.Dispose(); }
             }
-            finally { foreach (var d in devices) d.Dispose(); }
         }));
         return command;
+    }
+
+    /// <summary>A device that cannot be found or opened is bad input: the run has not started, no device changed state.</summary>
+    private static IMigrationDevice OpenDevice(DeviceFactory factory, string spec)
+    {
+        try { return factory.Open(spec); }
+        catch (Exception e) when (e is MigrationException or VfioException or IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException(e.Message);
+        }
     }
 
     private static List<IMigrationDevice> OpenAll(string[]? specs, DeviceFactory factory)
@@ -187,7 +203,7 @@ public static class MigrationCommands
             {
                 if (string.IsNullOrWhiteSpace(s)) throw new UsageException("empty --device");
                 if (devices.Any(d => d.Name == s)) throw new UsageException($"device {s} given twice");
-                devices.Add(factory.Open(s));
+                devices.Add(OpenDevice(factory, s));
             }
             return devices;
         }
@@ -198,89 +214,139 @@ public static class MigrationCommands
         }
     }
 
-    private delegate RunReport RunBody(MigrationOptions options, DeviceFactory factory, ILogger log, Action<MigrationProgress> progress);
+    /// <summary>A command's run: gets the checked options, a log, a way to show each side it runs, and the signals' token.</summary>
+    private delegate RunReport RunBody(MigrationOptions options, DeviceFactory factory, ILogger log, Action<MigrationSide> watch,
+        CancellationToken cancel);
 
     private static int Run(ParseResult r, Common common, RunBody body)
     {
         var output = r.InvocationConfiguration.Output;
         var error = r.InvocationConfiguration.Error;
-        bool terminal = !Console.IsOutputRedirected && ReferenceEquals(output, Console.Out);
-        RunReport report;
-        ProgressDisplay? display = null;
         // Log lines go to the console (plain lines when redirected; warnings only under the progress display).
-        // When the command runs in-process with other writers (tests), there is no console logging.
+        // When the command runs in-process with other writers (tests), there is no console logging, nor signal handling.
         bool console = ReferenceEquals(output, Console.Out);
+        bool terminal = !Console.IsOutputRedirected && console;
+        var sides = new List<MigrationSide>();
+        ProgressDisplay? display = null;
+        using var interruption = new Interruption(error, () => AtStake(sides), register: console);
         var loggerFactory = LoggerFactory.Create(b =>
         {
             if (console) b.AddSimpleConsole(o => { o.SingleLine = true; o.TimestampFormat = "HH:mm:ss.fff "; });
             b.SetMinimumLevel(r.GetValue(common.Verbose) ? LogLevel.Debug : terminal ? LogLevel.Warning : LogLevel.Information);
         });
+        ReportFile?[] files = [];
         try
         {
-            var options = common.Options(r);
-            var factory = common.Factory(r);
-            string? json = r.GetValue(common.Json);
-            string? trace = r.GetValue(common.Trace);
-            string? svg = r.GetValue(common.Svg);
-            if (json is not null) CheckWritable(json, "--json");
-            if (trace is not null) CheckWritable(trace, "--trace");
-            if (svg is not null) CheckWritable(svg, "--svg");
-            var log = loggerFactory.CreateLogger("vfio-mig");
-            report = body(options, factory, log, p => { if (terminal) display = new ProgressDisplay(p, output); });
-            display?.Dispose();
-            loggerFactory.Dispose();
-            foreach (var line in report.SummaryLines()) output.WriteLine(line);
-            if (json is not null)
+            RunReport report;
+            try
             {
-                using var f = File.Create(json);
-                report.WriteJson(f);
-            }
-            // The timeline is written for failed runs too: it shows how far each device got.
-            if (trace is not null || svg is not null)
-            {
-                var timeline = TimelineExport.ToReportsTimeline(report);
-                if (trace is not null)
+                var options = common.Options(r);
+                var factory = common.Factory(r);
+                files = ReportFile.OpenAll((r.GetValue(common.Json), "--json"), (r.GetValue(common.Trace), "--trace"),
+                    (r.GetValue(common.Svg), "--svg"));
+                var log = loggerFactory.CreateLogger("vfio-mig");
+                report = body(options, factory, log, side =>
                 {
-                    using var f = File.Create(trace);
-                    Vfio.Reports.ChromeTrace.Write(timeline, f);
-                }
-                if (svg is not null) File.WriteAllText(svg, Vfio.Reports.SvgTimeline.Render(timeline));
+                    lock (sides) sides.Add(side);
+                    if (terminal && display is null) display = new ProgressDisplay(side.Progress, output);
+                }, interruption.Token);
             }
+            catch (UsageException e)
+            {
+                return Fail(e.Message, ExitCodes.Usage);
+            }
+            catch (MigrationException e)
+            {
+                return Fail(e.Message, ExitCodes.Failed);
+            }
+            catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException or VfioException or SocketException)
+            {
+                // Opening a device or resolving an address, before the run.
+                return Fail(e.Message, ExitCodes.Usage);
+            }
+            display?.Dispose();
+            loggerFactory.Dispose();
+            if (interruption.Signal is string signal) report.Interrupted(signal);
+            foreach (var line in report.SummaryLines()) output.WriteLine(line);
+            ReportFile.WriteReport(report, files[0], files[1], files[2], error);
+            return ExitCode(report, interruption, error);
         }
-        catch (UsageException e)
+        finally
+        {
+            foreach (var f in files) f?.Dispose();
+        }
+
+        int Fail(string message, int code)
         {
             display?.Dispose();
             loggerFactory.Dispose();
-            error.WriteLine($"vfio-mig: {e.Message}");
-            return 2;
+            error.WriteLine($"vfio-mig: {message}");
+            return code;
         }
-        catch (Exception e) when (e is MigrationException or ArgumentException or IOException or UnauthorizedAccessException or VfioException
-            or SocketException)
-        {
-            display?.Dispose();
-            loggerFactory.Dispose();
-            error.WriteLine($"vfio-mig: {e.Message}");
-            return e is MigrationException ? 1 : 2;
-        }
+    }
+
+    /// <summary>The exit code says what the devices are left in (ExitCodes); the one-line error says why.</summary>
+    private static int ExitCode(RunReport report, Interruption interruption, TextWriter error)
+    {
         if (report.Outcome == MigrationOutcome.Unknown)
         {
             error.WriteLine($"vfio-mig: outcome unknown: the migration was committed, then {report.Error}. The source devices are "
                 + "stopped with their state; if the destination did not take over, resume them with: vfio-mig resume "
                 + string.Join(' ', report.Devices.Select(d => d.SourceName ?? d.Name)));
-            return ResumeCommand.OutcomeUnknownExitCode;
+            return ExitCodes.OutcomeUnknown;
         }
-        if (!report.Ok)
+        if (report.Ok)
         {
-            error.WriteLine($"vfio-mig: migration failed{(report.FailedDevice is null ? "" : $" ({report.FailedDevice})")}: {report.Error}");
-            return 1;
+            if (report.Signal is not null)
+                error.WriteLine($"vfio-mig: {report.Signal} came after the commit point: the migration completed");
+            return report.Devices.All(d => d.Verified) ? ExitCodes.Ok : ExitCodes.Failed;
         }
-        return report.Devices.All(d => d.Verified) ? 0 : 1;
+        string left = report.Role switch
+        {
+            "source" => "source devices RUNNING",
+            "destination" => "destination devices reset",
+            _ => "source devices RUNNING, destination devices reset",
+        };
+        string device = report.FailedDevice is null ? "" : $" ({report.FailedDevice})";
+        error.WriteLine(report.Failure?.Origin == FailureOrigin.Cancelled
+            ? $"vfio-mig: migration {report.Error}: {left}"
+            : $"vfio-mig: migration failed{device}: {report.Error}; {left}");
+        return report.Signal is null ? ExitCodes.Failed : interruption.CancelledExitCode;
     }
 
-    private static void CheckWritable(string path, string option)
+    /// <summary>What the sides of this run still do with their devices, for a second or third signal.</summary>
+    internal static Interruption.AtStake AtStake(List<MigrationSide> sides)
     {
-        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
-        if (dir is not null && !Directory.Exists(dir)) throw new UsageException($"{option}: directory {dir} does not exist");
+        var doing = new List<string>();
+        var risk = new List<string>();
+        lock (sides)
+        {
+            foreach (var side in sides)
+            {
+                int n = side.Devices.Count;
+                string Of(string role) => n == 1 ? $"the {role} device" : $"the {n} {role} devices";
+                switch (side.Progress.Finishing)
+                {
+                    case FinishingStep.RestoringSources:
+                        doing.Add($"putting {Of("source")} back to RUNNING");
+                        risk.Add("the source devices may stay stopped, and a VF is reset when this process exits: their state may be lost");
+                        break;
+                    case FinishingStep.KeepingSourcesStopped:
+                        doing.Add($"waiting for the threads of {Of("stopped source")} (outcome unknown: their state is kept)");
+                        risk.Add("a VF is reset when this process exits: the state kept for `vfio-mig resume` may be lost");
+                        break;
+                    case FinishingStep.ResettingDestinations:
+                        doing.Add($"resetting {Of("destination")}");
+                        risk.Add("a destination device may be left half-loaded until it is reset");
+                        break;
+                    case FinishingStep.RunningDestinations:
+                        doing.Add($"moving {Of("destination")} to RUNNING (the source committed: they must run here)");
+                        risk.Add("the destination devices may never run while the source's stay stopped: their state may be lost");
+                        break;
+                }
+            }
+        }
+        return doing.Count == 0 ? default : new(string.Join("; ", doing), string.Join("; ", risk));
     }
 
     /// <summary>One status line, redrawn in place, for transfers that last more than half a second.</summary>

@@ -9,14 +9,11 @@ namespace Vfio.Cli;
 /// </summary>
 public static class ResumeCommand
 {
-    /// <summary>`send` (and `loopback`) exit with this when the outcome is unknown: the source devices are stopped with their state.</summary>
-    public const int OutcomeUnknownExitCode = 3;
-
     public static Command Create()
     {
         var devices = new Argument<string[]>("DEVICE")
         {
-            Description = "The source devices (PCI addresses or mdev UUIDs) that `send` named, after it exited with code 3",
+            Description = $"The source devices (PCI addresses or mdev UUIDs) that `send` named, after it exited with code {ExitCodes.OutcomeUnknown}",
             Arity = ArgumentArity.OneOrMore,
         };
         var command = new Command("resume", "Put source devices back to RUNNING after a migration whose outcome was unknown; "
@@ -46,13 +43,15 @@ public static class ResumeCommand
                     else device.SetState(MigrationState.Running)?.Dispose();
                     output.WriteLine($"{spec}: {from} -> RUNNING{(from == MigrationState.Error ? " (reset: the device was in ERROR)" : "")}");
                 }
-                catch (Exception e) when (e is MigrationException or VfioException or IOException or UnauthorizedAccessException)
+                catch (Exception e) when (e is MigrationException or VfioException or IOException or UnauthorizedAccessException
+                    or ArgumentException)
                 {
                     error.WriteLine($"vfio-mig: {spec}: {e.Message}");
                     failed++;
                 }
             }
-            return failed == 0 ? 0 : 1;
+            // Each device is resumed on its own: one that fails (or cannot be found) leaves the others resumed.
+            return failed == 0 ? ExitCodes.Ok : ExitCodes.Failed;
         });
         return command;
     }

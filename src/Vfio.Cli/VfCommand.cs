@@ -30,7 +30,7 @@ public static class VfCommand
         {
             var vfs = s.CreateVfs(r.GetValue(pf)!, r.GetValue(count), r.GetValue(replace));
             r.InvocationConfiguration.Output.WriteLine(string.Join(' ', vfs));
-            return 0;
+            return ExitCodes.Ok;
         }));
         var bind = new Command("bind", "Bind functions to a VFIO driver (for mlx5: switchdev and migratable first)")
         {
@@ -39,7 +39,7 @@ public static class VfCommand
         bind.SetAction(r => Run(r, kernel, state, dryRun, s =>
         {
             s.Bind(r.GetValue(devices)!, Driver(r.GetValue(driver)));
-            return 0;
+            return ExitCodes.Ok;
         }));
         var setup = new Command("setup", "Create VFs on a PF and bind them all: create and bind in one go")
         {
@@ -49,7 +49,7 @@ public static class VfCommand
         {
             var vfs = s.Setup(r.GetValue(pf)!, r.GetValue(count), Driver(r.GetValue(driver)), r.GetValue(replace));
             r.InvocationConfiguration.Output.WriteLine(string.Join(' ', vfs));
-            return 0;
+            return ExitCodes.Ok;
         }));
         var restore = new Command("restore", "Put the host back as it was before the first recorded change (also after a crash half-way)")
         {
@@ -60,7 +60,7 @@ public static class VfCommand
         {
             if (!s.Restore()) throw new VfioException($"vf restore from {r.GetValue(state)}", 0, "some changes are not undone (see above); "
                 + "the state file is kept: fix the cause and run vf restore again");
-            return 0;
+            return ExitCodes.Ok;
         }, restoring: true));
         return new Command("vf", "Set up SR-IOV VFs for migration, and restore the host afterwards") { create, bind, setup, restore };
     }
@@ -81,19 +81,19 @@ public static class VfCommand
             if (restoring && state.Changes.Count == 0)
             {
                 error.WriteLine($"vfio-mig: vf restore: nothing to restore ({state.Path} records no change)");
-                return 0;
+                return ExitCodes.Ok;
             }
             return action(new HostSetup(kernel, state, r.InvocationConfiguration.Output, r.GetValue(dryRunOption)));
         }
-        catch (MigrationCommands.UsageException e)
+        catch (Exception e) when (e is MigrationCommands.UsageException or ArgumentException)
         {
             error.WriteLine($"vfio-mig: {e.Message}");
-            return 2;
+            return ExitCodes.Usage;
         }
         catch (Exception e) when (e is VfioException or IOException or UnauthorizedAccessException or InvalidDataException)
         {
             error.WriteLine($"vfio-mig: vf: {e.Message.ReplaceLineEndings(" ")}");
-            return 1;
+            return ExitCodes.Failed;
         }
     }
 }

@@ -27,14 +27,17 @@ public class VfioException : Exception
 
     private static string Format(string operation, int errno, string? detail)
     {
-        var core = errno == 0 ? operation : $"{operation} failed: {ErrnoNames.Name(errno)} ({Libc.ErrorMessage(errno)})";
+        var core = errno == 0 ? operation : $"{operation} failed: {ErrnoNames.Describe(errno)}";
         return detail is null ? core : $"{core}: {detail}";
     }
 }
 
-/// <summary>Symbolic names of the errno values VFIO calls return.</summary>
+/// <summary>Symbolic names of the errno values VFIO calls and sockets return.</summary>
 public static class ErrnoNames
 {
+    /// <summary>An errno as a person reads it: its name and the C library's meaning, e.g. "ECONNRESET (Connection reset by peer)".</summary>
+    public static string Describe(int errno) => $"{Name(errno)} ({Libc.ErrorMessage(errno)})";
+
     public static string Name(int errno) => errno switch
     {
         Libc.EPERM => "EPERM",
@@ -55,6 +58,16 @@ public static class ErrnoNames
         Libc.EPIPE => "EPIPE",
         Libc.ENOMSG => "ENOMSG",
         Libc.EOPNOTSUPP => "EOPNOTSUPP",
+        Libc.ENOSPC => "ENOSPC",
+        Libc.EADDRINUSE => "EADDRINUSE",
+        Libc.EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        Libc.ENETUNREACH => "ENETUNREACH",
+        Libc.ECONNABORTED => "ECONNABORTED",
+        Libc.ECONNRESET => "ECONNRESET",
+        Libc.ENOTCONN => "ENOTCONN",
+        Libc.ETIMEDOUT => "ETIMEDOUT",
+        Libc.ECONNREFUSED => "ECONNREFUSED",
+        Libc.EHOSTUNREACH => "EHOSTUNREACH",
         _ => $"errno {errno}",
     };
 }

@@ -20,11 +20,10 @@ public sealed class HostSetup(IHostKernel kernel, HostStateFile state, TextWrite
     /// <summary>vf create: <paramref name="count"/> VFs on the PF (with <paramref name="replace"/>, whatever VFs it has go first).</summary>
     public IReadOnlyList<string> CreateVfs(string pf, int count, bool replace)
     {
-        var f = PciFunction.Read(pf, Paths);
-        if (!f.IsPf)
-            throw new VfioException($"vf create {f.Address}", Interop.Libc.EINVAL, "not an SR-IOV physical function (no sriov_totalvfs)");
+        var f = Argument(pf);
+        if (!f.IsPf) throw new ArgumentException($"vf create {f.Address}: not an SR-IOV physical function (no sriov_totalvfs)");
         if (count < 1 || count > f.TotalVfs)
-            throw new VfioException($"vf create {f.Address}", Interop.Libc.EINVAL, $"--count must be 1..{f.TotalVfs} (its sriov_totalvfs)");
+            throw new ArgumentException($"vf create {f.Address}: --count must be 1..{f.TotalVfs} (its sriov_totalvfs)");
         int now = f.NumVfs ?? 0;
         if (now == count && !replace) return PciFunction.VfsOf(f.Address, Paths);
         if (now != 0 && !replace)
@@ -38,7 +37,14 @@ public sealed class HostSetup(IHostKernel kernel, HostStateFile state, TextWrite
     }
 
     /// <summary>vf bind: each function to <paramref name="driver"/> (default: mlx5_vfio_pci for Mellanox functions, else vfio-pci).</summary>
-    public void Bind(IReadOnlyList<string> devices, string? driver) => Bind(devices.Select(d => PciFunction.Read(d, Paths)).ToList(), driver);
+    public void Bind(IReadOnlyList<string> devices, string? driver) => Bind(devices.Select(Argument).ToList(), driver);
+
+    /// <summary>A function named on the command line: one that does not exist is a bad argument, before anything changes.</summary>
+    private PciFunction Argument(string address)
+    {
+        try { return PciFunction.Read(address, Paths); }
+        catch (VfioException e) when (e.Errno is Interop.Libc.ENOENT or Interop.Libc.EINVAL) { throw new ArgumentException(e.Message, e); }
+    }
 
     /// <summary>vf setup: create the VFs and bind every one of them.</summary>
     public IReadOnlyList<string> Setup(string pf, int count, string? driver, bool replace)

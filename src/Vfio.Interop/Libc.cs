@@ -29,10 +29,21 @@ public static partial class Libc
     public const int ENODEV = 19;
     public const int EINVAL = 22;
     public const int ENOTTY = 25;
+    public const int ENOSPC = 28;
     public const int ESPIPE = 29;
     public const int EPIPE = 32;
     public const int ENOMSG = 42;
     public const int EOPNOTSUPP = 95;
+    // Socket errors (asm-generic values, as on x86-64 and arm64): a peer lost mid-run is reported by these.
+    public const int EADDRINUSE = 98;
+    public const int EADDRNOTAVAIL = 99;
+    public const int ENETUNREACH = 101;
+    public const int ECONNABORTED = 103;
+    public const int ECONNRESET = 104;
+    public const int ENOTCONN = 107;
+    public const int ETIMEDOUT = 110;
+    public const int ECONNREFUSED = 111;
+    public const int EHOSTUNREACH = 113;
 
     public const int AF_UNIX = 1;
     public const int SOCK_STREAM = 1;

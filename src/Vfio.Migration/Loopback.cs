@@ -57,7 +57,7 @@ public static class Loopback
         catch (SocketException e)
         {
             s.Dispose();
-            throw new MigrationException($"cannot listen on {endpoint}: {e.Message}");
+            throw new MigrationException($"cannot listen on {endpoint}: {Connection.Describe(e)}");
         }
     }
 

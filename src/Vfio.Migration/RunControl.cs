@@ -5,6 +5,7 @@ namespace Vfio.Migration;
 /// every connection, so that no thread stays blocked.
 /// Threads: any engine thread may fail the run; the failure and the connection list change under one lock, and the
 /// abort (the BeforeAbort callback, the cancellation, the connections) runs once, on the thread that failed first.
+/// The destination's commit (<see cref="TryCommit"/>) takes the same lock, so a run either commits or fails first.
 /// </summary>
 internal sealed class RunControl : IDisposable
 {
@@ -13,6 +14,7 @@ internal sealed class RunControl : IDisposable
     private readonly object _lock = new();
     private readonly CancellationTokenRegistration _outer;
     private RunFailure? _failure;
+    private Action<RunFailure>? _beforeAbort;
 
     public RunControl(CancellationToken outer)
     {
@@ -24,7 +26,26 @@ internal sealed class RunControl : IDisposable
     public RunFailure? Failure { get { lock (_lock) return _failure; } }
     public bool Failed => Failure is not null;
     /// <summary>Runs once on the first failure, before connections are aborted (to tell the peer why).</summary>
-    public Action<RunFailure>? BeforeAbort { get; set; }
+    public Action<RunFailure>? BeforeAbort
+    {
+        get { lock (_lock) return _beforeAbort; }
+        set { lock (_lock) _beforeAbort = value; }
+    }
+
+    /// <summary>
+    /// The destination's commit point: true unless the run failed first, and from then on a failure no longer tells the
+    /// peer (BeforeAbort is dropped), since an Error would make the source resume devices that run here. False when the
+    /// run failed first: it rolls back, and its Error tells the source so.
+    /// </summary>
+    public bool TryCommit()
+    {
+        lock (_lock)
+        {
+            if (_failure is not null) return false;
+            _beforeAbort = null;
+            return true;
+        }
+    }
 
     public void Register(Connection c)
     {
@@ -40,12 +61,14 @@ internal sealed class RunControl : IDisposable
     /// <summary>Records the failure if it is the first, and aborts everything. False if the run had already failed.</summary>
     public bool Fail(RunFailure failure)
     {
+        Action<RunFailure>? before;
         lock (_lock)
         {
             if (_failure is not null) return false;
             _failure = failure;
+            before = _beforeAbort;
         }
-        try { BeforeAbort?.Invoke(failure); } catch (Exception) { /* telling the peer is best effort */ }
+        try { before?.Invoke(failure); } catch (Exception) { /* telling the peer is best effort */ }
         _cts.Cancel();
         Connection[] all;
         lock (_lock) all = _connections.ToArray();

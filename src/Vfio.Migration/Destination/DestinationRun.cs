@@ -78,7 +78,7 @@ internal sealed class DestinationRun
             wake = ctl.Token.Register(() => { foreach (var s in _sinks) s.Wake(); _switchover.Set(); });
             main.Send(new AcceptMessage(_options.Window, _devices.Select(d => d.Name).ToArray()));
             // The main channel is watched from now on (a source that gives up while channels connect ends the run).
-            threads.Add(ctl.Start("dst main receive", () => main.ReceiveLoop(ctl, OnMessage, () => _running.IsSet,
+            threads.Add(ctl.Start("dst main receive", () => main.ReceiveLoop(ctl, (in InboundMessage m) => OnMessage(m, ctl), () => _running.IsSet,
                 "before committing the migration")));
             threads.Add(ctl.Start("dst main send", () => Heartbeats(main, ctl)));
             var data = acceptor.AcceptDataChannels(session, _channels, ctl);
@@ -109,6 +109,7 @@ internal sealed class DestinationRun
             }
             _resultSent.Set(); // before the Result leaves: the Commit may come back before Send returns
             main.Send(new ResultMessage(true, loadEnd, null));
+            _log.LogInformation("result sent: {Devices} devices verified; waiting for the source to commit", _devices.Count);
             // A source that neither commits nor gives up would otherwise hold the devices here forever.
             try
             {
@@ -117,11 +118,12 @@ internal sealed class DestinationRun
             }
             catch (OperationCanceledException) { }
             // A Commit that arrived counts even if the connection failed since: the source will not resume its devices.
+            // From here on this side tells the source why it failed only after it has reset every device (TryCommit).
             if (!_commit.IsSet) ctl.ThrowIfFailed();
-            // From here on this side tells the source why it failed only after it has reset every device.
-            ctl.BeforeAbort = null;
+            _log.LogInformation("commit received: moving {Devices} devices to RUNNING", _devices.Count);
             lastRunning = RunAll(main);
             running = true;
+            _progress.Finishing = FinishingStep.None;
             _running.Set();
             try { main.Send(new RunningMessage(lastRunning)); }
             catch (TransportException e) { _log.LogWarning("the devices run; the source was not told ({Error})", e.Message); }
@@ -148,6 +150,7 @@ internal sealed class DestinationRun
     private long RunAll(MainChannel main)
     {
         var track = Timeline.AddTrack("dst main", "main", "destination");
+        _progress.Finishing = FinishingStep.RunningDestinations;
         try
         {
             foreach (var s in _sinks)
@@ -220,7 +223,7 @@ internal sealed class DestinationRun
     }
 
     /// <summary>The main receive thread's dispatch: the switchover and each device's completion.</summary>
-    private bool OnMessage(in InboundMessage m)
+    private bool OnMessage(in InboundMessage m, RunControl ctl)
     {
         switch (m.Type)
         {
@@ -234,7 +237,7 @@ internal sealed class DestinationRun
                 return true;
             case MessageType.Commit:
                 if (!_resultSent.IsSet || _commit.IsSet) throw new ProtocolException("main channel: Commit before Result, or twice");
-                _commit.Set();
+                if (ctl.TryCommit()) _commit.Set();
                 return true;
             case MessageType.DeviceDone:
                 var done = m.As<DeviceDoneMessage>();
@@ -314,6 +317,7 @@ internal sealed class DestinationRun
     /// <summary>Never leaves a device half-loaded: every destination device is reset, every thread joined, every buffer returned.</summary>
     private void Rollback(bool prepared, List<Thread> threads)
     {
+        _progress.Finishing = FinishingStep.ResettingDestinations;
         // The reset also unblocks a loader in write(2) on devices that abort a load on reset.
         if (prepared) ResetDevices(onlyIfNotRunning: false);
         foreach (var t in threads) t.Join(_options.Timeout);
@@ -325,6 +329,8 @@ internal sealed class DestinationRun
         // A loader or receive thread that was finishing its device when the run failed may have moved it on
         // (RESUMING->STOP) after the reset above: reset once more whatever is not back in RUNNING.
         if (prepared) ResetDevices(onlyIfNotRunning: true);
+        if (prepared) _log.LogInformation("{Devices} destination devices reset", _devices.Count);
+        _progress.Finishing = FinishingStep.None;
     }
 
     private void ResetDevices(bool onlyIfNotRunning)

@@ -81,6 +81,20 @@ public sealed class RunReport
     /// overhead factor.
     /// </summary>
     public double? DeviceBoundMs { get; set; }
+
+    /// <summary>The signal that interrupted this side (SIGINT, SIGTERM, SIGHUP), if one did; a run it cancelled says so.</summary>
+    public string? Signal { get; private set; }
+
+    /// <summary>Records that <paramref name="signal"/> interrupted this side: a failure that is the cancellation names it.</summary>
+    public void Interrupted(string signal)
+    {
+        Signal = signal;
+        if (Failure is { Origin: FailureOrigin.Cancelled } f)
+        {
+            Failure = f with { Message = $"{f.Message} by {signal}" };
+            Error = Failure.Message;
+        }
+    }
     /// <summary>
     /// From the first source stop until every device was loading (the last device's first load), in milliseconds: the
     /// part of the downtime in which devices wait for the engine's pipeline to fill; null unless every device loaded.
@@ -166,6 +180,7 @@ public sealed class RunReport
         j.WriteNumber("window", Window);
         j.WriteNumber("total_bytes", TotalBytes);
         if (Error is not null) j.WriteString("error", Error);
+        if (Signal is not null) j.WriteString("signal", Signal);
         if (FailedDevice is not null) j.WriteString("failed_device", FailedDevice);
         j.WriteNumber("first_stop_us", FirstStopUs);
         j.WriteNumber("last_running_us", LastRunningUs);
@@ -216,4 +231,30 @@ public sealed class MigrationProgress
     public long[] Expected { get; }
     public long[] Bytes { get; }
     public long Total { get { long t = 0; for (int i = 0; i < Bytes.Length; i++) t += Volatile.Read(ref Bytes[i]); return t; } }
+
+    /// <summary>
+    /// What a side that is ending is busy with where its devices are at stake (its coordinator writes it; anyone may read
+    /// it): what a person who interrupts the run again must know before abandoning it.
+    /// </summary>
+    public FinishingStep Finishing
+    {
+        get => (FinishingStep)Volatile.Read(ref _finishing);
+        set => Volatile.Write(ref _finishing, (int)value);
+    }
+
+    private int _finishing;
+}
+
+/// <summary>A step of a side's ending during which its devices are at stake (see <see cref="MigrationProgress.Finishing"/>).</summary>
+public enum FinishingStep
+{
+    None,
+    /// <summary>The source failed before its commit: its devices go back to RUNNING once its threads let go of them.</summary>
+    RestoringSources,
+    /// <summary>The source failed after its commit: its devices stay stopped with their state while its threads end.</summary>
+    KeepingSourcesStopped,
+    /// <summary>The destination failed before it committed: it resets its devices and waits for its threads.</summary>
+    ResettingDestinations,
+    /// <summary>The destination received Commit: it moves its devices to RUNNING.</summary>
+    RunningDestinations,
 }

@@ -137,6 +137,7 @@ internal sealed class SourceRun
             // Commit only with the destination's word that every device was loaded and verified.
             if (_results.Select((d, i) => (d, i)).FirstOrDefault(x => !x.d.Verified) is { d: not null } unverified)
                 throw new MigrationException("reported success without verifying the device", unverified.i, FailureOrigin.Peer);
+            _log.LogInformation("the destination verified {Devices} devices: committing", _devices.Count);
             // The commit point: once these bytes may have left, the destination may run the devices, so this side never
             // resumes them by itself again.
             committed = true;
@@ -156,14 +157,20 @@ internal sealed class SourceRun
                 // After the commit only the destination's own Error says it did not take over (it reset its devices).
                 bool restore = stopped && (!committed || ctl.Failure!.Origin == FailureOrigin.Peer);
                 outcomeUnknown = committed && !restore;
+                _progress.Finishing = restore ? FinishingStep.RestoringSources : FinishingStep.KeepingSourcesStopped;
                 // A save thread stuck in the device is woken by the device leaving STOP_COPY (on mlx5 its read then
                 // fails with ENODEV): give the threads a moment, restore, wait for them, and restore again whatever a
                 // thread that was finishing its device moved on meanwhile.
                 foreach (var t in threads) t.Join(TimeSpan.FromMilliseconds(200));
                 if (restore) RestoreRunning();
                 foreach (var t in threads) t.Join(_options.Timeout);
-                if (restore) RestoreRunning();
+                if (restore)
+                {
+                    RestoreRunning();
+                    _log.LogInformation("{Devices} source devices back to RUNNING", _devices.Count);
+                }
                 if (scheduler is NextIdleScheduler q) q.Drain(_pool);
+                _progress.Finishing = FinishingStep.None;
             }
             else
             {

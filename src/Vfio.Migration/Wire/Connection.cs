@@ -51,7 +51,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
         catch (SocketException e)
         {
             socket.Dispose();
-            throw new TransportException($"connect to {endpoint} ({name}): {e.Message}");
+            throw new TransportException($"connect to {endpoint} ({name}): {Describe(e)}");
         }
         return new Connection(socket, timeout, name);
     }
@@ -66,7 +66,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             try { n = Socket.Receive(dst[done..]); }
             catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut || e.SocketErrorCode == SocketError.WouldBlock)
             { throw new TransportException($"{Name}: peer silent for longer than the timeout"); }
-            catch (SocketException e) { throw new TransportException($"{Name}: receive failed: {e.Message}"); }
+            catch (SocketException e) { throw new TransportException($"{Name}: receive failed: {Describe(e)}"); }
             catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
             if (n == 0)
             {
@@ -90,7 +90,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
         }
         catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut || e.SocketErrorCode == SocketError.WouldBlock)
         { throw new TransportException($"{Name}: peer stopped reading for longer than the timeout"); }
-        catch (SocketException e) { throw new TransportException($"{Name}: send failed: {e.Message}"); }
+        catch (SocketException e) { throw new TransportException($"{Name}: send failed: {Describe(e)}"); }
         catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
     }
 
@@ -125,12 +125,15 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
                     int errno = n == 0 ? Interop.Libc.EPIPE : System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
                     if (errno == Interop.Libc.EINTR) continue;
                     if (errno == Interop.Libc.EAGAIN) throw new TransportException($"{Name}: peer stopped reading for longer than the timeout");
-                    throw new TransportException($"{Name}: send failed: {ErrnoNames.Name(errno)}");
+                    throw new TransportException($"{Name}: send failed: {ErrnoNames.Describe(errno)}");
                 }
             }
         }
         catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
     }
+
+    /// <summary>A socket error as its errno's name and meaning (on Linux the native code of a SocketException is the errno).</summary>
+    public static string Describe(SocketException e) => ErrnoNames.Describe(e.NativeErrorCode);
 
     /// <summary>Unblocks any thread in a send or receive on this connection.</summary>
     public void Abort()

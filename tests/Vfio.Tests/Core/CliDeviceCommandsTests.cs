@@ -100,7 +100,7 @@ public sealed class CliDeviceCommandsTests
     {
         using var fake = new FakeSysfs();
         var (code, stdout, stderr) = Invoke(fake.Paths, "info", "0000:01:00.0");
-        Assert.NotEqual(0, code);
+        Assert.Equal(ExitCodes.Usage, code); // a name that is no device here is bad input
         Assert.Equal("", stdout);
         var line = Assert.Single(Lines(stderr));
         Assert.Contains("no PCI device 0000:01:00.0", line);

@@ -118,14 +118,14 @@ public sealed class HostSetupTests : IDisposable
     public void Refusals_name_the_pf_and_why()
     {
         var setup = Setup(new StringWriter());
-        Assert.Contains("sriov_totalvfs", Assert.Throws<VfioException>(() => setup.CreateVfs(IgbPf, 8, false)).Message);
+        Assert.Contains("sriov_totalvfs", Assert.Throws<ArgumentException>(() => setup.CreateVfs(IgbPf, 8, false)).Message);
         setup.CreateVfs(IgbPf, 2, false);
         var busy = Assert.Throws<VfioException>(() => setup.CreateVfs(IgbPf, 3, false));
         Assert.Equal(Vfio.Interop.Libc.EBUSY, busy.Errno);
         Assert.Contains("--replace", busy.Message);
         var vf = PciFunction.VfsOf(IgbPf, _kernel.Paths)[0];
-        Assert.Contains("not an SR-IOV physical function", Assert.Throws<VfioException>(() => setup.CreateVfs(vf, 1, false)).Message);
-        Assert.Equal(Vfio.Interop.Libc.ENOENT, Assert.Throws<VfioException>(() => setup.CreateVfs("0000:99:00.0", 1, false)).Errno);
+        Assert.Contains("not an SR-IOV physical function", Assert.Throws<ArgumentException>(() => setup.CreateVfs(vf, 1, false)).Message);
+        Assert.Contains("no PCI device", Assert.Throws<ArgumentException>(() => setup.CreateVfs("0000:99:00.0", 1, false)).Message);
     }
 
     [Fact]
@@ -144,9 +144,8 @@ public sealed class HostSetupTests : IDisposable
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        var root = new RootCommand { VfCommand.Create(_kernel) };
-        int code = root.Parse(args.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            .Invoke(new InvocationConfiguration { Output = output, Error = error });
+        int code = Program.Run(new RootCommand { VfCommand.Create(_kernel) }, args.Split(' ', StringSplitOptions.RemoveEmptyEntries),
+            new InvocationConfiguration { Output = output, Error = error });
         return (code, output.ToString(), error.ToString());
     }
 
@@ -166,9 +165,11 @@ public sealed class HostSetupTests : IDisposable
     }
 
     [Theory]
-    [InlineData("vf create 0000:05:00.0 --count 99", 1, "sriov_totalvfs")]
+    [InlineData("vf create 0000:05:00.0 --count 99", 2, "sriov_totalvfs")]
+    [InlineData("vf create 0000:99:00.0 --count 1", 2, "no PCI device")]
     [InlineData("vf bind 0000:05:00.0 --driver e1000e", 2, "--driver")]
-    [InlineData("vf create 0000:05:00.0", 1, "--count")]
+    [InlineData("vf create 0000:05:00.0", 2, "--count")]
+    [InlineData("vf create 0000:05:00.0 --count 1 --bogus", 2, "--bogus")]
     public void The_vf_command_refuses_in_one_line(string args, int exit, string mention)
     {
         var (code, _, stderr) = Cli($"{args} --state {_state}");

@@ -14,8 +14,8 @@ public class CliTests
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        int code = Program.BuildRoot().Parse(args.Split(' ', StringSplitOptions.RemoveEmptyEntries))
-            .Invoke(new InvocationConfiguration { Output = output, Error = error });
+        int code = Program.Run(args.Split(' ', StringSplitOptions.RemoveEmptyEntries),
+            new InvocationConfiguration { Output = output, Error = error });
         return (code, output.ToString(), error.ToString());
     }
 
@@ -63,10 +63,26 @@ public class CliTests
     [InlineData("receive --listen foo.example:5000 --device sim:a", "IP address")]
     [InlineData("send --to 127.0.0.1:5000 --device sim:", "sim:NAME")]
     [InlineData("send --to 127.0.0.1:5000 --device sim:a --device sim:a", "twice")]
-    public void Bad_input_gives_one_line_and_a_nonzero_exit(string args, string mention)
+    [InlineData("send --device sim:a", "--to")]
+    [InlineData("loopback --bogus", "--bogus")]
+    [InlineData("loopback --channels many", "many")]
+    [InlineData("receive --listen 127.0.0.1:0 --device sim:a extra", "extra")]
+    [InlineData("resume", "'resume'")]
+    [InlineData("info", "'info'")]
+    [InlineData("list --bogus", "--bogus")]
+    [InlineData("bench --repeat x", "x")]
+    [InlineData("migrate", "vfio-mig --help")]
+    [InlineData("", "command")]
+    [InlineData("loopback --sim 1 --json /proc/vfio-mig-x", "--json: cannot write /proc/vfio-mig-x")]
+    [InlineData("loopback --sim 1 --json /tmp --trace /tmp/x", "--json: cannot write /tmp")]
+    [InlineData("send --to 127.0.0.1:1 --device sim:a --trace /proc/vfio-mig-x", "--trace")]
+    [InlineData("receive --listen 127.0.0.1:0 --device sim:a --svg /proc/vfio-mig-x", "--svg")]
+    [InlineData("loopback --sim 1 --json a.json --svg ./a.json", "--svg and --json name the same file")]
+    public void Bad_input_gives_one_line_and_exit_code_2(string args, string mention)
     {
         var (code, stdout, stderr) = Invoke(args);
-        Assert.NotEqual(0, code);
+        Assert.Equal(ExitCodes.Usage, code);
+        Assert.DoesNotContain("listening on", stdout); // receive checks its files before it listens
         string line = stderr.Trim();
         Assert.DoesNotContain("\n", line);
         Assert.StartsWith("vfio-mig: ", line);
@@ -79,6 +95,7 @@ public class CliTests
     {
         var (code, stdout, stderr) = Invoke("loopback --device 0000:ff:1f.7=sim:b");
         Assert.NotEqual(0, code);
+        Assert.Equal(ExitCodes.Usage, code);
         Assert.StartsWith("vfio-mig: 0000:ff:1f.7", stderr.Trim());
         Assert.DoesNotContain("\n", stderr.Trim());
         Assert.DoesNotContain("   at ", stderr + stdout);
@@ -92,9 +109,69 @@ public class CliTests
         int port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
         l.Stop();
         var (code, _, stderr) = Invoke($"send --to 127.0.0.1:{port} --device sim:a {Small} --timeout 2");
-        Assert.Equal(1, code);
+        Assert.Equal(ExitCodes.Failed, code);
         Assert.Contains("connect to 127.0.0.1", stderr);
+        Assert.Contains("ECONNREFUSED (Connection refused)", stderr); // the errno by name and meaning
         Assert.DoesNotContain("   at ", stderr);
+    }
+
+    [Fact]
+    public void A_report_that_cannot_be_written_after_the_run_warns_and_keeps_the_exit_code()
+    {
+        var (code, stdout, stderr) = Invoke($"loopback --sim 2 {Small} --json /dev/full --trace /dev/full");
+        Assert.Equal(ExitCodes.Usage, code); // the same file twice is refused before the run
+        Assert.Contains("name the same file", stderr);
+
+        (code, stdout, stderr) = Invoke($"loopback --sim 2 {Small} --json /dev/full");
+        Assert.True(code == ExitCodes.Ok, stderr + stdout);
+        Assert.Contains("result ok: 2 devices", stdout);
+        var line = Assert.Single(stderr.Trim().Split('\n'));
+        Assert.StartsWith("vfio-mig: warning: --json: writing /dev/full failed (", line);
+        Assert.Contains("the outcome and exit code stand", line);
+
+        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        (code, _, stderr) = Invoke($"send --to 127.0.0.1:{port} --device sim:a {Small} --timeout 2 --svg /dev/full");
+        Assert.Equal(ExitCodes.Failed, code); // the failed run's code, not the report's
+        var lines = stderr.Trim().Split('\n');
+        Assert.Equal(2, lines.Length);
+        Assert.Contains(lines, x => x.StartsWith("vfio-mig: warning: --svg", StringComparison.Ordinal));
+        Assert.Contains(lines, x => x.Contains("ECONNREFUSED (Connection refused); source devices RUNNING", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void A_report_file_that_exists_is_replaced_and_one_created_for_a_run_that_never_started_is_removed()
+    {
+        string dir = Directory.CreateTempSubdirectory("vfio-mig-files-").FullName;
+        try
+        {
+            string json = Path.Combine(dir, "run.json"), trace = Path.Combine(dir, "run.trace.json");
+            File.WriteAllText(json, new string('x', 100_000));
+            var (code, _, stderr) = Invoke($"loopback --sim 1 {Small} --json {json} --trace {trace}");
+            Assert.True(code == 0, stderr);
+            using (JsonDocument.Parse(File.ReadAllText(json))) { } // truncated and rewritten, not overwritten in place
+            using (JsonDocument.Parse(File.ReadAllText(trace))) { }
+
+            string fresh = Path.Combine(dir, "fresh.json");
+            (code, _, _) = Invoke($"send --to 127.0.0.1:1 --device sim: --json {fresh}");
+            Assert.Equal(ExitCodes.Usage, code);
+            Assert.False(File.Exists(fresh));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+
+    [Fact]
+    public void Resume_exits_0_when_every_device_runs_and_1_when_one_cannot_be_resumed()
+    {
+        var (code, stdout, stderr) = Invoke("resume sim:a sim:b");
+        Assert.True(code == ExitCodes.Ok, stderr);
+        Assert.Contains("sim:a: already RUNNING", stdout);
+        (code, stdout, stderr) = Invoke("resume sim:a 0000:ff:1f.7");
+        Assert.Equal(ExitCodes.Failed, code);
+        Assert.Contains("sim:a: already RUNNING", stdout);
+        Assert.StartsWith("vfio-mig: 0000:ff:1f.7", Assert.Single(stderr.Trim().Split('\n')));
     }
 
     /// <summary>send and receive as two separate processes of the built vfio-mig, over TCP.</summary>

@@ -7,8 +7,10 @@ namespace Vfio.Tests.Migration;
 
 /// <summary>
 /// A TCP proxy on loopback between a source and a destination that forwards every connection and can lose or stall
-/// them: the main channel (the first connection) at a chosen message, a data channel after some bytes.
-/// Threads: one accepts; each connection has a pump per direction. The rules are set before the run and only read.
+/// them: the main channel (the first connection) at a chosen message, a data channel after some bytes; or hold the
+/// main channel at a chosen message (both peers then wait at a known step) until the test delivers it or cuts it.
+/// Threads: one accepts; each connection has a pump per direction. The rules are set before the run and only read;
+/// the test's Release or Cut wakes a held pump.
 /// </summary>
 internal sealed class FaultProxy : IDisposable
 {
@@ -16,7 +18,10 @@ internal sealed class FaultProxy : IDisposable
     private readonly IPEndPoint _target;
     private readonly List<Socket> _sockets = [];
     private readonly CancellationTokenSource _stop = new();
+    private readonly ManualResetEventSlim _release = new();
     private int _connections;
+    private int _held;
+    private volatile bool _cut;
 
     public FaultProxy(IPEndPoint target)
     {
@@ -35,6 +40,23 @@ internal sealed class FaultProxy : IDisposable
 
     /// <summary>Set once the main channel was cut or a data channel stalled.</summary>
     public ManualResetEventSlim Struck { get; } = new();
+
+    /// <summary>Hold the first main-channel message of this type in this direction (and all behind it) until Release or Cut.</summary>
+    public (MessageType Type, bool ToDestination)? HoldMain { get; init; }
+
+    /// <summary>Set once the held message arrived at the proxy (its sender has sent it; its receiver has not seen it).</summary>
+    public ManualResetEventSlim Holding { get; } = new();
+
+    /// <summary>Delivers the held message and forwards everything from then on.</summary>
+    public void Release() => _release.Set();
+
+    /// <summary>Loses the held message: every connection is reset.</summary>
+    public void Cut()
+    {
+        _cut = true;
+        CutAll(graceful: false);
+        _release.Set();
+    }
 
     private void AcceptLoop()
     {
@@ -75,18 +97,31 @@ internal sealed class FaultProxy : IDisposable
         // The handshake (32 bytes) or its reply (16), then framed messages: u16 type, u16 reserved, u32 length, body.
         if (!Forward(from, to, toDestination ? Protocol.HandshakeSize : Protocol.HandshakeReplySize)) return;
         var header = new byte[Protocol.MessageHeaderSize];
-        while (ReadExact(from, header))
+        try
         {
-            var type = (MessageType)BinaryPrimitives.ReadUInt16LittleEndian(header);
-            var body = new byte[BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(4))];
-            if (!ReadExact(from, body)) break;
-            bool strike = CutMain is { } cut && cut.Type == type && cut.ToDestination == toDestination;
-            if (strike && !CutMain!.Value.Deliver) { CutAll(graceful: false); return; }
-            to.Send(header);
-            to.Send(body);
-            if (strike) { CutAll(graceful: true); return; }
+            while (ReadExact(from, header))
+            {
+                var type = (MessageType)BinaryPrimitives.ReadUInt16LittleEndian(header);
+                var body = new byte[BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(4))];
+                if (!ReadExact(from, body)) break;
+                bool strike = CutMain is { } cut && cut.Type == type && cut.ToDestination == toDestination;
+                if (strike && !CutMain!.Value.Deliver) { CutAll(graceful: false); return; }
+                if (HoldMain is { } hold && hold.Type == type && hold.ToDestination == toDestination && Interlocked.Exchange(ref _held, 1) == 0)
+                {
+                    Holding.Set();
+                    _release.Wait();
+                    if (_cut) return;
+                }
+                to.Send(header);
+                to.Send(body);
+                if (strike) { CutAll(graceful: true); return; }
+            }
         }
-        Close(to);
+        finally
+        {
+            // The end of one side (a killed peer: end of stream or a reset) reaches the other as the end of its stream.
+            if (!_cut) Close(to);
+        }
     }
 
     private void PumpData(Socket from, Socket to, long limit)
@@ -155,6 +190,8 @@ internal sealed class FaultProxy : IDisposable
 
     public void Dispose()
     {
+        _cut = true;
+        _release.Set();
         _stop.Cancel();
         _listener.Dispose();
         lock (_sockets) foreach (var s in _sockets) s.Dispose();
