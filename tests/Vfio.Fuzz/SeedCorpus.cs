@@ -60,6 +60,9 @@ public static class SeedCorpus
             yield return new(WireTarget.PacketHeader, $"flags-0x{flags:x}", Raw(Patched16(data, 6, flags, withCrc: true)));
         yield return new(WireTarget.PacketHeader, "length-over-64MiB", Raw(Patched(data, 12, Protocol.MaxBufferSize + 1u, withCrc: true)));
         yield return new(WireTarget.PacketHeader, "length-negative", Raw(Patched(data, 12, 0x8000_0000u, withCrc: true)));
+        var end = Header(Protocol.ChannelEndDevice, PacketFlags.ChannelEnd, 0, 0);
+        yield return new(WireTarget.PacketHeader, "channel-end-with-payload", Raw(Patched(end, 12, 16, withCrc: true)));
+        yield return new(WireTarget.PacketHeader, "channel-end-for-device-0", Raw(Patched16(end, 4, 0, withCrc: true)));
         foreach (var (name, body) in MalformedBodies())
             yield return new(WireTarget.Body, name, body);
         foreach (var (name, stream) in MalformedFrames())

@@ -82,6 +82,9 @@ public static class WireContract
         Require(h.Flags is PacketFlags.Data or (PacketFlags.Config | PacketFlags.End) or PacketFlags.ChannelEnd,
             $"packet header: accepted flags 0x{(ushort)h.Flags:x}");
         Require(h.Length is >= 0 and <= Protocol.MaxBufferSize, $"packet header: accepted length {h.Length}");
+        // A channel end carries no payload and names no device (docs/protocol.md section 3): nothing in a session decides that.
+        Require(h.Flags != PacketFlags.ChannelEnd || (h.Device == Protocol.ChannelEndDevice && h.Length == 0),
+            $"packet header: accepted a channel end for device {h.Device} with {h.Length} payload bytes");
         return Outcome.Accepted;
     }
 
