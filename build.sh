@@ -68,7 +68,7 @@ test_all() {
     install_prereqs
     build
     run_xunit "tests/Vfio.Tests/bin/$CONFIG/net10.0/Vfio.Tests.dll" unit
-    fuzz_targets 30
+    fuzz_targets 25
     hw_tiers
     echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
     [ "$FAILED" -eq 0 ]
@@ -78,20 +78,28 @@ test_all() {
 # in the repository; SharpFuzz instruments a copy of Vfio.Migration.dll. Each target counts as one test: a crash (a broken
 # decoder contract) or a hang fails it, its input copied to artifacts/fuzz/crashes/ and replayed into the log.
 FUZZ_TARGETS=(handshake handshake-reply packet-header body framing)
+FUZZ_PLAIN=$ROOT/tests/Vfio.Fuzz/bin/$CONFIG/net10.0
+fuzz_setup() {
+    if ! command -v afl-fuzz >/dev/null; then
+        [ "$(id -u)" -eq 0 ] || { log "fuzz: afl-fuzz missing; run as root (or install afl++) first"; return 1; }
+        log "installing afl++"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq afl++ >/dev/null || return 1
+    fi
+    dotnet tool restore >/dev/null || return 1   # SharpFuzz.CommandLine, pinned in .config/dotnet-tools.json
+    dotnet build tests/Vfio.Fuzz -c $CONFIG -nologo -v quiet -clp:ErrorsOnly || return 1
+    rm -rf "$ART/fuzz" && mkdir -p "$ART/fuzz/crashes" && cp -r "$FUZZ_PLAIN" "$ART/fuzz/bin" || return 1
+    dotnet tool run sharpfuzz "$ART/fuzz/bin/Vfio.Migration.dll"
+}
+
 fuzz_targets() {
-    local seconds=$1 bin=$ART/fuzz/bin plain=$ROOT/tests/Vfio.Fuzz/bin/$CONFIG/net10.0 t out rc found f p=0 n=0
+    local seconds=$1 bin=$ART/fuzz/bin plain=$FUZZ_PLAIN t out rc found f p=0 n=0
     shift
     local targets=("${FUZZ_TARGETS[@]}")
     [ $# -eq 0 ] || targets=("$@")
-    if ! command -v afl-fuzz >/dev/null; then
-        if [ "$(id -u)" -ne 0 ]; then log "fuzz: afl-fuzz missing; run as root (or install afl++) first"; exit 1; fi
-        log "installing afl++"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq afl++ >/dev/null
+    [[ $seconds =~ ^[1-9][0-9]*$ ]] || { log "fuzz: SECONDS must be a positive number, not '$seconds'"; exit 2; }
+    if ! fuzz_setup; then
+        log "fuzz: FAILED: could not set up afl-fuzz and the instrumented targets"; FAILED=$((FAILED + 1)); return 0
     fi
-    dotnet tool restore >/dev/null   # SharpFuzz.CommandLine, pinned in .config/dotnet-tools.json
-    dotnet build tests/Vfio.Fuzz -c $CONFIG -nologo -v quiet -clp:ErrorsOnly
-    rm -rf "$ART/fuzz"; mkdir -p "$ART/fuzz/crashes"; cp -r "$plain" "$bin"
-    dotnet tool run sharpfuzz "$bin/Vfio.Migration.dll"
     # No CPU frequency governor, core pattern or free core to bind to is needed: none changes what a run finds.
     export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1 AFL_SKIP_BIN_CHECK=1 AFL_NO_UI=1
     for t in "${targets[@]}"; do
