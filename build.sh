@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one entry point: ./build.sh [build|test|run|publish] — see README.md.
+# The one entry point: ./build.sh [build|test|run|publish|fuzz] — see README.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -77,9 +77,69 @@ test_all() {
     install_prereqs
     build
     run_xunit "tests/Vfio.Tests/bin/$CONFIG/net10.0/Vfio.Tests.dll" unit
+    fuzz_targets 25
     hw_tiers
     echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"
     [ "$FAILED" -eq 0 ]
+}
+
+# fuzz_targets SECONDS [TARGET...]: each wire decoder target (tests/Vfio.Fuzz) under afl-fuzz for SECONDS, from its corpus
+# in the repository; SharpFuzz instruments a copy of Vfio.Migration.dll. Each target counts as one test: a crash (a broken
+# decoder contract) or a hang fails it, its input copied to artifacts/fuzz/crashes/ and replayed into the log.
+FUZZ_TARGETS=(handshake handshake-reply packet-header body framing)
+FUZZ_PLAIN=$ROOT/tests/Vfio.Fuzz/bin/$CONFIG/net10.0
+fuzz_setup() {
+    if ! command -v afl-fuzz >/dev/null; then
+        [ "$(id -u)" -eq 0 ] || { log "fuzz: afl-fuzz missing; run as root (or install afl++) first"; return 1; }
+        log "installing afl++"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq afl++ >/dev/null || return 1
+    fi
+    dotnet tool restore >/dev/null || return 1   # SharpFuzz.CommandLine, pinned in .config/dotnet-tools.json
+    dotnet build tests/Vfio.Fuzz -c $CONFIG -nologo -v quiet -clp:ErrorsOnly || return 1
+    rm -rf "$ART/fuzz" && mkdir -p "$ART/fuzz/crashes" && cp -r "$FUZZ_PLAIN" "$ART/fuzz/bin" || return 1
+    dotnet tool run sharpfuzz "$ART/fuzz/bin/Vfio.Migration.dll"
+}
+
+fuzz_targets() {
+    local seconds=$1 bin=$ART/fuzz/bin plain=$FUZZ_PLAIN t out rc found f p=0 n=0
+    shift
+    local targets=("${FUZZ_TARGETS[@]}")
+    [ $# -eq 0 ] || targets=("$@")
+    [[ $seconds =~ ^[1-9][0-9]*$ ]] || { log "fuzz: SECONDS must be a positive number, not '$seconds'"; exit 2; }
+    if ! fuzz_setup; then
+        log "fuzz: FAILED: could not set up afl-fuzz and the instrumented targets"; FAILED=$((FAILED + 1)); return 0
+    fi
+    # No CPU frequency governor, core pattern or free core to bind to is needed: none changes what a run finds.
+    export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1 AFL_SKIP_BIN_CHECK=1 AFL_NO_UI=1
+    for t in "${targets[@]}"; do
+        out=$ART/fuzz/$t
+        log "fuzzing $t for $seconds s"
+        set +e
+        timeout $((seconds + 120)) afl-fuzz -i "tests/Vfio.Fuzz/corpus/$t" -o "$out" -t 10000 -m none -V "$seconds" \
+            -- dotnet "$bin/Vfio.Fuzz.dll" fuzz "$t" >"$out.log" 2>&1
+        rc=$?
+        set -e
+        found=$(find "$out/default/crashes" "$out/default/hangs" -name 'id:*' 2>/dev/null | sort)
+        if [ $rc -ne 0 ] || [ ! -s "$out/default/fuzzer_stats" ]; then
+            log "fuzz $t: FAILED: afl-fuzz exited $rc (a corpus input that crashes stops it too):"
+            grep -E 'ABORT|Location|crash' "$out.log" | tail -n 5 >&2 || tail -n 5 "$out.log" >&2
+            n=$((n + 1))
+        elif [ -n "$found" ]; then
+            log "fuzz $t: FAILED: $(echo "$found" | wc -l) inputs break the decoder contract:"
+            for f in $found; do
+                cp "$f" "$ART/fuzz/crashes/$t-$(basename "$(dirname "$f")")-$(sha1sum "$f" | cut -c1-12)"
+            done
+            ls "$ART/fuzz/crashes/$t-"* >&2
+            dotnet "$plain/Vfio.Fuzz.dll" replay "$t" "$ART/fuzz/crashes/$t-"* | grep VIOLATION >&2 || true
+            n=$((n + 1))
+        else
+            log "fuzz $t: passed ($(awk -F': ' '/^execs_done/ { e = $2 } /^corpus_count/ { c = $2 } END { print e " inputs, corpus " c }' \
+                "$out/default/fuzzer_stats"); new inputs in $out/default/queue)"
+            p=$((p + 1))
+        fi
+    done
+    log "fuzz: $p passed, $n failed, 0 skipped"
+    PASSED=$((PASSED + p)); FAILED=$((FAILED + n))
 }
 
 hwtests_dll() { echo "$ROOT/hwtests/Vfio.HwTests/bin/$CONFIG/net10.0/Vfio.HwTests.dll"; }
@@ -146,5 +206,6 @@ case "${1:-build}" in
     test) test_all ;;
     run) shift; run_main "$@" ;;
     publish) install_prereqs; publish_cli ;;
-    *) echo "usage: ./build.sh [build|test|run|publish]" >&2; exit 2 ;;
+    fuzz) shift; install_prereqs; fuzz_targets "${1:-600}" "${@:2}"; echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"; [ "$FAILED" -eq 0 ] ;;
+    *) echo "usage: ./build.sh [build|test|run|publish|fuzz [SECONDS [TARGET...]]]" >&2; exit 2 ;;
 esac

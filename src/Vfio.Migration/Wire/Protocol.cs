@@ -114,7 +114,7 @@ public readonly record struct PacketHeader(ushort Device, PacketFlags Flags, uin
         BinaryPrimitives.WriteUInt32LittleEndian(b[28..], Crc32C.Compute(b[..28]));
     }
 
-    /// <summary>Parses and validates what can be checked without session context (magic, header CRC, flags).</summary>
+    /// <summary>Parses and validates what can be checked without session context (magic, header CRC, flags, a channel end's fields).</summary>
     public static PacketHeader Read(ReadOnlySpan<byte> b, int channel)
     {
         uint magic = BinaryPrimitives.ReadUInt32LittleEndian(b);
@@ -128,8 +128,12 @@ public readonly record struct PacketHeader(ushort Device, PacketFlags Flags, uin
         uint length = BinaryPrimitives.ReadUInt32LittleEndian(b[12..]);
         if (length > Protocol.MaxBufferSize)
             throw new ProtocolException($"channel {channel}: packet length {length} exceeds the protocol maximum");
-        return new PacketHeader(BinaryPrimitives.ReadUInt16LittleEndian(b[4..]), flags, BinaryPrimitives.ReadUInt32LittleEndian(b[8..]),
-            (int)length, BinaryPrimitives.ReadUInt32LittleEndian(b[16..]));
+        ushort device = BinaryPrimitives.ReadUInt16LittleEndian(b[4..]);
+        // Its receiver stops reading at a channel end: a payload it announced would go unread.
+        if (flags == PacketFlags.ChannelEnd && (device != Protocol.ChannelEndDevice || length != 0))
+            throw new ProtocolException($"channel {channel}: channel end for device {device} with {length} payload bytes (0xFFFF and 0)");
+        return new PacketHeader(device, flags, BinaryPrimitives.ReadUInt32LittleEndian(b[8..]), (int)length,
+            BinaryPrimitives.ReadUInt32LittleEndian(b[16..]));
     }
 }
 

@@ -48,6 +48,19 @@ public class UnitTests
         Assert.Contains("length", Assert.Throws<ProtocolException>(() => PacketHeader.Read(bad, 1)).Message);
     }
 
+    /// <summary>Found by the fuzzer: a channel end with a payload length or a device was accepted, its payload left unread.</summary>
+    [Fact]
+    public void A_channel_end_with_a_device_or_a_payload_is_refused()
+    {
+        var b = new byte[Protocol.PacketHeaderSize];
+        new PacketHeader(Protocol.ChannelEndDevice, PacketFlags.ChannelEnd, 0, 0, 0).Write(b);
+        Assert.Equal(PacketFlags.ChannelEnd, PacketHeader.Read(b, 1).Flags);
+        new PacketHeader(Protocol.ChannelEndDevice, PacketFlags.ChannelEnd, 0, 16, 0).Write(b);
+        Assert.Contains("channel end", Assert.Throws<ProtocolException>(() => PacketHeader.Read(b, 1)).Message);
+        new PacketHeader(2, PacketFlags.ChannelEnd, 0, 0, 0).Write(b);
+        Assert.Contains("channel end", Assert.Throws<ProtocolException>(() => PacketHeader.Read(b, 1)).Message);
+    }
+
     [Fact]
     public void Handshake_checks_magic_version_and_crc()
     {
