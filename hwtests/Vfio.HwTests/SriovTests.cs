@@ -67,9 +67,14 @@ public sealed class SriovTests : IDisposable
             Assert.True(f.IommuGroup is int g && groups.Add(g), $"{vf}: IOMMU group {f.IommuGroup} is not a group of its own");
             Assert.True(File.Exists(_paths.GroupNode(f.IommuGroup!.Value)), $"no {_paths.GroupNode(f.IommuGroup.Value)}");
         }
-        // list shows them with the columns an operator needs.
+        // list shows them with the columns an operator needs: PF, VF index, group; opened, they report no migration.
         var list = VfioDiscovery.Enumerate(_paths, probeMigration: true).Where(d => vfs.Contains(d.Name)).ToList();
         Assert.Equal(2, list.Count);
+        for (int i = 0; i < 2; i++)
+        {
+            Assert.Equal((_pf, (int?)i), (list[i].Device.Pf, list[i].Device.VfIndex));
+            Assert.Equal("not supported", list[i].MigrationStatus);
+        }
 
         (code, _, stderr) = Vf("restore");
         Assert.True(code == 0, stderr);

@@ -12,14 +12,16 @@ namespace Vfio.Cli;
 internal static class DeviceCommands
 {
     /// <param name="paths">Where sysfs and /dev are: the host's, or a fake tree in tests.</param>
-    public static IEnumerable<Command> Create(VfioHostPaths paths)
+    /// <param name="devlink">Asked for the migratable flag of VFs that cannot be opened (none: not asked).</param>
+    public static IEnumerable<Command> Create(VfioHostPaths paths, Vfio.Host.IDevlink? devlink = null)
     {
-        yield return CreateList(paths);
+        yield return CreateList(paths, devlink);
         yield return CreateInfo(paths);
     }
 
-    private static Command CreateList(VfioHostPaths paths)
+    private static Command CreateList(VfioHostPaths paths, Vfio.Host.IDevlink? devlink)
     {
+        var all = new Option<bool>("--all") { Description = "Also the SR-IOV VFs not bound to a VFIO driver (as before `vf bind`)" };
         var json = new Option<bool>("--json") { Description = "Print a JSON array instead of a table" };
         var noProbe = new Option<bool>("--no-probe")
         {
@@ -29,13 +31,14 @@ internal static class DeviceCommands
         {
             json,
             noProbe,
+            all,
         };
         command.SetAction(parseResult =>
         {
             var output = parseResult.InvocationConfiguration.Output;
             var error = parseResult.InvocationConfiguration.Error;
-            bool asJson = parseResult.GetValue(json);
-            if (!paths.HasVfio)
+            bool asJson = parseResult.GetValue(json), allVfs = parseResult.GetValue(all);
+            if (!paths.HasVfio && !allVfs)
             {
                 error.WriteLine($"vfio-mig: no {paths.VfioDir} on this host: VFIO is not available, so there are no VFIO devices");
                 if (asJson)
@@ -45,16 +48,17 @@ internal static class DeviceCommands
             IReadOnlyList<VfioDeviceSummary> devices;
             try
             {
-                devices = VfioDiscovery.Enumerate(paths, probeMigration: !parseResult.GetValue(noProbe));
+                devices = VfioDiscovery.Enumerate(paths, probeMigration: !parseResult.GetValue(noProbe), allVfs);
             }
             catch (Exception e) when (e is VfioException or IOException or UnauthorizedAccessException)
             {
                 error.WriteLine($"vfio-mig: list: {e.Message}");
                 return ExitCodes.Failed;
             }
+            var migratable = devices.ToDictionary(d => d.Name, d => DevlinkMigratable(d, devlink));
             if (asJson)
             {
-                output.WriteLine(ListJson(devices));
+                output.WriteLine(ListJson(devices, migratable));
                 return 0;
             }
             if (devices.Count == 0)
@@ -62,7 +66,7 @@ internal static class DeviceCommands
                 error.WriteLine("vfio-mig: no device is bound to a VFIO driver");
                 return 0;
             }
-            output.Write(ListTable(devices));
+            output.Write(ListTable(devices, migratable));
             return 0;
         });
         return command;
@@ -106,21 +110,37 @@ internal static class DeviceCommands
 
     private static string OneLine(string s) => s.ReplaceLineEndings(" ");
 
-    private static readonly string[] ListHeader = ["DEVICE", "KIND", "DRIVER", "GROUP", "CDEV", "MIGRATION"];
+    /// <summary>
+    /// devlink's migratable flag of a VF that was not opened (not bound to VFIO, or not probed): what decides whether it
+    /// will migrate once bound to mlx5_vfio_pci. Null when unknown (no devlink, no port, no such capability).
+    /// </summary>
+    private static bool? DevlinkMigratable(VfioDeviceSummary d, Vfio.Host.IDevlink? devlink)
+    {
+        if (devlink is null || d.IsMigratable || d.Device.Pf is not { } pf || d.Device.VfIndex is not { } vf) return null;
+        try { return devlink.VfPort(pf, vf)?.Migratable; }
+        catch (VfioException) { return null; }
+    }
+
+    private static readonly string[] ListHeader = ["DEVICE", "KIND", "DRIVER", "PF", "VF", "GROUP", "NUMA", "CDEV", "MIGRATION"];
     private static readonly string[] RegionHeader = ["REGION", "INDEX", "SIZE", "OFFSET", "FLAGS"];
 
-    internal static string ListTable(IReadOnlyList<VfioDeviceSummary> devices)
+    internal static string ListTable(IReadOnlyList<VfioDeviceSummary> devices, IReadOnlyDictionary<string, bool?>? migratable = null)
     {
         var rows = new List<string[]> { ListHeader };
         foreach (var d in devices)
         {
+            string migration = migratable?.GetValueOrDefault(d.Name) is bool m
+                ? $"{d.MigrationStatus}; devlink migratable {(m ? "enable" : "disable")}" : d.MigrationStatus;
             rows.Add([
                 d.Name,
                 d.Device.Kind == VfioDeviceKind.Pci ? "pci" : "mdev",
                 d.Device.Driver ?? "-",
+                d.Device.Pf ?? "-",
+                d.Device.VfIndex?.ToString(CultureInfo.InvariantCulture) ?? "-",
                 d.Device.IommuGroup?.ToString(CultureInfo.InvariantCulture) ?? "-",
+                d.Device.NumaNode?.ToString(CultureInfo.InvariantCulture) ?? "-",
                 d.Device.CdevName ?? "-",
-                d.MigrationStatus,
+                migration,
             ]);
         }
         return Table(rows);
@@ -146,7 +166,7 @@ internal static class DeviceCommands
         return sb.ToString();
     }
 
-    internal static string ListJson(IReadOnlyList<VfioDeviceSummary> devices)
+    internal static string ListJson(IReadOnlyList<VfioDeviceSummary> devices, IReadOnlyDictionary<string, bool?>? migratable = null)
     {
         using var stream = new MemoryStream();
         using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
@@ -158,6 +178,7 @@ internal static class DeviceCommands
                 WriteSysfs(w, d.Device);
                 WriteMigrationFlags(w, d.MigrationFlags);
                 w.WriteString("migration_status", d.MigrationStatus);
+                if (migratable?.GetValueOrDefault(d.Name) is bool m) w.WriteBoolean("devlink_migratable", m);
                 w.WriteEndObject();
             }
             w.WriteEndArray();
@@ -172,6 +193,12 @@ internal static class DeviceCommands
         WriteNullable(w, "driver", d.Driver);
         if (d.IommuGroup is int g) w.WriteNumber("iommu_group", g); else w.WriteNull("iommu_group");
         WriteNullable(w, "cdev", d.CdevName);
+        if (d.Kind == VfioDeviceKind.Pci)
+        {
+            WriteNullable(w, "pf", d.Pf);
+            if (d.VfIndex is int vf) w.WriteNumber("vf_index", vf); else w.WriteNull("vf_index");
+            if (d.NumaNode is int n) w.WriteNumber("numa_node", n); else w.WriteNull("numa_node");
+        }
         if (d.Kind == VfioDeviceKind.Mdev)
         {
             WriteNullable(w, "parent", d.Parent);

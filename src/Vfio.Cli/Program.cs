@@ -33,12 +33,13 @@ public static class Program
     {
         var root = new RootCommand("vfio-mig: VFIO device live migration over multifd channels, with per-device load timings.");
         // Each area of the tool adds its own commands.
-        foreach (var command in DeviceCommands.Create(VfioHostPaths.Default))
+        var host = new Vfio.Host.LinuxHostKernel(VfioHostPaths.Default);
+        foreach (var command in DeviceCommands.Create(VfioHostPaths.Default, host.Devlink))
             root.Subcommands.Add(command);
         foreach (var command in MigrationCommands.Create()) root.Subcommands.Add(command);
         root.Subcommands.Add(BenchCommand.Create());
         root.Subcommands.Add(ResumeCommand.Create());
-        root.Subcommands.Add(VfCommand.Create(new Vfio.Host.LinuxHostKernel(VfioHostPaths.Default)));
+        root.Subcommands.Add(VfCommand.Create(host));
         return root;
     }
 }

@@ -20,12 +20,13 @@ public static class VfioDiscovery
     /// device is opened to ask for its migration flags (note: vfio-pci resets a device on first open); a device
     /// that cannot be opened is still listed, with the reason in <see cref="VfioDeviceSummary.MigrationStatus"/>.
     /// </summary>
-    public static IReadOnlyList<VfioDeviceSummary> Enumerate(VfioHostPaths? paths = null, bool probeMigration = true)
+    public static IReadOnlyList<VfioDeviceSummary> Enumerate(VfioHostPaths? paths = null, bool probeMigration = true, bool allVfs = false)
     {
         paths ??= VfioHostPaths.Default;
         var result = new List<VfioDeviceSummary>();
-        foreach (var device in VfioSysfs.EnumerateVfioDevices(paths))
-            result.Add(probeMigration ? Probe(device, paths) : new VfioDeviceSummary(device, null, "not probed"));
+        foreach (var device in VfioSysfs.EnumerateVfioDevices(paths, allVfs))
+            result.Add(!device.IsVfioBound ? new VfioDeviceSummary(device, null, "not bound to a VFIO driver")
+                : probeMigration ? Probe(device, paths) : new VfioDeviceSummary(device, null, "not probed"));
         return result;
     }
 

@@ -20,7 +20,10 @@ public sealed record VfioSysfsDevice(
     int? IommuGroup,
     IReadOnlyList<string> CdevNames,
     string? Parent,
-    string? MdevType)
+    string? MdevType,
+    string? Pf = null,
+    int? VfIndex = null,
+    int? NumaNode = null)
 {
     /// <summary>
     /// The device is driven by VFIO: an mdev, a device with a vfio-dev node, or one bound to vfio-pci or a
@@ -87,14 +90,17 @@ public static partial class VfioSysfs
             "not a device name: give a PCI address such as 0000:af:00.2 or an mdev UUID");
     }
 
-    /// <summary>Every VFIO device in sysfs: PCI functions bound to a VFIO driver, then mdev devices; sorted by name.</summary>
-    public static IReadOnlyList<VfioSysfsDevice> EnumerateVfioDevices(VfioHostPaths paths)
+    /// <summary>
+    /// Every VFIO device in sysfs: PCI functions bound to a VFIO driver (with <paramref name="allVfs"/>, every SR-IOV VF
+    /// whatever its driver, as before it is bound), then mdev devices; sorted by name.
+    /// </summary>
+    public static IReadOnlyList<VfioSysfsDevice> EnumerateVfioDevices(VfioHostPaths paths, bool allVfs = false)
     {
         var result = new List<VfioSysfsDevice>();
         foreach (var dir in ListEntries(paths.PciDevicesDir))
         {
             var dev = ReadDevice(Path.GetFileName(dir), VfioDeviceKind.Pci, dir);
-            if (dev.IsVfioBound)
+            if (dev.IsVfioBound || allVfs && dev.Pf is not null)
                 result.Add(dev);
         }
         var mdevs = new List<VfioSysfsDevice>();
@@ -123,7 +129,15 @@ public static partial class VfioSysfs
         int? group = int.TryParse(groupName, NumberStyles.None, CultureInfo.InvariantCulture, out var g) ? g : null;
         var cdevs = ListEntries(Path.Combine(dir, "vfio-dev")).Select(Path.GetFileName).OfType<string>()
             .Where(n => n.StartsWith("vfio", StringComparison.Ordinal)).Order(StringComparer.Ordinal).ToArray();
-        string? parent = null, mdevType = null;
+        string? parent = null, mdevType = null, pf = null;
+        int? vfIndex = null, numa = null;
+        if (kind == VfioDeviceKind.Pci)
+        {
+            pf = LinkName(Path.Combine(dir, "physfn"));
+            if (pf is not null) vfIndex = VfIndexOf(name, Path.Combine(dir, "physfn"));
+            numa = int.TryParse(ReadAttribute(Path.Combine(dir, "numa_node")), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture,
+                out int n) && n >= 0 ? n : null;
+        }
         if (kind == VfioDeviceKind.Mdev)
         {
             // /sys/bus/mdev/devices/<uuid> links to .../<parent device>/<uuid>.
@@ -131,7 +145,17 @@ public static partial class VfioSysfs
             parent = target is null ? null : Path.GetFileName(Path.GetDirectoryName(target.FullName));
             mdevType = LinkName(Path.Combine(dir, "mdev_type"));
         }
-        return new VfioSysfsDevice(name, kind, dir, driver, group, cdevs, parent, mdevType);
+        return new VfioSysfsDevice(name, kind, dir, driver, group, cdevs, parent, mdevType, pf, vfIndex, numa);
+    }
+
+    /// <summary>A VF's index: the N of the PF's virtfnN link that points at it.</summary>
+    private static int? VfIndexOf(string vf, string pfDir)
+    {
+        foreach (var link in ListEntries(pfDir).Where(e => Path.GetFileName(e).StartsWith("virtfn", StringComparison.Ordinal)))
+            if (LinkName(link) == vf
+                && int.TryParse(Path.GetFileName(link).AsSpan(6), NumberStyles.None, CultureInfo.InvariantCulture, out int i))
+                return i;
+        return null;
     }
 
     /// <summary>The last path element of a symlink's target (driver, iommu_group links); null if absent.</summary>

@@ -8,12 +8,55 @@ namespace Vfio.Tests.Core;
 public sealed class CliDeviceCommandsTests
 {
     /// <summary>The device commands reading sysfs and /dev under <paramref name="paths"/>.</summary>
-    private static (int Code, string Out, string Err) Invoke(VfioHostPaths paths, params string[] args)
+    private static (int Code, string Out, string Err) Invoke(VfioHostPaths paths, params string[] args) => Invoke(paths, null, args);
+
+    private static (int Code, string Out, string Err) Invoke(VfioHostPaths paths, Vfio.Host.IDevlink? devlink, params string[] args)
     {
         var root = new RootCommand();
-        foreach (var command in DeviceCommands.Create(paths))
+        foreach (var command in DeviceCommands.Create(paths, devlink))
             root.Subcommands.Add(command);
         return Invoke(root, args);
+    }
+
+    /// <summary>devlink as mlx5 shows it: every VF of the PF has a port function with a migratable flag.</summary>
+    private sealed class Devlink(Dictionary<int, bool> migratable) : Vfio.Host.IDevlink
+    {
+        public string? EswitchMode(string pf) => "switchdev";
+        public void SetEswitchMode(string pf, string mode) => throw new InvalidOperationException("list changes nothing");
+        public (string Port, bool? Migratable)? VfPort(string pf, int vf) =>
+            migratable.TryGetValue(vf, out bool m) ? ($"pci/{pf}/{vf + 1}", m) : null;
+        public bool? Migratable(string port) => null;
+        public void SetMigratable(string port, bool enable) => throw new InvalidOperationException("list changes nothing");
+    }
+
+    [Fact]
+    public void List_shows_pf_vf_index_numa_node_and_with_all_the_vfs_not_on_vfio_with_devlinks_migratable()
+    {
+        using var fake = new FakeSysfs();
+        fake.CreateDevVfio();
+        fake.MakeVf("0000:af:00.0", FakeSysfs.MlxVf, 0, numaNode: 1);
+        fake.MakeVf("0000:af:00.0", FakeSysfs.MlxVfCore, 1, numaNode: 1);
+        var devlink = new Devlink(new() { [0] = true, [1] = false });
+
+        var (code, stdout, _) = Invoke(fake.Paths, devlink, "list", "--no-probe");
+        Assert.Equal(0, code);
+        var lines = Lines(stdout);
+        Assert.Contains("PF", lines[0]);
+        Assert.Contains("NUMA", lines[0]);
+        Assert.DoesNotContain(FakeSysfs.MlxVfCore, stdout); // not on a VFIO driver: only with --all
+        Assert.Matches(@"0000:af:00\.2\s+pci\s+mlx5_vfio_pci\s+0000:af:00\.0\s+0\s+77\s+1\s+vfio3\s+not probed; devlink migratable enable", stdout);
+
+        (code, stdout, _) = Invoke(fake.Paths, devlink, "list", "--no-probe", "--all", "--json");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(stdout);
+        var core = doc.RootElement.EnumerateArray().Single(d => d.GetProperty("name").GetString() == FakeSysfs.MlxVfCore);
+        Assert.Equal(("0000:af:00.0", 1, 1), (core.GetProperty("pf").GetString(), core.GetProperty("vf_index").GetInt32(),
+            core.GetProperty("numa_node").GetInt32()));
+        Assert.Equal("not bound to a VFIO driver", core.GetProperty("migration_status").GetString());
+        Assert.False(core.GetProperty("devlink_migratable").GetBoolean());
+        var plain = doc.RootElement.EnumerateArray().Single(d => d.GetProperty("name").GetString() == FakeSysfs.VfioPciNoCdev);
+        Assert.Equal(JsonValueKind.Null, plain.GetProperty("pf").ValueKind);
+        Assert.False(plain.TryGetProperty("devlink_migratable", out _));
     }
 
     private static (int Code, string Out, string Err) Invoke(RootCommand root, params string[] args)

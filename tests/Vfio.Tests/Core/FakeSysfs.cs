@@ -48,6 +48,19 @@ public sealed class FakeSysfs : IDisposable
             Directory.CreateDirectory(Path.Combine(real, "vfio-dev", cdev));
     }
 
+    /// <summary>Makes <paramref name="vf"/> VF number <paramref name="index"/> of <paramref name="pf"/> (physfn, virtfnN), on a NUMA node.</summary>
+    public void MakeVf(string pf, string vf, int index, int numaNode)
+    {
+        var pfDir = Path.Combine(Paths.SysfsRoot, "devices", "pci0000:00", pf);
+        var vfDir = Path.Combine(Paths.SysfsRoot, "devices", "pci0000:00", vf);
+        Directory.CreateDirectory(pfDir);
+        if (!Path.Exists(Path.Combine(Paths.PciDevicesDir, pf)))
+            File.CreateSymbolicLink(Path.Combine(Paths.PciDevicesDir, pf), $"../../../devices/pci0000:00/{pf}");
+        File.CreateSymbolicLink(Path.Combine(vfDir, "physfn"), $"../{pf}");
+        File.CreateSymbolicLink(Path.Combine(pfDir, $"virtfn{index}"), $"../{vf}");
+        File.WriteAllText(Path.Combine(vfDir, "numa_node"), $"{numaNode}\n");
+    }
+
     public void AddMdev(string uuid, string parent, string type, int group, string? cdev)
     {
         var real = Path.Combine(Paths.SysfsRoot, "devices", "virtual", "mvsim", parent, uuid);
