@@ -167,7 +167,7 @@ hw_tiers() {
     # hardware-test executable a lab host gets, which also writes the JUnit report a CI server reads.
     HWTESTS_EXE="$ART/hwtests/Vfio.HwTests" guest_xunit guest-igb hw-igb --igb --devices 1 -- -class Vfio.HwTests.SriovTests \
         -jUnit /results/guest.junit.xml
-    if ! grep -q '<testsuites' "$ART/test-results/guest/hw-igb/guest.junit.xml" 2>/dev/null; then
+    if [ -s "$ART/test-results/guest/hw-igb/guest.xml" ] && ! grep -q '<testsuites' "$ART/test-results/guest/hw-igb/guest.junit.xml"; then
         log "guest-igb: no JUnit report from the self-contained hardware tests"; FAILED=$((FAILED + 1))
     fi
 }
@@ -185,6 +185,9 @@ guest_xunit() {
     local runner=(dotnet "$(hwtests_dll)")
     [ -n "${HWTESTS_EXE:-}" ] && runner=("$HWTESTS_EXE")
     set +e; "$GUEST" -q --results "$results" "${harness[@]}" -- "${runner[@]}" "${tests[@]}" -xml /results/guest.xml -noColor; rc=$?; set -e
+    if [ $rc -eq 77 ]; then
+        log "$tier skipped: the harness cannot run it here (its reason is printed above)"; return 0
+    fi
     if [ ! -s "$results/guest.xml" ]; then
         log "$tier: no report (harness exit $rc; see $results)"; FAILED=$((FAILED + 1)); return 0
     fi
