@@ -14,10 +14,7 @@ namespace Vfio.Migration;
 internal sealed class Connection : IDataChannelWriter, IDisposable
 {
     public const int SocketBufferBytes = 8 << 20;
-    /// <summary>TLS: a packet's header and the start of its payload go out in one record (a TLS record holds at most 16 KiB).</summary>
-    private const int TlsRecordBytes = 16 << 10;
     private SslStream? _tls;
-    private byte[]? _tlsFirstRecord;
     private int _disposed;
 
     public Connection(Socket socket, TimeSpan timeout, string name)
@@ -80,7 +77,8 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
     private void Authenticate(TlsSettings tls, bool server)
     {
         var check = new PeerCheck(tls.PeerName, server ? "source" : "destination");
-        var ssl = new SslStream(new NetworkStream(Socket, ownsSocket: false), leaveInnerStreamOpen: false);
+        var records = new SocketRecordStream(Socket);
+        var ssl = new SslStream(records, leaveInnerStreamOpen: false);
         try
         {
             if (server) ssl.AuthenticateAsServer(tls.ServerOptions(check));
@@ -91,8 +89,8 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             ssl.Dispose();
             throw new TransportException($"{Name}: TLS: {check.Refusal ?? HandshakeFailure(e)}");
         }
+        records.StartBuffering();
         _tls = ssl;
-        _tlsFirstRecord = new byte[TlsRecordBytes];
     }
 
     private static string HandshakeFailure(Exception e) => SocketErrorOf(e) switch
@@ -116,6 +114,8 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
         while (e.InnerException is not null) e = e.InnerException;
         return e.Message;
     }
+
+    private static bool IsTlsFailure(Exception e) => e is IOException or AuthenticationException or ObjectDisposedException;
 
     /// <summary>A read or write of a TLS connection failed: its error, as the plain path words it.</summary>
     private TransportException TlsFailure(Exception e, bool receive) => SocketErrorOf(e) switch
@@ -145,7 +145,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             else
             {
                 try { n = _tls.Read(dst[done..]); }
-                catch (Exception e) when (e is IOException or AuthenticationException or ObjectDisposedException) { throw TlsFailure(e, receive: true); }
+                catch (Exception e) when (IsTlsFailure(e)) { throw TlsFailure(e, receive: true); }
             }
             if (n == 0)
             {
@@ -161,8 +161,12 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
     {
         if (_tls is not null)
         {
-            try { _tls.Write(src); }
-            catch (Exception e) when (e is IOException or AuthenticationException or ObjectDisposedException) { throw TlsFailure(e, receive: false); }
+            try
+            {
+                _tls.Write(src);
+                _tls.Flush();
+            }
+            catch (Exception e) when (IsTlsFailure(e)) { throw TlsFailure(e, receive: false); }
             return;
         }
         try
@@ -222,19 +226,16 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
         catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
     }
 
-    /// <summary>TLS: the header shares its record with the start of the payload (the reason for the writev above).</summary>
+    /// <summary>TLS: header and payload, two records that leave in one send (<see cref="SocketRecordStream"/> buffers them).</summary>
     private void WriteTlsPacket(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
     {
-        var first = _tlsFirstRecord!.AsSpan();
-        int head = Math.Min(payload.Length, first.Length - header.Length);
-        header.CopyTo(first);
-        payload[..head].CopyTo(first[header.Length..]);
         try
         {
-            _tls!.Write(first[..(header.Length + head)]);
-            if (head < payload.Length) _tls.Write(payload[head..]);
+            _tls!.Write(header);
+            _tls.Write(payload);
+            _tls.Flush();
         }
-        catch (Exception e) when (e is IOException or AuthenticationException or ObjectDisposedException) { throw TlsFailure(e, receive: false); }
+        catch (Exception e) when (IsTlsFailure(e)) { throw TlsFailure(e, receive: false); }
     }
 
     /// <summary>Unblocks any thread in a send or receive on this connection.</summary>

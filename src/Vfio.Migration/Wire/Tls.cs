@@ -17,6 +17,9 @@ public sealed class TlsSettings
 {
     private static readonly Oid ServerAuth = new("1.3.6.1.5.5.7.3.1");
     private static readonly Oid ClientAuth = new("1.3.6.1.5.5.7.3.2");
+    /// <summary>AES-128-GCM first: OpenSSL's default puts AES-256-GCM first, which costs 40% more rounds per byte (Windows: its own).</summary>
+    private static readonly CipherSuitesPolicy? Ciphers = OperatingSystem.IsWindows() ? null : new(
+        [TlsCipherSuite.TLS_AES_128_GCM_SHA256, TlsCipherSuite.TLS_AES_256_GCM_SHA384, TlsCipherSuite.TLS_CHACHA20_POLY1305_SHA256]);
     private readonly SslStreamCertificateContext _context;
     private readonly X509Certificate2Collection _intermediates;
     private readonly X509Certificate2Collection _authorities;
@@ -93,6 +96,7 @@ public sealed class TlsSettings
         TargetHost = PeerName ?? "",
         ClientCertificateContext = _context,
         EnabledSslProtocols = SslProtocols.Tls13,
+        CipherSuitesPolicy = Ciphers,
         CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
         CertificateChainPolicy = ChainPolicy(ServerAuth),
         RemoteCertificateValidationCallback = check.Validate,
@@ -105,6 +109,7 @@ public sealed class TlsSettings
         ServerCertificateContext = _context,
         ClientCertificateRequired = true,
         EnabledSslProtocols = SslProtocols.Tls13,
+        CipherSuitesPolicy = Ciphers,
         CertificateRevocationCheckMode = X509RevocationMode.NoCheck,
         CertificateChainPolicy = ChainPolicy(ClientAuth),
         RemoteCertificateValidationCallback = check.Validate,

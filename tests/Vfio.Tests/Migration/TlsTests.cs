@@ -43,14 +43,16 @@ public sealed class TlsTests : IDisposable
         var (thread, result) = StartDestination(listener, watched, TestDevices.Options(2) with { Tls = _pki.Settings("dst") });
 
         var sw = Stopwatch.StartNew();
-        var refused = new MigrationSource(src, TestDevices.Options(2) with { Tls = _pki.Settings("rogue") }).Run(ep, TestContext.Current.CancellationToken);
+        var refused = new MigrationSource(src, TestDevices.Options(2) with { Tls = _pki.Settings("rogue") })
+            .Run(ep, TestContext.Current.CancellationToken);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(8), $"took {sw.Elapsed}");
         Assert.False(refused.Ok);
         Assert.Contains("TLS", refused.Error);
         Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
         Assert.All(watched, d => Assert.Equal(0, d.Calls));
 
-        var real = new MigrationSource(src, TestDevices.Options(2) with { Tls = _pki.Settings("src") }).Run(ep, TestContext.Current.CancellationToken);
+        var real = new MigrationSource(src, TestDevices.Options(2) with { Tls = _pki.Settings("src") })
+            .Run(ep, TestContext.Current.CancellationToken);
         Assert.True(thread.Join(TimeSpan.FromSeconds(20)));
         Assert.True(real.Ok, real.Error);
         Assert.True(result.Report!.Ok, result.Report.Error);
@@ -92,7 +94,8 @@ public sealed class TlsTests : IDisposable
         }
         Assert.Equal(0, watched[0].Calls);
 
-        var real = new MigrationSource(src, TestDevices.Options(1) with { Tls = _pki.Settings("src") }).Run(ep, TestContext.Current.CancellationToken);
+        var real = new MigrationSource(src, TestDevices.Options(1) with { Tls = _pki.Settings("src") })
+            .Run(ep, TestContext.Current.CancellationToken);
         Assert.True(thread.Join(TimeSpan.FromSeconds(20)));
         Assert.True(real.Ok, real.Error);
         Assert.True(result.Report!.Ok, result.Report.Error);
@@ -191,7 +194,8 @@ public sealed class TlsTests : IDisposable
         Assert.StartsWith(option, e.Message);
         var mismatch = Assert.Throws<ArgumentException>(() => TlsSettings.FromPemFiles(_pki.Cert("src"), _pki.Key("dst"), _pki.Ca, null));
         Assert.Contains("does not belong", mismatch.Message);
-        var missing = Assert.Throws<ArgumentException>(() => TlsSettings.FromPemFiles(_pki.Cert("src"), _pki.Key("src"), "/nonexistent/ca.pem", null));
+        var missing = Assert.Throws<ArgumentException>(
+            () => TlsSettings.FromPemFiles(_pki.Cert("src"), _pki.Key("src"), "/nonexistent/ca.pem", null));
         Assert.StartsWith("--tls-ca: cannot read", missing.Message);
     }
 
