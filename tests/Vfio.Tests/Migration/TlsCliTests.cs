@@ -37,6 +37,22 @@ public sealed class TlsCliTests : IDisposable
     }
 
     [Theory]
+    [InlineData("localhost", 1, "not issued to localhost")] // a name: the destination's certificate (dst.test, 127.0.0.1) must carry it
+    [InlineData("127.0.0.1", 0, "result ok")]               // an address: not checked
+    public void Send_checks_the_host_of_to_only_when_it_is_a_name(string host, int expected, string mention)
+    {
+        var (_, dst) = TestDevices.Pairs(1);
+        using var listener = Vfio.Migration.Loopback.Listen(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0), 16);
+        int port = ((System.Net.IPEndPoint)listener.LocalEndPoint!).Port;
+        var options = TestDevices.Options(1) with { AcceptTimeout = TimeSpan.FromSeconds(5), Tls = _pki.Settings("dst") };
+        var (thread, _) = TlsTests.StartDestination(listener, dst, options);
+        var (code, stdout, stderr) = Invoke($"send --to {host}:{port} --device sim:vf0 --channels 1 {Small} {_pki.Options("src")}");
+        Assert.True(code == expected, stderr + stdout);
+        Assert.Contains(mention, stderr + stdout);
+        Assert.True(thread.Join(TimeSpan.FromSeconds(10)));
+    }
+
+    [Theory]
     [InlineData("missing-key", "missing --tls-key")]
     [InlineData("missing-ca", "missing --tls-ca")]
     [InlineData("peer-alone", "--tls-peer-name needs")]
