@@ -161,14 +161,7 @@ public sealed class TlsTests : IDisposable
         var server = _pki.Settings("dst");
         var t = new Thread(() =>
         {
-            using var s = listener.Accept();
-            using var c = new Connection(s, TimeSpan.FromSeconds(10), "silent") { ReceiveTimeout = TimeSpan.FromSeconds(10) };
-            c.SecureAsServer(server);
-            var hs = new byte[Protocol.HandshakeSize];
-            c.ReadExact(hs);
-            var reply = new byte[Protocol.HandshakeReplySize];
-            new HandshakeReply(HandshakeStatus.Ok, Handshake.Read(hs).SessionId).Write(reply);
-            c.WriteAll(reply);
+            using var c = Accept(listener, server);
             Thread.Sleep(4000);
         }) { IsBackground = true };
         t.Start();
@@ -179,6 +172,69 @@ public sealed class TlsTests : IDisposable
         Assert.Contains("timeout", report.Error, StringComparison.OrdinalIgnoreCase);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(3.5), $"took {sw.Elapsed}");
         Assert.Equal(MigrationState.Running, src[0].GetState());
+    }
+
+    [Fact]
+    public void A_peer_that_stops_reading_over_tls_fails_the_write_at_the_timeout()
+    {
+        // A "destination" that accepts over TLS, grants a large window and sends heartbeats, but never reads its data
+        // channel: once the socket buffers are full, the source's TLS write must give up after --timeout.
+        using var source = new NullDevice("null:vf0", 256L << 20);
+        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 4);
+        var server = _pki.Settings("dst");
+        using var done = new ManualResetEventSlim();
+        var t = new Thread(() =>
+        {
+            using var main = Accept(listener, server);
+            var channel = new MainChannel(main, "source");
+            channel.Expect<DeviceListMessage>("before its device list");
+            channel.Send(new AcceptMessage(256, ["null:dst0"]));
+            using var data = Accept(listener, server);
+            try
+            {
+                while (!done.Wait(200)) channel.Send(new HeartbeatMessage());
+            }
+            catch (MigrationException) { /* the source gave up and closed */ }
+        }) { IsBackground = true };
+        t.Start();
+        var sw = Stopwatch.StartNew();
+        var options = TestDevices.Options(1, buffer: 1 << 20) with { Timeout = TimeSpan.FromSeconds(1), Tls = _pki.Settings("src") };
+        var report = new MigrationSource([source], options).Run((IPEndPoint)listener.LocalEndPoint!, TestContext.Current.CancellationToken);
+        done.Set();
+        Assert.False(report.Ok);
+        Assert.Contains("stopped reading for longer than the timeout", report.Error);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(8), $"took {sw.Elapsed}");
+        Assert.Equal(MigrationState.Running, source.GetState());
+        Assert.True(t.Join(TimeSpan.FromSeconds(10)));
+    }
+
+    [Fact]
+    public void A_failure_mid_run_over_tls_aborts_every_connection_promptly()
+    {
+        // The quiesce fails on the source while every TLS channel is open and the destination's threads block in TLS reads.
+        var (src, dst) = TestDevices.Pairs(2);
+        var options = TestDevices.Options(2) with { Timeout = TimeSpan.FromSeconds(20), Tls = _pki.Settings("dst") };
+        var sw = Stopwatch.StartNew();
+        var report = Loopback.Run([src[0], new FaultyDevice(src[1], refuseStop: true)], dst, options,
+            cancel: TestContext.Current.CancellationToken);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");
+        Assert.False(report.Ok);
+        Assert.Equal("sim:vf1", report.FailedDevice);
+        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
+        Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
+    }
+
+    /// <summary>One connection of a hand-made destination: TLS, then our handshake answered ok.</summary>
+    private static Connection Accept(Socket listener, TlsSettings tls)
+    {
+        var c = new Connection(listener.Accept(), TimeSpan.FromSeconds(10), "test peer") { ReceiveTimeout = TimeSpan.FromSeconds(10) };
+        c.SecureAsServer(tls);
+        var hs = new byte[Protocol.HandshakeSize];
+        c.ReadExact(hs);
+        var reply = new byte[Protocol.HandshakeReplySize];
+        new HandshakeReply(HandshakeStatus.Ok, Handshake.Read(hs).SessionId).Write(reply);
+        c.WriteAll(reply);
+        return c;
     }
 
     [Theory]
