@@ -115,6 +115,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
         return e.Message;
     }
 
+    /// <summary>What SslStream throws when the connection fails (once it was aborted, whatever it throws counts as closed).</summary>
     private static bool IsTlsFailure(Exception e) => e is IOException or AuthenticationException or ObjectDisposedException;
 
     /// <summary>A read or write of a TLS connection failed: its error, as the plain path words it.</summary>
@@ -123,7 +124,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
         SocketError.TimedOut or SocketError.WouldBlock => new TransportException(receive
             ? $"{Name}: peer silent for longer than the timeout"
             : $"{Name}: peer stopped reading for longer than the timeout"),
-        _ when e is ObjectDisposedException => new TransportException($"{Name}: closed"),
+        _ when e is ObjectDisposedException || Volatile.Read(ref _disposed) != 0 => new TransportException($"{Name}: closed"),
         _ => new TransportException($"{Name}: {(receive ? "receive" : "send")} failed: TLS: {Innermost(e)}"),
     };
 
@@ -145,7 +146,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             else
             {
                 try { n = _tls.Read(dst[done..]); }
-                catch (Exception e) when (IsTlsFailure(e)) { throw TlsFailure(e, receive: true); }
+                catch (Exception e) when (IsTlsFailure(e) || Volatile.Read(ref _disposed) != 0) { throw TlsFailure(e, receive: true); }
             }
             if (n == 0)
             {
@@ -166,7 +167,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
                 _tls.Write(src);
                 _tls.Flush();
             }
-            catch (Exception e) when (IsTlsFailure(e)) { throw TlsFailure(e, receive: false); }
+            catch (Exception e) when (IsTlsFailure(e) || Volatile.Read(ref _disposed) != 0) { throw TlsFailure(e, receive: false); }
             return;
         }
         try
@@ -235,7 +236,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             _tls.Write(payload);
             _tls.Flush();
         }
-        catch (Exception e) when (IsTlsFailure(e)) { throw TlsFailure(e, receive: false); }
+        catch (Exception e) when (IsTlsFailure(e) || Volatile.Read(ref _disposed) != 0) { throw TlsFailure(e, receive: false); }
     }
 
     /// <summary>Unblocks any thread in a send or receive on this connection.</summary>

@@ -219,7 +219,6 @@ public sealed class TlsTests : IDisposable
             cancel: TestContext.Current.CancellationToken);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"took {sw.Elapsed}");
         Assert.False(report.Ok);
-        Assert.Equal("sim:vf1", report.FailedDevice);
         Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
         Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
     }
