@@ -84,7 +84,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
             if (server) ssl.AuthenticateAsServer(tls.ServerOptions(check));
             else ssl.AuthenticateAsClient(tls.ClientOptions(check));
         }
-        catch (Exception e) when (e is AuthenticationException or IOException or ObjectDisposedException)
+        catch (Exception e) when (IsTlsFailure(e) || Volatile.Read(ref _disposed) != 0)
         {
             ssl.Dispose();
             throw new TransportException($"{Name}: TLS: {check.Refusal ?? HandshakeFailure(e)}");
@@ -96,7 +96,7 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
     private static string HandshakeFailure(Exception e) => SocketErrorOf(e) switch
     {
         SocketError.TimedOut or SocketError.WouldBlock => "handshake timed out (the peer sent nothing, or does not speak TLS)",
-        _ when e is ObjectDisposedException => "closed during the handshake",
+        _ when e is ObjectDisposedException || e is not (IOException or AuthenticationException) => "closed during the handshake",
         _ when e is IOException && e.InnerException is null =>
             "the peer closed the connection during the handshake (it refused this side's certificate, or does not speak TLS)",
         _ => $"handshake failed (does the peer use TLS, with a certificate from --tls-ca?): {Innermost(e)}",
