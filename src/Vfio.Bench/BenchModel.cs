@@ -14,9 +14,10 @@ public enum BenchDeviceKind
 }
 
 /// <summary>One configuration of a sweep.</summary>
-public sealed record BenchScenario(string Section, int Devices, int Channels, LoadingMode Loading, long StateSize)
+public sealed record BenchScenario(string Section, int Devices, int Channels, LoadingMode Loading, long StateSize, bool Tls = false)
 {
-    public string ModeName => Loading == LoadingMode.Coupled ? "coupled" : "decoupled";
+    /// <summary>The loading mode, "+tls" when every connection runs TLS (the row right after its plaintext twin).</summary>
+    public string ModeName => (Loading == LoadingMode.Coupled ? "coupled" : "decoupled") + (Tls ? "+tls" : "");
 }
 
 /// <summary>Per-device figures of the representative (median-downtime) run of a scenario.</summary>

@@ -28,6 +28,15 @@ public sealed record BenchSettings
     public MigrationOptions Migration { get; init; } = new();
     public double BoundTolerance { get; init; } = 0.05;
     public double IperfFraction { get; init; } = 0.90;
+    /// <summary>
+    /// When set, each decoupled scenario of the device and channel sweeps runs again right after itself over TLS with
+    /// these credentials, and the targets compare the two.
+    /// </summary>
+    public TlsSettings? Tls { get; init; }
+    /// <summary>TLS throughput at least this fraction of plaintext's (null devices).</summary>
+    public double TlsThroughputFraction { get; init; } = 0.6;
+    /// <summary>TLS downtime at most this factor of the device bound (simulated devices).</summary>
+    public double TlsBoundFactor { get; init; } = 1.10;
 }
 
 /// <summary>Runs the sweeps a benchmark asks for, each scenario several times, and checks the targets.</summary>
@@ -39,11 +48,11 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         int available = settings.Kind == BenchDeviceKind.Real ? settings.RealPairs.Count : int.MaxValue;
         foreach (int n in settings.DeviceCounts.Where(n => n <= available))
             foreach (var mode in settings.Modes)
-                rows.Add(RunScenario(new BenchScenario("devices", n, settings.Channels, mode, settings.Sim.StateSize), settings.Repeat));
+                RunWithTwin(rows, new BenchScenario("devices", n, settings.Channels, mode, settings.Sim.StateSize));
 
         int sweepDevices = Math.Min(settings.ChannelSweepDevices, available);
         foreach (int c in settings.ChannelSweep)
-            rows.Add(RunScenario(new BenchScenario("channels", sweepDevices, c, LoadingMode.Decoupled, settings.Sim.StateSize), settings.Repeat));
+            RunWithTwin(rows, new BenchScenario("channels", sweepDevices, c, LoadingMode.Decoupled, settings.Sim.StateSize));
 
         if (settings.Memory && settings.Kind != BenchDeviceKind.Real)
             rows.Add(RunScenario(
@@ -52,9 +61,20 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         return new BenchResult(settings.Kind, rows, CheckTargets(rows), MachineDescription(), command);
     }
 
+    /// <summary>The scenario, then (with TLS, decoupled) its TLS twin at once, so that both see the machine alike.</summary>
+    private void RunWithTwin(List<BenchRow> rows, BenchScenario scenario)
+    {
+        rows.Add(RunScenario(scenario, settings.Repeat));
+        if (settings.Tls is not null && scenario.Loading == LoadingMode.Decoupled)
+            rows.Add(RunScenario(scenario with { Tls = true }, settings.Repeat));
+    }
+
     private BenchRow RunScenario(BenchScenario scenario, int repeat)
     {
-        var options = settings.Migration with { Channels = scenario.Channels, Loading = scenario.Loading };
+        var options = settings.Migration with
+        {
+            Channels = scenario.Channels, Loading = scenario.Loading, Tls = scenario.Tls ? settings.Tls : null,
+        };
         var runs = new List<(RunReport Report, long? PeakRss)>();
         var baseline = new List<(double? Mbps, string? Why)>();
         for (int i = 0; i < repeat; i++)
@@ -133,7 +153,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
     private List<BenchTarget> CheckTargets(IReadOnlyList<BenchRow> rows)
     {
         var targets = new List<BenchTarget>();
-        foreach (var row in rows.Where(r => r.Scenario.Section == "devices" && r.Scenario.Loading == LoadingMode.Decoupled))
+        foreach (var row in rows.Where(r => r.Scenario.Section == "devices" && r.Scenario.Loading == LoadingMode.Decoupled && !r.Scenario.Tls))
         {
             if (settings.Kind == BenchDeviceKind.Simulated)
             {
@@ -148,7 +168,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         }
         if (settings.Kind == BenchDeviceKind.Null)
         {
-            foreach (var row in rows.Where(r => r.Scenario.Section != "memory"))
+            foreach (var row in rows.Where(r => r.Scenario.Section != "memory" && !r.Scenario.Tls))
             {
                 bool met = row.AllVerified && row.IperfRatio is double ratio && ratio >= settings.IperfFraction;
                 targets.Add(new BenchTarget(
@@ -160,6 +180,28 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
                         ? $"iperf3 not measured: {row.IperfWhy}"
                         : string.Create(CultureInfo.InvariantCulture,
                             $"{row.ThroughputMbps:0} vs {row.IperfMbps:0} Mbit/s, ratio {row.IperfRatio:0.000}")));
+            }
+        }
+        foreach (var tls in rows.Where(r => r.Scenario.Tls))
+        {
+            var plain = rows.First(r => r.Scenario == tls.Scenario with { Tls = false });
+            if (settings.Kind == BenchDeviceKind.Null)
+            {
+                double? ratio = plain.ThroughputMbps > 0 ? tls.ThroughputMbps / plain.ThroughputMbps : null;
+                targets.Add(new BenchTarget(
+                    string.Create(CultureInfo.InvariantCulture, $"TLS at least {settings.TlsThroughputFraction:0.0#}x plaintext throughput, "
+                        + $"{tls.Scenario.Channels} channels, {tls.Scenario.Devices} devices"),
+                    tls.AllVerified && ratio >= settings.TlsThroughputFraction,
+                    string.Create(CultureInfo.InvariantCulture, $"{tls.ThroughputMbps:0} vs {plain.ThroughputMbps:0} Mbit/s, ratio {ratio:0.000}")));
+            }
+            else if (settings.Kind == BenchDeviceKind.Simulated && tls.Scenario.Section == "devices")
+            {
+                targets.Add(new BenchTarget(
+                    string.Create(CultureInfo.InvariantCulture,
+                        $"TLS downtime within x{settings.TlsBoundFactor:0.00} of the device bound, {tls.Scenario.Devices} devices"),
+                    tls.AllVerified && tls.BoundRatio <= settings.TlsBoundFactor,
+                    string.Create(CultureInfo.InvariantCulture, $"downtime {tls.DowntimeMedianMs:0.0} ms (plaintext {plain.DowntimeMedianMs:0.0}), "
+                        + $"bound {tls.DeviceBoundMs:0.0} ms, ratio {tls.BoundRatio:0.000}")));
             }
         }
         foreach (var row in rows.Where(r => r.Scenario.Section == "memory"))

@@ -40,15 +40,21 @@ internal static class BenchCommand
             DefaultValueFactory = _ => "bench-results",
         };
         var json = new Option<string?>("--json") { Description = "Also write the results as JSON to this file" };
+        var tls = new Option<bool>("--tls")
+        {
+            Description = "Run each decoupled scenario again over mutual TLS right after itself (throwaway certificates unless --tls-cert etc.)",
+        };
+        var tlsFiles = new TlsOptionSet();
         var shared = new MigrationOptionSet();
         // The channel sweep sets its own counts: --channels applies to the other sections only.
         shared.Channels.Description = "Data channels for the device-count sweep";
 
         var command = new Command("bench",
             "Benchmark migrations: device counts 1,2,4,8, decoupled vs coupled loading, channel counts; writes Markdown, CSV, a chart and JSON");
-        foreach (var o in new Option[] { devices, loading, channelSweep, repeat, nullDevices, pairs, skipMemory, memorySize, output, json })
+        foreach (var o in new Option[] { devices, loading, channelSweep, repeat, nullDevices, pairs, skipMemory, memorySize, output, json, tls })
             command.Options.Add(o);
         shared.AddTo(command);
+        tlsFiles.AddTo(command);
 
         command.SetAction(r =>
         {
@@ -60,6 +66,8 @@ internal static class BenchCommand
                 bool isNull = r.GetValue(nullDevices);
                 if (isNull && realPairs.Count > 0) throw new UsageException("give either --null or --device pairs, not both");
                 var migration = shared.Options(r);
+                var credentials = tlsFiles.Settings(r);
+                if (credentials is not null && !r.GetValue(tls)) throw new UsageException("--tls-cert, --tls-key and --tls-ca need --tls for bench");
                 var settings = new BenchSettings
                 {
                     Kind = isNull ? BenchDeviceKind.Null : realPairs.Count > 0 ? BenchDeviceKind.Real : BenchDeviceKind.Simulated,
@@ -76,6 +84,7 @@ internal static class BenchCommand
                     Memory = !r.GetValue(skipMemory),
                     MemoryStateSize = Sizes.Parse(r.GetValue(memorySize)!, "--memory-state-size"),
                     Migration = migration,
+                    Tls = r.GetValue(tls) ? credentials ?? ThrowawayCertificates.Create() : null,
                 };
                 // Output places are checked before the sweep, so a long run is never lost at its end.
                 string dir = r.GetValue(output)!;

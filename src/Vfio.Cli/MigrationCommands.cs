@@ -14,6 +14,7 @@ public static class MigrationCommands
     private sealed class Common
     {
         public readonly MigrationOptionSet Shared = new();
+        public readonly TlsOptionSet Tls = new();
         public readonly Option<string[]> Device = new("--device")
         {
             Description = "A device: PCI address, mdev UUID, sim:NAME (simulated) or null:NAME (no cost: the transport alone) " +
@@ -38,6 +39,7 @@ public static class MigrationCommands
             c.Options.Add(Device);
             c.Options.Add(Loading);
             Shared.AddTo(c);
+            Tls.AddTo(c);
             foreach (var o in new Option[] { Json, Trace, Svg, Verbose })
                 c.Options.Add(o);
         }
@@ -51,7 +53,7 @@ public static class MigrationCommands
                 "coupled" => LoadingMode.Coupled,
                 _ => throw new UsageException($"--loading must be decoupled or coupled, not '{loading}'"),
             };
-            return Shared.Options(r) with { Loading = mode };
+            return Shared.Options(r) with { Loading = mode, Tls = Tls.Settings(r) };
         }
 
         public DeviceFactory Factory(ParseResult r) => new(Shared.Simulation(r), new SimulatedPf("sim-pf", Shared.PfConcurrency(r)));
@@ -138,6 +140,7 @@ public static class MigrationCommands
         command.SetAction(r => Run(r, common, (options, factory, log, watch, cancel) =>
         {
             var endpoint = Endpoints.Parse(r.GetValue(to)!, "--to", resolve: true);
+            options = options with { Tls = common.Tls.ForDestination(options.Tls, r, r.GetValue(to)!) };
             var devices = OpenAll(r.GetValue(common.Device), factory);
             try
             {
@@ -159,9 +162,11 @@ public static class MigrationCommands
         var command = new Command("receive", "Receive a migration from `vfio-mig send` into the given devices");
         common.AddTo(command);
         command.Options.Add(listen);
+        command.Options.Add(common.Tls.Insecure);
         command.SetAction(r => Run(r, common, (options, factory, log, watch, cancel) =>
         {
             var endpoint = Endpoints.Parse(r.GetValue(listen)!, "--listen", resolve: false);
+            common.Tls.CheckListen(r, endpoint, options.Tls);
             // Listening comes before the devices are opened: an address in use is bad input, and no device was touched.
             Socket listener;
             try { listener = Loopback.Listen(endpoint, Protocol.MaxChannels + 4); }

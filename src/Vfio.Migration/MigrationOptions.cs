@@ -36,6 +36,8 @@ public sealed record MigrationOptions
     /// separate from <see cref="Timeout"/>, since a device may legitimately load for longer than a peer may be silent.
     /// </summary>
     public TimeSpan LoadTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Mutual TLS 1.3 on every connection; null: plaintext.</summary>
+    public TlsSettings? Tls { get; init; }
     /// <summary>How long `receive` waits for a source to connect.</summary>
     public TimeSpan AcceptTimeout { get; init; } = TimeSpan.FromMinutes(10);
     /// <summary>How the source distributes packets over channels (default: the next idle channel); tests script it.</summary>

@@ -55,7 +55,8 @@ internal sealed class DestinationRun
     {
         using var ctl = new RunControl(cancel);
         var threads = new List<Thread>();
-        var acceptor = new SessionAcceptor(listener, _options, _log);
+        // Accepts for the whole run: a second source is told the destination is busy.
+        using var acceptor = new SessionAcceptor(listener, _options, _log);
         int bufferSize = _options.BufferSize;
         bool prepared = false;
         long lastRunning = 0, loadEnd = 0;
@@ -66,11 +67,12 @@ internal sealed class DestinationRun
         try
         {
             Warmup.Prepare(_devices); // while no source is connected yet: compile the data path outside the downtime
-            (var mainConnection, ulong session, _channels) = acceptor.AcceptMain(ctl);
-            ctl.Register(mainConnection);
-            var main = _main = new MainChannel(mainConnection, "source");
+            var source = acceptor.AcceptSource(ctl);
+            (ulong session, _channels) = (source.Session, source.Channels);
+            ctl.Register(source.Main.Connection);
+            var main = _main = source.Main;
             ctl.BeforeAbort = main.TrySendError;
-            bufferSize = TakeDeviceList(main.Expect<DeviceListMessage>("before sending its device list"));
+            bufferSize = TakeDeviceList(source.DeviceList);
             _pool = new BufferPool(bufferSize);
             _pool.Reserve(_devices.Count * _options.Window + _channels); // a full window per device, and a buffer per receive thread
             prepared = true;
@@ -81,7 +83,7 @@ internal sealed class DestinationRun
             threads.Add(ctl.Start("dst main receive", () => main.ReceiveLoop(ctl, (in InboundMessage m) => OnMessage(m, ctl), () => _running.IsSet,
                 "before committing the migration")));
             threads.Add(ctl.Start("dst main send", () => Heartbeats(main, ctl)));
-            var data = acceptor.AcceptDataChannels(session, _channels, ctl);
+            var data = acceptor.AcceptDataChannels(ctl);
             _log.LogInformation(
                 "session {Session:x16}: {Devices} devices, {Channels} data channels, {Mode} loading, window {Window} x {Buffer} bytes",
                 session, _devices.Count, _channels, Coupled ? "coupled" : "decoupled", _options.Window, bufferSize);

@@ -194,13 +194,28 @@ internal sealed class SourceRun
         var c = Connection.Connect(ep, _options.Timeout, channel == 0 ? "main channel" : $"data channel {channel}");
         ctl.Register(c);
         c.ReceiveTimeout = _options.Timeout;
+        if (_options.Tls is { } tls) c.SecureAsClient(tls);
         Span<byte> hs = stackalloc byte[Protocol.HandshakeSize];
         new Handshake(channel, session, (ushort)_options.Channels).Write(hs);
         c.WriteAll(hs);
         Span<byte> reply = stackalloc byte[Protocol.HandshakeReplySize];
-        if (!c.ReadExact(reply))
-            throw new TransportException($"{c.Name}: destination closed the connection during the handshake");
+        bool replied;
+        // TLS 1.3: the destination checks this side's certificate after the client's handshake is done, so its refusal
+        // arrives here, at the first read.
+        try { replied = c.ReadExact(reply); }
+        catch (MigrationException e)
+        {
+            throw new TransportException(c.Secure
+                ? $"{c.Name}: TLS: the destination refused this side's certificate or closed the connection ({e.Message})"
+                : $"{e.Message} (does the destination require TLS?)");
+        }
+        if (!replied)
+            throw new TransportException(c.Secure
+                ? $"{c.Name}: TLS: the destination closed the connection after the TLS handshake (did it refuse this side's certificate?)"
+                : $"{c.Name}: destination closed the connection during the handshake (does the destination require TLS?)");
         var status = HandshakeReply.Read(reply).Status;
+        if (status == HandshakeStatus.Busy)
+            throw new MigrationException($"{c.Name}: destination busy: it is serving another source's migration", null, FailureOrigin.Peer);
         if (status != HandshakeStatus.Ok)
             throw new MigrationException($"{c.Name}: destination refused the handshake ({status})", null, FailureOrigin.Peer);
         if (channel != 0) c.ReceiveTimeout = TimeSpan.Zero;

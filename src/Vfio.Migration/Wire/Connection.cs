@@ -1,12 +1,20 @@
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
+using System.Security.Authentication;
 
 namespace Vfio.Migration;
 
-/// <summary>One TCP connection (main or data channel) in blocking mode, used only from dedicated threads.</summary>
+/// <summary>
+/// One TCP connection (main or data channel) in blocking mode, used only from dedicated threads; with TLS, an SslStream
+/// over it, whose synchronous reads and writes block in the socket's own calls (so the socket timeouts and
+/// <see cref="Abort"/> work alike). Threads: the one that makes it runs the TLS handshake before handing it on; then
+/// one thread reads and one writes at a time (SslStream allows one of each at once), and any thread may abort it.
+/// </summary>
 internal sealed class Connection : IDataChannelWriter, IDisposable
 {
     public const int SocketBufferBytes = 8 << 20;
+    private SslStream? _tls;
     private int _disposed;
 
     public Connection(Socket socket, TimeSpan timeout, string name)
@@ -27,10 +35,14 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
     private static int Milliseconds(TimeSpan t) => t <= TimeSpan.Zero ? 0 : (int)Math.Min(int.MaxValue, Math.Ceiling(t.TotalMilliseconds));
 
     public Socket Socket { get; }
-    public string Name { get; }
+    /// <summary>What errors call it ("main channel", "data channel 3"): set by the thread that owns it before handing it on.</summary>
+    public string Name { get; set; }
+    public bool Secure => _tls is not null;
 
     /// <summary>Receive timeout for this connection (0 = none; data channels rely on the main channel's heartbeats).</summary>
     public TimeSpan ReceiveTimeout { set => Socket.ReceiveTimeout = Milliseconds(value); }
+    /// <summary>How long a send may wait for the peer to read.</summary>
+    public TimeSpan SendTimeout { set => Socket.SendTimeout = Milliseconds(value); }
 
     public static Connection Connect(IPEndPoint endpoint, TimeSpan timeout, string name)
     {
@@ -56,6 +68,66 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
         return new Connection(socket, timeout, name);
     }
 
+    /// <summary>The source's side of the TLS handshake, before any byte of ours; bounded by the socket timeouts.</summary>
+    public void SecureAsClient(TlsSettings tls) => Authenticate(tls, server: false);
+
+    /// <summary>The destination's side of the TLS handshake, before any byte of ours; bounded by the socket timeouts.</summary>
+    public void SecureAsServer(TlsSettings tls) => Authenticate(tls, server: true);
+
+    private void Authenticate(TlsSettings tls, bool server)
+    {
+        var check = new PeerCheck(tls.PeerName, server ? "source" : "destination");
+        var records = new SocketRecordStream(Socket);
+        var ssl = new SslStream(records, leaveInnerStreamOpen: false);
+        try
+        {
+            if (server) ssl.AuthenticateAsServer(tls.ServerOptions(check));
+            else ssl.AuthenticateAsClient(tls.ClientOptions(check));
+        }
+        catch (Exception e) when (IsTlsFailure(e) || Volatile.Read(ref _disposed) != 0)
+        {
+            ssl.Dispose();
+            throw new TransportException($"{Name}: TLS: {check.Refusal ?? HandshakeFailure(e)}");
+        }
+        records.StartBuffering();
+        _tls = ssl;
+    }
+
+    private static string HandshakeFailure(Exception e) => SocketErrorOf(e) switch
+    {
+        SocketError.TimedOut or SocketError.WouldBlock => "handshake timed out (the peer sent nothing, or does not speak TLS)",
+        _ when e is ObjectDisposedException || e is not (IOException or AuthenticationException) => "closed during the handshake",
+        _ when e is IOException && e.InnerException is null =>
+            "the peer closed the connection during the handshake (it refused this side's certificate, or does not speak TLS)",
+        _ => $"handshake failed (does the peer use TLS, with a certificate from --tls-ca?): {Innermost(e)}",
+    };
+
+    private static SocketError? SocketErrorOf(Exception? e)
+    {
+        for (; e is not null; e = e.InnerException)
+            if (e is SocketException s) return s.SocketErrorCode;
+        return null;
+    }
+
+    private static string Innermost(Exception e)
+    {
+        while (e.InnerException is not null) e = e.InnerException;
+        return e.Message;
+    }
+
+    /// <summary>What SslStream throws when the connection fails (once it was aborted, whatever it throws counts as closed).</summary>
+    private static bool IsTlsFailure(Exception e) => e is IOException or AuthenticationException or ObjectDisposedException;
+
+    /// <summary>A read or write of a TLS connection failed: its error, as the plain path words it.</summary>
+    private TransportException TlsFailure(Exception e, bool receive) => SocketErrorOf(e) switch
+    {
+        SocketError.TimedOut or SocketError.WouldBlock => new TransportException(receive
+            ? $"{Name}: peer silent for longer than the timeout"
+            : $"{Name}: peer stopped reading for longer than the timeout"),
+        _ when e is ObjectDisposedException || Volatile.Read(ref _disposed) != 0 => new TransportException($"{Name}: closed"),
+        _ => new TransportException($"{Name}: {(receive ? "receive" : "send")} failed: TLS: {Innermost(e)}"),
+    };
+
     /// <summary>Reads exactly dst.Length bytes. False on a clean EOF before the first byte; EOF in the middle is an error.</summary>
     public bool ReadExact(Span<byte> dst)
     {
@@ -63,11 +135,19 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
         while (done < dst.Length)
         {
             int n;
-            try { n = Socket.Receive(dst[done..]); }
-            catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut || e.SocketErrorCode == SocketError.WouldBlock)
-            { throw new TransportException($"{Name}: peer silent for longer than the timeout"); }
-            catch (SocketException e) { throw new TransportException($"{Name}: receive failed: {Describe(e)}"); }
-            catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
+            if (_tls is null)
+            {
+                try { n = Socket.Receive(dst[done..]); }
+                catch (SocketException e) when (e.SocketErrorCode == SocketError.TimedOut || e.SocketErrorCode == SocketError.WouldBlock)
+                { throw new TransportException($"{Name}: peer silent for longer than the timeout"); }
+                catch (SocketException e) { throw new TransportException($"{Name}: receive failed: {Describe(e)}"); }
+                catch (ObjectDisposedException) { throw new TransportException($"{Name}: closed"); }
+            }
+            else
+            {
+                try { n = _tls.Read(dst[done..]); }
+                catch (Exception e) when (IsTlsFailure(e) || Volatile.Read(ref _disposed) != 0) { throw TlsFailure(e, receive: true); }
+            }
             if (n == 0)
             {
                 if (done == 0) return false;
@@ -80,6 +160,16 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
 
     public void WriteAll(ReadOnlySpan<byte> src)
     {
+        if (_tls is not null)
+        {
+            try
+            {
+                _tls.Write(src);
+                _tls.Flush();
+            }
+            catch (Exception e) when (IsTlsFailure(e) || Volatile.Read(ref _disposed) != 0) { throw TlsFailure(e, receive: false); }
+            return;
+        }
         try
         {
             while (!src.IsEmpty)
@@ -100,6 +190,11 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
     /// </summary>
     public unsafe void WritePacket(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
     {
+        if (_tls is not null)
+        {
+            WriteTlsPacket(header, payload);
+            return;
+        }
         try
         {
             // h, p: the caller's spans, pinned by fixed for every writev; iov: stack memory of this frame.
@@ -135,6 +230,18 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
     /// <summary>A socket error as its errno's name and meaning (on Linux the native code of a SocketException is the errno).</summary>
     public static string Describe(SocketException e) => ErrnoNames.Describe(e.NativeErrorCode);
 
+    /// <summary>TLS: header and payload, two records that leave in one send (<see cref="SocketRecordStream"/> buffers them).</summary>
+    private void WriteTlsPacket(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload)
+    {
+        try
+        {
+            _tls!.Write(header);
+            _tls.Write(payload);
+            _tls.Flush();
+        }
+        catch (Exception e) when (IsTlsFailure(e) || Volatile.Read(ref _disposed) != 0) { throw TlsFailure(e, receive: false); }
+    }
+
     /// <summary>Unblocks any thread in a send or receive on this connection.</summary>
     public void Abort()
     {
@@ -145,6 +252,9 @@ internal sealed class Connection : IDataChannelWriter, IDisposable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
             Socket.Dispose();
+            _tls?.Dispose(); // after the socket: a thread blocked in it has been woken
+        }
     }
 }

@@ -37,6 +37,8 @@ public enum HandshakeStatus : ushort
     UnknownSession = 2,
     BadChannelIndex = 3,
     DuplicateChannel = 4,
+    /// <summary>A main channel while another source's session is being served.</summary>
+    Busy = 5,
 }
 
 /// <summary>The first 32 bytes on every connection: magic, version, channel index (0 = main), session id, channel count, CRC32C.</summary>

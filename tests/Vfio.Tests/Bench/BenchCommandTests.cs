@@ -51,6 +51,22 @@ public class BenchCommandTests : IDisposable
     }
 
     [Fact]
+    public void TlsRunsEachDecoupledScenarioAgainOverTlsAndComparesThem()
+    {
+        string json = Path.Combine(_dir, "tls.json");
+        var (code, output, error) = Run("bench", "--tls", "--devices", "2", "--loading", "decoupled,coupled", "--channels", "2",
+            "--channel-sweep", "none", "--repeat", "1", "--state-size", "4MiB", "--sim-load-rate", "200MiB", "--skip-memory", "--out", _dir,
+            "--json", json);
+        Assert.True(code == 0, output + error);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var rows = doc.RootElement.GetProperty("rows").EnumerateArray().ToList();
+        // The TLS twin follows its decoupled scenario; coupled runs have none.
+        Assert.Equal(["decoupled", "decoupled+tls", "coupled"], rows.Select(r => r.GetProperty("mode").GetString()));
+        Assert.All(rows, r => Assert.True(r.GetProperty("verified").GetBoolean()));
+        Assert.Contains("TLS downtime within x1.10 of the device bound, 2 devices", output);
+    }
+
+    [Fact]
     public void NullDevicesAreComparedWithIperf3()
     {
         string json = Path.Combine(_dir, "null.json");

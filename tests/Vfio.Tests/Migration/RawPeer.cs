@@ -41,6 +41,9 @@ internal sealed class RawPeer : IDisposable
         _stream.Write(b, 0, Protocol.MessageHeaderSize + n);
     }
 
+    /// <summary>Bytes as they are, framed or not.</summary>
+    public void SendRaw(byte[] bytes) => _stream.Write(bytes);
+
     /// <summary>The type of the next message (its body is read and dropped).</summary>
     public MessageType ReceiveType()
     {
