@@ -70,9 +70,12 @@ internal sealed class DestinationRun
             ctl.Register(mainConnection);
             var main = _main = new MainChannel(mainConnection, "source");
             ctl.BeforeAbort = main.TrySendError;
-            bufferSize = TakeDeviceList(main.Expect<DeviceListMessage>("before sending its device list"));
-            _pool = new BufferPool(bufferSize);
-            _pool.Reserve(_devices.Count * _options.Window + _channels); // a full window per device, and a buffer per receive thread
+            var list = main.Expect<DeviceListMessage>("before sending its device list");
+            CheckLimits(list);
+            bufferSize = TakeDeviceList(list);
+            // A full window per device, and a buffer per receive thread.
+            _pool = new BufferPool(bufferSize, _devices.Count * _options.Window + _channels);
+            _pool.Reserve();
             prepared = true;
             _sinks = PrepareDevices();
             wake = ctl.Token.Register(() => { foreach (var s in _sinks) s.Wake(); _switchover.Set(); });
@@ -165,6 +168,20 @@ internal sealed class DestinationRun
         Timeline.Mark("destination_last_running", lastRunning);
         Timeline.Mark("source_first_stop", _sourceFirstStopUs);
         return lastRunning;
+    }
+
+    /// <summary>
+    /// What this side will reserve follows from its own limits: a source that asks for more data channels or larger buffers
+    /// than its options allow is refused before anything is reserved (docs/protocol.md section 4, "Memory").
+    /// </summary>
+    private void CheckLimits(in DeviceListMessage list)
+    {
+        if (_channels > _options.Channels)
+            throw new MigrationException(
+                $"the source asks for {_channels} data channels, this destination accepts at most {_options.Channels} (--channels)");
+        if (list.BufferSize > _options.BufferSize)
+            throw new MigrationException($"the source asks for buffers of {list.BufferSize} bytes, this destination accepts at most "
+                + $"{_options.BufferSize} (--buffer-size)");
     }
 
     private int TakeDeviceList(in DeviceListMessage list)

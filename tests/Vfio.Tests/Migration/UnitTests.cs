@@ -68,7 +68,7 @@ public class UnitTests
         using var dev = new SimulatedDevice("sim:q", TestDevices.Fast());
         dev.SetState(MigrationState.Stop);
         using var stream = dev.SetState(MigrationState.Resuming)!;
-        var pool = new BufferPool(4096);
+        var pool = new BufferPool(4096, 8);
         var timeline = new RunTimeline();
         var sink = new DeviceSink(0, dev, stream, 4, pool, timeline.AddTrack("t", "loader", "destination", 0));
         sink.Offer(1, PacketFlags.Data, pool.Rent(), 10, 0, 1);
