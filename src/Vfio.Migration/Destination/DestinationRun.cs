@@ -194,6 +194,12 @@ internal sealed class DestinationRun
             _progress.Expected[i] = (long)offer.ExpectedBytes;
             if (!offer.Flags.HasFlag(MigrationFlags.StopCopy))
                 throw new MigrationException($"source device {offer.Name} does not support STOP_COPY", i);
+            // Before any device stops: a stream this device cannot load would otherwise fail only inside the downtime.
+            var (verdict, reason) = StreamCompatibility.Check(offer.Identity, _devices[i].Identity);
+            if (verdict == StreamVerdict.Incompatible)
+                throw new MigrationException($"cannot load the stream of source device {offer.Name}: {reason}", i);
+            if (verdict == StreamVerdict.Differs)
+                _log.LogWarning("{Device}: source device {Source}: {Reason}", _devices[i].Name, offer.Name, reason);
             _log.LogDebug("device {Index}: {Source} -> {Destination}, about {Bytes} bytes", i, offer.Name, _devices[i].Name, offer.ExpectedBytes);
         }
         return list.BufferSize;

@@ -69,7 +69,7 @@ internal sealed class SourceRun
             main = new MainChannel(Connect(destination, 0, session, ctl), "destination");
             ctl.BeforeAbort = main.TrySendError;
             main.Send(new DeviceListMessage(_options.BufferSize, _options.Loading,
-                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags)).ToArray()));
+                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags, d.Identity)).ToArray()));
             TakeAccept(main.Expect<AcceptMessage>("before accepting"));
             _log.LogInformation("connected to {Destination}: {Devices} devices, {Channels} data channels, window {Window} x {Buffer} bytes",
                 destination, _devices.Count, _options.Channels, _window, _options.BufferSize);

@@ -9,17 +9,20 @@ public static class Protocol
     public const uint HandshakeMagic = 0x47494D56;      // "VMIG"
     public const uint HandshakeReplyMagic = 0x41494D56; // "VMIA"
     public const uint PacketMagic = 0x50444D56;         // "VMDP"
-    public const ushort Version = 2;
+    /// <summary>3: the device list carries each device's driver, kernel and firmware (2 did not; 1 had no commit point).</summary>
+    public const ushort Version = 3;
     public const int HandshakeSize = 32;
     public const int HandshakeReplySize = 16;
     public const int PacketHeaderSize = 32;
     public const int MessageHeaderSize = 8;
-    /// <summary>No message body is larger (the largest, a DeviceList of MaxDevices devices, is about 261 KiB).</summary>
+    /// <summary>No message body is larger (the largest, a DeviceList of MaxDevices devices, is about 310 KiB).</summary>
     public const int MaxMessageBody = 1 << 20;
     /// <summary>UTF-8 bytes of a device name on the wire (longer names are cut at a character boundary).</summary>
     public const int MaxNameBytes = 1024;
     /// <summary>UTF-8 bytes of an error or result text on the wire (longer texts are cut at a character boundary).</summary>
     public const int MaxTextBytes = 4096;
+    /// <summary>UTF-8 bytes of a driver name, kernel release or firmware version in the device list.</summary>
+    public const int MaxIdentityBytes = 64;
     public const int MinWindow = 1;
     public const int MaxWindow = 4096;
     public const int MaxChannels = 64;
