@@ -117,7 +117,10 @@ public readonly record struct PacketHeader(ushort Device, PacketFlags Flags, uin
         BinaryPrimitives.WriteUInt32LittleEndian(b[28..], Crc32C.Compute(b[..28]));
     }
 
-    /// <summary>Parses and validates what can be checked without session context (magic, header CRC, flags).</summary>
+    /// <summary>
+    /// Parses and validates what can be checked without session context: magic, header CRC, flags, reserved bytes, the
+    /// fields of a channel-end packet and the protocol's largest length (the receiver checks the rest against its session).
+    /// </summary>
     public static PacketHeader Read(ReadOnlySpan<byte> b, int channel)
     {
         uint magic = BinaryPrimitives.ReadUInt32LittleEndian(b);
@@ -128,11 +131,18 @@ public readonly record struct PacketHeader(ushort Device, PacketFlags Flags, uin
         var flags = (PacketFlags)BinaryPrimitives.ReadUInt16LittleEndian(b[6..]);
         if (flags != PacketFlags.Data && flags != (PacketFlags.Config | PacketFlags.End) && flags != PacketFlags.ChannelEnd)
             throw new ProtocolException($"channel {channel}: invalid packet flags 0x{(ushort)flags:x}");
+        ushort device = BinaryPrimitives.ReadUInt16LittleEndian(b[4..]);
+        uint buffer = BinaryPrimitives.ReadUInt32LittleEndian(b[8..]);
         uint length = BinaryPrimitives.ReadUInt32LittleEndian(b[12..]);
+        uint payloadCrc = BinaryPrimitives.ReadUInt32LittleEndian(b[16..]);
         if (length > Protocol.MaxBufferSize)
             throw new ProtocolException($"channel {channel}: packet length {length} exceeds the protocol maximum");
-        return new PacketHeader(BinaryPrimitives.ReadUInt16LittleEndian(b[4..]), flags, BinaryPrimitives.ReadUInt32LittleEndian(b[8..]),
-            (int)length, BinaryPrimitives.ReadUInt32LittleEndian(b[16..]));
+        if (BinaryPrimitives.ReadUInt64LittleEndian(b[20..]) != 0)
+            throw new ProtocolException($"channel {channel}: packet with non-zero reserved bytes");
+        if (flags == PacketFlags.ChannelEnd && (device != Protocol.ChannelEndDevice || buffer != 0 || length != 0 || payloadCrc != 0))
+            throw new ProtocolException($"channel {channel}: channel-end packet with device {device}, buffer {buffer}, length {length}, "
+                + $"payload CRC 0x{payloadCrc:x8} (must be 0xffff, 0, 0, 0)");
+        return new PacketHeader(device, flags, buffer, (int)length, payloadCrc);
     }
 }
 
