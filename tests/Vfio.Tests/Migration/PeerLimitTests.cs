@@ -237,6 +237,17 @@ public class PeerLimitTests
     }
 
     [Fact]
+    public void A_timeline_track_keeps_a_bounded_number_of_spans_and_counts_the_rest()
+    {
+        // One span per packet received: a source sending one-byte packets must not make the timeline grow with them.
+        var track = new RunTimeline().AddTrack("dst channel 1 receive", "receive", "destination");
+        for (int i = 0; i < TimelineTrack.MaxSpans + 1000; i++) track.Add(TraceKind.Receive, i, i + 1, 1, i);
+        Assert.Equal(TimelineTrack.MaxSpans, track.Spans.Count);
+        Assert.Equal(1000, track.Dropped);
+        Assert.Equal(TimelineTrack.MaxSpans - 1, track.Spans[^1].Buffer);
+    }
+
+    [Fact]
     public void The_pool_never_holds_more_than_its_capacity()
     {
         var pool = new BufferPool(4096, 3);
