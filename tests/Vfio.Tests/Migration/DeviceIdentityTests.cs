@@ -124,8 +124,20 @@ public class DeviceIdentityTests
         var log = new CapturingLogger();
         var report = Loopback.Run(src, dst, TestDevices.Options(1), log, cancel: TestContext.Current.CancellationToken);
         Assert.True(report.Ok, report.Error);
-        Assert.Equal(SimulatedDevice.SimulatedIdentity, src[0].Identity);
+        Assert.Equal(SimulatedDevice.SimulatedIdentity, ((IMigrationDevice)src[0]).Identity);
         Assert.DoesNotContain(log.Lines, l => l.Level >= LogLevel.Warning);
+    }
+
+    [Fact]
+    public void A_simulated_stream_is_not_loaded_into_a_null_device()
+    {
+        var (src, _) = TestDevices.Pairs(1);
+        using var sink = new NullDevice("null:vf0", 256 << 10);
+        var report = Loopback.Run(src, [sink], TestDevices.Options(1), cancel: TestContext.Current.CancellationToken);
+        Assert.False(report.Ok);
+        Assert.Equal("null:vf0: cannot load the stream of source device sim:vf0: source driver vfio-mig-sim, destination driver "
+            + "vfio-mig-null: one driver cannot load another's stream", report.Error);
+        Assert.Equal(0, report.FirstStopUs);
     }
 
     /// <summary>Keeps every line logged (from any thread).</summary>
