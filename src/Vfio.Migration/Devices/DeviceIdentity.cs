@@ -12,11 +12,6 @@ public readonly record struct DeviceIdentity(string Driver, string Kernel, strin
 {
     /// <summary>A device that cannot tell.</summary>
     public static DeviceIdentity Unknown { get; } = new("", "", "");
-
-    public override string ToString() =>
-        $"driver {Or(Driver)}, kernel {Or(Kernel)}, firmware {Or(Firmware)}";
-
-    private static string Or(string? s) => string.IsNullOrEmpty(s) ? "unknown" : s;
 }
 
 public enum StreamVerdict
@@ -39,7 +34,7 @@ public static partial class StreamCompatibility
 {
     public const string Mlx5Driver = "mlx5_vfio_pci";
 
-    /// <summary>The kernels at which mlx5_vfio_pci's stream format changed (6.2: PRE_COPY and headed records; 6.3: the format since).</summary>
+    /// <summary>The kernels at which mlx5_vfio_pci's stream format changed (6.2 added PRE_COPY; 6.3 the headed records of today).</summary>
     private static readonly (int Major, int Minor)[] s_mlx5FormatChanges = [(6, 2), (6, 3)];
 
     [GeneratedRegex(@"^(\d{1,4})\.(\d{1,4})(?!\d)")]
