@@ -12,17 +12,17 @@ internal sealed class MigrationOptionSet
 {
     public readonly Option<int> Channels = new("--channels")
     {
-        Description = "Data channels (TCP connections besides the main channel)",
+        Description = "Data channels (TCP connections besides the main channel); receive: the most it accepts",
         DefaultValueFactory = _ => 6,
     };
     public readonly Option<string> BufferSize = new("--buffer-size")
     {
-        Description = "Bytes per data buffer read from a device, e.g. 1MiB",
+        Description = "Bytes per data buffer read from a device, e.g. 1MiB; receive: the largest it accepts",
         DefaultValueFactory = _ => "1MiB",
     };
     public readonly Option<int> Window = new("--window")
     {
-        Description = "Buffers per device the destination lets be in flight (credits)",
+        Description = "Buffers per device in flight (credits): receive grants it, send keeps at most it",
         DefaultValueFactory = _ => MigrationOptions.DefaultWindow,
     };
     public readonly Option<double> Timeout = new("--timeout")

@@ -40,6 +40,9 @@ public sealed class NullDevice : IMigrationDevice
     public string Name { get; }
     public long StateSize { get; }
     public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P;
+    /// <summary>Every null device, on any host: a stream of no format but its bytes.</summary>
+    public static DeviceIdentity NullIdentity { get; } = new("vfio-mig-null", "simulated", "");
+    public DeviceIdentity Identity => NullIdentity;
     public IEnumerable<Type> DataPathTypes => [typeof(NullDevice), typeof(Session), typeof(SoftwareTransitions)];
 
     private byte[] OwnConfig()

@@ -122,6 +122,9 @@ public sealed class SimulatedDevice : IMigrationDevice
     public SimulatedDeviceOptions Options => _options;
     public SimulatedPf Pf => _pf;
     public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P;
+    /// <summary>Every simulated device, on any host: its stream format is the simulator's own.</summary>
+    public static DeviceIdentity SimulatedIdentity { get; } = new("vfio-mig-sim", "simulated", "sim-stream-1");
+    public DeviceIdentity Identity => SimulatedIdentity;
     public IEnumerable<Type> DataPathTypes =>
         [typeof(SimulatedDevice), typeof(Session), typeof(SimulatedPf), typeof(SimStream), typeof(SimStreamGenerator), typeof(SimStreamParser),
          typeof(SoftwareTransitions), typeof(PreciseSleep)];

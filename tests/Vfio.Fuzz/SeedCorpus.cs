@@ -34,8 +34,6 @@ public static class SeedCorpus
         yield return new(WireTarget.PacketHeader, "data-largest", Raw(Header(255, PacketFlags.Data, uint.MaxValue, Protocol.MaxBufferSize)));
         yield return new(WireTarget.PacketHeader, "config-end", Raw(Header(0, PacketFlags.Config | PacketFlags.End, 12, 256)));
         yield return new(WireTarget.PacketHeader, "channel-end", Raw(Header(Protocol.ChannelEndDevice, PacketFlags.ChannelEnd, 0, 0)));
-        yield return new(WireTarget.PacketHeader, "reserved-set-crc-by-harness",
-            [1, .. Header(2, PacketFlags.Data, 1, 1).AsSpan(0, 20), .. Enumerable.Repeat((byte)0x5A, 12)]);
         foreach (var (name, body) in ValidBodies())
             yield return new(WireTarget.Body, name, body);
         yield return new(WireTarget.Framing, "source-session", Frames(SourceSession()));
@@ -48,6 +46,9 @@ public static class SeedCorpus
     {
         var hs = Handshake(0, 4);
         yield return new(WireTarget.Handshake, "bad-magic", Raw(Patched(hs, 0, 0x47494D57u, withCrc: true)));
+        // A packet header's reserved bytes must be 0 (the harness writes a valid CRC over them).
+        yield return new(WireTarget.PacketHeader, "reserved-set-crc-by-harness",
+            [1, .. Header(2, PacketFlags.Data, 1, 1).AsSpan(0, 20), .. Enumerable.Repeat((byte)0x5A, 12)]);
         yield return new(WireTarget.Handshake, "version-1", Raw(Patched16(hs, 4, 1, withCrc: true)));
         yield return new(WireTarget.Handshake, "bad-crc", Raw(Patched(hs, 28, ~BinaryPrimitives.ReadUInt32LittleEndian(hs.AsSpan(28)))));
         yield return new(WireTarget.Handshake, "short", Raw(hs[..31]));
@@ -234,7 +235,8 @@ public static class SeedCorpus
     private static byte[] Header(ushort device, PacketFlags flags, uint buffer, int length)
     {
         var b = new byte[Protocol.PacketHeaderSize];
-        new PacketHeader(device, flags, buffer, length, 0xC0FFEE).Write(b);
+        // A channel end carries no payload, so no payload CRC either.
+        new PacketHeader(device, flags, buffer, length, flags == PacketFlags.ChannelEnd ? 0u : 0xC0FFEEu).Write(b);
         return b;
     }
 

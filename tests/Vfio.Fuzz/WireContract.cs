@@ -76,15 +76,15 @@ public static class WireContract
         if (!Decode(() => Migration.PacketHeader.Read(b, 1), "packet header", out var h)) return Outcome.Refused;
         var again = new byte[Protocol.PacketHeaderSize];
         h.Write(again);
-        // Bytes 20..27 are reserved.
-        Require(again.AsSpan(0, 20).SequenceEqual(b.AsSpan(0, 20)), "packet header: accepted, but re-encodes its fields differently");
+        // Bytes 20..27 are reserved and must be 0, so an accepted header re-encodes to every byte it was read from.
+        Require(again.AsSpan(0, 28).SequenceEqual(b.AsSpan(0, 28)), "packet header: accepted, but re-encodes differently (reserved bytes?)");
         Require(BinaryPrimitives.ReadUInt32LittleEndian(b.AsSpan(28)) == Crc32C.Compute(b.AsSpan(0, 28)), "packet header: accepted a bad CRC");
         Require(h.Flags is PacketFlags.Data or (PacketFlags.Config | PacketFlags.End) or PacketFlags.ChannelEnd,
             $"packet header: accepted flags 0x{(ushort)h.Flags:x}");
         Require(h.Length is >= 0 and <= Protocol.MaxBufferSize, $"packet header: accepted length {h.Length}");
         // A channel end carries no payload and names no device (docs/protocol.md section 3): nothing in a session decides that.
-        Require(h.Flags != PacketFlags.ChannelEnd || (h.Device == Protocol.ChannelEndDevice && h.Length == 0),
-            $"packet header: accepted a channel end for device {h.Device} with {h.Length} payload bytes");
+        Require(h.Flags != PacketFlags.ChannelEnd || (h.Device == Protocol.ChannelEndDevice && h.Length == 0 && h.Buffer == 0 && h.PayloadCrc == 0),
+            $"packet header: accepted a channel end for device {h.Device}, buffer {h.Buffer}, {h.Length} payload bytes, CRC {h.PayloadCrc:x}");
         return Outcome.Accepted;
     }
 

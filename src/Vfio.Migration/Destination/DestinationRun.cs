@@ -72,9 +72,11 @@ internal sealed class DestinationRun
             ctl.Register(source.Main.Connection);
             var main = _main = source.Main;
             ctl.BeforeAbort = main.TrySendError;
+            CheckLimits(source.DeviceList);
             bufferSize = TakeDeviceList(source.DeviceList);
-            _pool = new BufferPool(bufferSize);
-            _pool.Reserve(_devices.Count * _options.Window + _channels); // a full window per device, and a buffer per receive thread
+            // A full window per device, and a buffer per receive thread.
+            _pool = new BufferPool(bufferSize, _devices.Count * _options.Window + _channels);
+            _pool.Reserve();
             prepared = true;
             _sinks = PrepareDevices();
             wake = ctl.Token.Register(() => { foreach (var s in _sinks) s.Wake(); _switchover.Set(); });
@@ -172,6 +174,20 @@ internal sealed class DestinationRun
         return lastRunning;
     }
 
+    /// <summary>
+    /// What this side will reserve follows from its own limits: a source that asks for more data channels or larger buffers
+    /// than its options allow is refused before anything is reserved (docs/protocol.md section 4, "Memory").
+    /// </summary>
+    private void CheckLimits(in DeviceListMessage list)
+    {
+        if (_channels > _options.Channels)
+            throw new MigrationException(
+                $"the source asks for {_channels} data channels, this destination accepts at most {_options.Channels} (--channels)");
+        if (list.BufferSize > _options.BufferSize)
+            throw new MigrationException($"the source asks for buffers of {list.BufferSize} bytes, this destination accepts at most "
+                + $"{_options.BufferSize} (--buffer-size)");
+    }
+
     private int TakeDeviceList(in DeviceListMessage list)
     {
         if (list.Devices.Length != _devices.Count)
@@ -182,6 +198,12 @@ internal sealed class DestinationRun
             _progress.Expected[i] = (long)offer.ExpectedBytes;
             if (!offer.Flags.HasFlag(MigrationFlags.StopCopy))
                 throw new MigrationException($"source device {offer.Name} does not support STOP_COPY", i);
+            // Before any device stops: a stream this device cannot load would otherwise fail only inside the downtime.
+            var (verdict, reason) = StreamCompatibility.Check(offer.Identity, _devices[i].Identity);
+            if (verdict == StreamVerdict.Incompatible)
+                throw new MigrationException($"cannot load the stream of source device {offer.Name}: {reason}", i);
+            if (verdict == StreamVerdict.Differs)
+                _log.LogWarning("{Device}: source device {Source}: {Reason}", _devices[i].Name, offer.Name, reason);
             _log.LogDebug("device {Index}: {Source} -> {Destination}, about {Bytes} bytes", i, offer.Name, _devices[i].Name, offer.ExpectedBytes);
         }
         return list.BufferSize;

@@ -13,6 +13,12 @@ public interface IMigrationDevice : IDisposable
     /// <summary>VFIO_DEVICE_FEATURE_MIGRATION flags (STOP_COPY is required; P2P decides the quiesce path).</summary>
     MigrationFlags Flags { get; }
 
+    /// <summary>
+    /// The driver, kernel and firmware its stream format depends on, for the destination's check before any device stops
+    /// (<see cref="StreamCompatibility"/>); a device that cannot tell reports <see cref="DeviceIdentity.Unknown"/>.
+    /// </summary>
+    DeviceIdentity Identity => DeviceIdentity.Unknown;
+
     MigrationState GetState();
 
     /// <summary>

@@ -10,16 +10,20 @@ namespace Vfio.Migration;
 /// Digest: a device that publishes a "digest" sysfs attribute (the project's vfio_mig_sim kernel module:
 /// SHA-256 of its state, hex) reports its first 64 bits; other real devices report none (the stream
 /// checksum is still verified).
+/// Identity (<see cref="Identify"/>): the bound driver, the running kernel's release and the firmware version sysfs shows.
 /// </summary>
 public sealed class RealDeviceAdapter : IMigrationDevice
 {
     public const int ConfigBytes = 256;
     private readonly VfioDevice _device;
 
+    private const string KernelReleasePath = "/proc/sys/kernel/osrelease";
+
     private RealDeviceAdapter(VfioDevice device, MigrationFlags flags)
     {
         _device = device;
         Flags = flags;
+        Identity = Identify(device.Sysfs, VfioSysfs.ReadAttribute(KernelReleasePath) ?? "");
     }
 
     public static IMigrationDevice Open(string spec)
@@ -47,6 +51,31 @@ public sealed class RealDeviceAdapter : IMigrationDevice
 
     public string Name => _device.Name;
     public MigrationFlags Flags { get; }
+    public DeviceIdentity Identity { get; }
+
+    /// <summary>
+    /// What sysfs shows of a device's stream format: the bound driver (for an mdev its mdev type, which the kernel names
+    /// after the parent's driver), the kernel release given, and the firmware version of the device or, for a VF, of its
+    /// PF (through physfn): the fw_ver of the RDMA device on that function (mlx5_ib publishes the adapter's firmware
+    /// there; a VF bound to a VFIO driver has no RDMA device of its own). "" for what is not there.
+    /// </summary>
+    internal static DeviceIdentity Identify(VfioSysfsDevice? sysfs, string kernelRelease)
+    {
+        if (sysfs is null) return DeviceIdentity.Unknown with { Kernel = kernelRelease };
+        string driver = (sysfs.Kind == VfioDeviceKind.Mdev ? sysfs.MdevType : sysfs.Driver) ?? "";
+        string firmware = FirmwareVersion(sysfs.SysfsPath) ?? FirmwareVersion(Path.Combine(sysfs.SysfsPath, "physfn")) ?? "";
+        return new DeviceIdentity(driver, kernelRelease, firmware);
+    }
+
+    /// <summary>The fw_ver of the first RDMA device (by name) on a PCI function's sysfs directory, or null.</summary>
+    private static string? FirmwareVersion(string function)
+    {
+        string[] rdma;
+        try { rdma = Directory.Exists(Path.Combine(function, "infiniband")) ? Directory.GetDirectories(Path.Combine(function, "infiniband")) : []; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+        return rdma.Order(StringComparer.Ordinal).Select(d => VfioSysfs.ReadAttribute(Path.Combine(d, "fw_ver")))
+            .FirstOrDefault(v => !string.IsNullOrEmpty(v));
+    }
 
     public MigrationState GetState() => _device.GetMigrationState();
 

@@ -45,9 +45,13 @@ public readonly record struct TraceSpan(
 /// <summary>
 /// One track of the timeline: the activity of one thread (a device loader, a save thread, a channel).
 /// Each track is written by one thread only, so adding a span takes no lock; read it once the run is over.
+/// A track keeps its first <see cref="MaxSpans"/> spans and counts the rest: the peer decides how many packets it
+/// sends (down to one byte each), so the timeline must not grow with them.
 /// </summary>
 public sealed class TimelineTrack
 {
+    /// <summary>Spans a track keeps (about 1.5 MiB): 16384 buffers of a device, or 32768 packets of a channel.</summary>
+    public const int MaxSpans = 1 << 15;
     private readonly List<TraceSpan> _spans = new(256);
 
     internal TimelineTrack(string name, string category, string side, int device)
@@ -67,9 +71,14 @@ public sealed class TimelineTrack
     /// <summary>Device index, or -1 for channel tracks.</summary>
     public int Device { get; }
     public IReadOnlyList<TraceSpan> Spans => _spans;
+    /// <summary>Spans not kept because the track was full.</summary>
+    public long Dropped { get; private set; }
 
-    public void Add(TraceKind kind, long startUs, long endUs, long bytes = 0, int buffer = -1, string? detail = null, int device = -1) =>
-        _spans.Add(new TraceSpan(kind, startUs, endUs, bytes, buffer, device < 0 ? Device : device, detail));
+    public void Add(TraceKind kind, long startUs, long endUs, long bytes = 0, int buffer = -1, string? detail = null, int device = -1)
+    {
+        if (_spans.Count < MaxSpans) _spans.Add(new TraceSpan(kind, startUs, endUs, bytes, buffer, device < 0 ? Device : device, detail));
+        else Dropped++;
+    }
 }
 
 /// <summary>A named instant (switchover, first source stop, last destination running, failure).</summary>

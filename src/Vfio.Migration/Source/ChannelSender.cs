@@ -10,10 +10,13 @@ internal interface IDataChannelWriter
 }
 
 /// <summary>
-/// One data channel's sender thread: takes the next packet the scheduler gives this channel, writes it, returns its
-/// buffer to the pool; CHANNEL_END once the scheduler has nothing more. Everything here belongs to that thread.
+/// One data channel's sender thread: takes the next packet the scheduler gives this channel, counts it as sent, writes
+/// it, returns its buffer to the pool; CHANNEL_END once the scheduler has nothing more. Everything here belongs to that
+/// thread, except the sent counters (one per device, Interlocked; the main receive thread reads them to refuse credits
+/// for packets that have not left: a packet still queued holds its buffer until a sender takes it).
 /// </summary>
-internal sealed class ChannelSender(int channel, IDataChannelWriter writer, IPacketScheduler scheduler, BufferPool pool, TimelineTrack track)
+internal sealed class ChannelSender(int channel, IDataChannelWriter writer, IPacketScheduler scheduler, BufferPool pool, long[] sent,
+    TimelineTrack track)
 {
     public void Run(CancellationToken token)
     {
@@ -22,6 +25,8 @@ internal sealed class ChannelSender(int channel, IDataChannelWriter writer, IPac
         {
             long t0 = MigrationClock.NowUs;
             new PacketHeader((ushort)p.Device, p.Flags, p.Buffer, p.Length, p.Crc).Write(header);
+            // Before the write: the destination may load the packet and return its credit before the write returns.
+            Interlocked.Increment(ref sent[p.Device]);
             writer.WritePacket(header, p.Payload.Span);
             track.Add(TraceKind.Send, t0, MigrationClock.NowUs, p.Length, (int)p.Buffer, device: p.Device);
             if (p.Pooled is not null) pool.Return(p.Pooled);

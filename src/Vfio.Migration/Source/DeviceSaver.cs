@@ -7,11 +7,10 @@ namespace Vfio.Migration;
 /// One source device's save thread: STOP->STOP_COPY, then per buffer take a credit, read the data stream into a pooled
 /// buffer (or lend the bytes in place), CRC32C, queue; then the config state, STOP_COPY->STOP and DeviceDone.
 /// Everything here belongs to the save thread, except <see cref="StartLine"/> (shared, Interlocked), the progress
-/// counter, the device's entry of the sent counters (written Interlocked, read by the main receive thread), and the
-/// two "since" stamps the heartbeat thread's watchdog reads (Volatile).
+/// counter, and the two "since" stamps the heartbeat thread's watchdog reads (Volatile).
 /// </summary>
 internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? digest, CreditGate credits, IPacketScheduler scheduler,
-    BufferPool pool, long[] sent, MigrationProgress progress, DeviceSaver.StartLine started, TimelineTrack track, MainChannel main,
+    BufferPool pool, MigrationProgress progress, DeviceSaver.StartLine started, TimelineTrack track, MainChannel main,
     ILogger log)
 {
     /// <summary>Counts the devices whose first buffer was read.</summary>
@@ -89,7 +88,6 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? dig
             uint crc = Crc32C.Compute(payload.Span);
             StreamChecksum.Append(hash, buffer, n, crc);
             track.Add(TraceKind.Save, w1, r1, n, (int)buffer);
-            Interlocked.Increment(ref sent[index]);
             scheduler.Enqueue(new OutPacket(index, buffer++, PacketFlags.Data, payload, rented, crc));
             // While some device has not read its first buffer, step aside after each buffer: on a host with fewer
             // cores than devices, the save threads that woke first would otherwise fill their whole windows before
@@ -113,7 +111,6 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? dig
         track.Add(TraceKind.Transition, s0, MigrationClock.NowUs, detail: "STOP_COPY->STOP");
         var configBuffer = pool.Rent();
         config.CopyTo(configBuffer, 0);
-        Interlocked.Increment(ref sent[index]);
         scheduler.Enqueue(new OutPacket(index, buffer, PacketFlags.Config | PacketFlags.End, configBuffer.AsMemory(0, config.Length), configBuffer,
             Crc32C.Compute(config)));
         ulong checksum = hash.GetCurrentHashAsUInt64();

@@ -14,8 +14,9 @@ namespace Vfio.Migration;
 /// (<see cref="ChannelSender"/>, one per data channel) take them from the scheduler. The main receive thread writes
 /// the destination's answers (<see cref="_results"/> entries, <see cref="_result"/>, <see cref="_lastRunningUs"/>)
 /// and adds credits; the coordinator reads them only after <see cref="_resultArrived"/> or <see cref="_running"/> is
-/// set. <see cref="_sent"/> is written by the save threads
-/// (Interlocked) and read by the main receive thread, to refuse credits for buffers never sent.
+/// set. <see cref="_sent"/> is written by the sender threads as each packet starts to leave (Interlocked) and read by
+/// the main receive thread, to refuse credits for packets never sent. The coordinator makes the window, the credits and
+/// the pool from the Accept before any other thread starts.
 /// </summary>
 [System.Diagnostics.CodeAnalysis.SuppressMessage("Reliability", "CA1001",
     Justification = "a thread that outlived its join timeout may still wait on the event; it is left to the GC")]
@@ -26,7 +27,7 @@ internal sealed class SourceRun
     private readonly ILogger _log;
     private readonly MigrationProgress _progress;
     private readonly RunTimeline _timeline = new();
-    private readonly BufferPool _pool;
+    private BufferPool? _pool;
     private readonly DeviceReport[] _results;
     private readonly long[] _sent;
     private readonly ManualResetEventSlim _resultArrived = new();
@@ -45,7 +46,6 @@ internal sealed class SourceRun
         _options = side.Options;
         _log = side.Log;
         _progress = side.Progress;
-        _pool = new BufferPool(_options.BufferSize);
         _sent = new long[_devices.Count];
         _results = _devices.Select(d => new DeviceReport { Name = d.Name, SourceName = d.Name }).ToArray();
     }
@@ -69,7 +69,7 @@ internal sealed class SourceRun
             main = new MainChannel(Connect(destination, 0, session, ctl), "destination");
             ctl.BeforeAbort = main.TrySendError;
             main.Send(new DeviceListMessage(_options.BufferSize, _options.Loading,
-                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags)).ToArray()));
+                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags, d.Identity)).ToArray()));
             TakeAccept(main.Expect<AcceptMessage>("before accepting"));
             _log.LogInformation("connected to {Destination}: {Devices} devices, {Channels} data channels, window {Window} x {Buffer} bytes",
                 destination, _devices.Count, _options.Channels, _window, _options.BufferSize);
@@ -78,6 +78,8 @@ internal sealed class SourceRun
             for (int c = 0; c < data.Length; c++)
                 data[c] = Connect(destination, (ushort)(c + 1), session, ctl);
             _credits = _devices.Select(_ => new CreditGate(_window)).ToArray();
+            // Every buffer a window allows per device, and the one each sender may still hold once its credit is back.
+            var pool = _pool = new BufferPool(_options.BufferSize, _devices.Count * _window + _options.Channels);
             wake = ctl.Token.Register(() =>
             {
                 scheduler.Cancel();
@@ -91,7 +93,7 @@ internal sealed class SourceRun
             var senders = new List<Thread>();
             for (int c = 0; c < data.Length; c++)
             {
-                var sender = new ChannelSender(c + 1, _options.DataChannelWriter?.Invoke(c + 1, data[c]) ?? data[c], scheduler, _pool,
+                var sender = new ChannelSender(c + 1, _options.DataChannelWriter?.Invoke(c + 1, data[c]) ?? data[c], scheduler, pool, _sent,
                     _timeline.AddTrack($"src channel {c + 1} send", "send", "source"));
                 senders.Add(ctl.StartDataChannel($"src channel {c + 1} send", () => sender.Run(ctl.Token)));
             }
@@ -103,14 +105,14 @@ internal sealed class SourceRun
             // The save threads exist before the downtime starts (starting a thread can take milliseconds on a busy
             // machine); they wait for the devices to be stopped. The data path's code is compiled now, too.
             Warmup.Prepare(_devices);
-            _pool.Reserve(_devices.Count * (_window + 1)); // every buffer in flight, and each device's config
+            pool.Reserve();
             var go = new ManualResetEventSlim();
             var started = new DeviceSaver.StartLine(_devices.Count);
             var savers = new List<Thread>();
             _savers = new DeviceSaver[_devices.Count];
             for (int i = 0; i < _devices.Count; i++)
             {
-                var saver = _savers[i] = new DeviceSaver(i, _devices[i], digests[i], _credits[i], scheduler, _pool, _sent, _progress,
+                var saver = _savers[i] = new DeviceSaver(i, _devices[i], digests[i], _credits[i], scheduler, pool, _progress,
                     started, _timeline.AddTrack($"src save {_devices[i].Name}", "save", "source", i), mainMessages, _log);
                 savers.Add(ctl.Start($"src save {_devices[i].Name}", () =>
                 {
@@ -169,7 +171,7 @@ internal sealed class SourceRun
                     RestoreRunning();
                     _log.LogInformation("{Devices} source devices back to RUNNING", _devices.Count);
                 }
-                if (scheduler is NextIdleScheduler q) q.Drain(_pool);
+                if (scheduler is NextIdleScheduler q && _pool is not null) q.Drain(_pool);
                 _progress.Finishing = FinishingStep.None;
             }
             else
@@ -226,7 +228,11 @@ internal sealed class SourceRun
     {
         if (accept.DeviceNames.Length != _devices.Count)
             throw new ProtocolException($"main channel: destination has {accept.DeviceNames.Length} devices, source {_devices.Count}");
-        _window = accept.Window;
+        // The window is this side's memory: a destination may grant less than --window, never make it hold more.
+        _window = Math.Min(accept.Window, _options.Window);
+        if (accept.Window > _options.Window)
+            _log.LogInformation("the destination grants a window of {Granted} buffers; this source keeps at most {Window} in flight (--window)",
+                accept.Window, _options.Window);
         for (int i = 0; i < _devices.Count; i++)
             _results[i] = new DeviceReport { Name = accept.DeviceNames[i], SourceName = _devices[i].Name };
     }
@@ -332,7 +338,7 @@ internal sealed class SourceRun
         var report = new RunReport
         {
             Role = "source", Mode = _options.Loading, Channels = _options.Channels, BufferSize = _options.BufferSize,
-            Timeline = _timeline, Window = _window, FirstStopUs = firstStop, PoolBuffers = _pool.Allocated,
+            Timeline = _timeline, Window = _window, FirstStopUs = firstStop, PoolBuffers = _pool?.Allocated ?? 0,
         };
         report.Devices.AddRange(_results);
         report.SetOutcome(failure, "destination", _devices.Select(d => d.Name).ToArray(), outcomeUnknown);

@@ -56,13 +56,17 @@ public static class MessageCodec
 }
 
 /// <summary>One source device as the device list describes it.</summary>
-public readonly record struct DeviceOffer(string Name, ulong ExpectedBytes, MigrationFlags Flags);
+public readonly record struct DeviceOffer(string Name, ulong ExpectedBytes, MigrationFlags Flags, DeviceIdentity Identity)
+{
+    /// <summary>A device that cannot tell its driver, kernel or firmware.</summary>
+    public DeviceOffer(string name, ulong expectedBytes, MigrationFlags flags) : this(name, expectedBytes, flags, DeviceIdentity.Unknown) { }
+}
 
 /// <summary>Source to destination, first: the buffer size and the devices to migrate, in pairing order.</summary>
 public readonly record struct DeviceListMessage(int BufferSize, LoadingMode SourceLoading, DeviceOffer[] Devices) : IMessage<DeviceListMessage>
 {
     public static MessageType Type => MessageType.DeviceList;
-    public static int MaxBodySize => 12 + Protocol.MaxDevices * (2 + Protocol.MaxNameBytes + 16);
+    public static int MaxBodySize => 12 + Protocol.MaxDevices * (2 + Protocol.MaxNameBytes + 16 + 3 * (2 + Protocol.MaxIdentityBytes));
 
     public void Write(ref MessageWriter w)
     {
@@ -74,6 +78,9 @@ public readonly record struct DeviceListMessage(int BufferSize, LoadingMode Sour
             w.Str(d.Name, Protocol.MaxNameBytes);
             w.U64(d.ExpectedBytes);
             w.U64((ulong)d.Flags);
+            w.Str(d.Identity.Driver, Protocol.MaxIdentityBytes);
+            w.Str(d.Identity.Kernel, Protocol.MaxIdentityBytes);
+            w.Str(d.Identity.Firmware, Protocol.MaxIdentityBytes);
         }
     }
 
@@ -86,8 +93,23 @@ public readonly record struct DeviceListMessage(int BufferSize, LoadingMode Sour
         var loading = (LoadingMode)r.U32(); // informational: any value is accepted
         var devices = new DeviceOffer[count];
         for (int i = 0; i < count; i++)
-            devices[i] = new DeviceOffer(r.Str(Protocol.MaxNameBytes), r.U64(), (MigrationFlags)r.U64());
+        {
+            string name = r.Str(Protocol.MaxNameBytes);
+            ulong expected = r.U64();
+            var flags = (MigrationFlags)r.U64();
+            var identity = new DeviceIdentity(IdentityField(ref r, "driver"), IdentityField(ref r, "kernel"), IdentityField(ref r, "firmware"));
+            devices[i] = new DeviceOffer(name, expected, flags, identity);
+        }
         return new DeviceListMessage((int)buffer, loading, devices);
+    }
+
+    /// <summary>A version string goes into a one-line error or warning: control characters are refused.</summary>
+    private static string IdentityField(ref MessageReader r, string what)
+    {
+        string s = r.Str(Protocol.MaxIdentityBytes);
+        foreach (char c in s)
+            if (char.IsControl(c)) throw r.Malformed($"has a control character in a device's {what}");
+        return s;
     }
 }
 

@@ -9,17 +9,20 @@ public static class Protocol
     public const uint HandshakeMagic = 0x47494D56;      // "VMIG"
     public const uint HandshakeReplyMagic = 0x41494D56; // "VMIA"
     public const uint PacketMagic = 0x50444D56;         // "VMDP"
-    public const ushort Version = 2;
+    /// <summary>3: the device list carries each device's driver, kernel and firmware (2 did not; 1 had no commit point).</summary>
+    public const ushort Version = 3;
     public const int HandshakeSize = 32;
     public const int HandshakeReplySize = 16;
     public const int PacketHeaderSize = 32;
     public const int MessageHeaderSize = 8;
-    /// <summary>No message body is larger (the largest, a DeviceList of MaxDevices devices, is about 261 KiB).</summary>
+    /// <summary>No message body is larger (the largest, a DeviceList of MaxDevices devices, is about 310 KiB).</summary>
     public const int MaxMessageBody = 1 << 20;
     /// <summary>UTF-8 bytes of a device name on the wire (longer names are cut at a character boundary).</summary>
     public const int MaxNameBytes = 1024;
     /// <summary>UTF-8 bytes of an error or result text on the wire (longer texts are cut at a character boundary).</summary>
     public const int MaxTextBytes = 4096;
+    /// <summary>UTF-8 bytes of a driver name, kernel release or firmware version in the device list.</summary>
+    public const int MaxIdentityBytes = 64;
     public const int MinWindow = 1;
     public const int MaxWindow = 4096;
     public const int MaxChannels = 64;
@@ -116,7 +119,10 @@ public readonly record struct PacketHeader(ushort Device, PacketFlags Flags, uin
         BinaryPrimitives.WriteUInt32LittleEndian(b[28..], Crc32C.Compute(b[..28]));
     }
 
-    /// <summary>Parses and validates what can be checked without session context (magic, header CRC, flags, a channel end's fields).</summary>
+    /// <summary>
+    /// Parses and validates what can be checked without session context: magic, header CRC, flags, reserved bytes, the
+    /// fields of a channel-end packet and the protocol's largest length (the receiver checks the rest against its session).
+    /// </summary>
     public static PacketHeader Read(ReadOnlySpan<byte> b, int channel)
     {
         uint magic = BinaryPrimitives.ReadUInt32LittleEndian(b);
@@ -127,15 +133,18 @@ public readonly record struct PacketHeader(ushort Device, PacketFlags Flags, uin
         var flags = (PacketFlags)BinaryPrimitives.ReadUInt16LittleEndian(b[6..]);
         if (flags != PacketFlags.Data && flags != (PacketFlags.Config | PacketFlags.End) && flags != PacketFlags.ChannelEnd)
             throw new ProtocolException($"channel {channel}: invalid packet flags 0x{(ushort)flags:x}");
+        ushort device = BinaryPrimitives.ReadUInt16LittleEndian(b[4..]);
+        uint buffer = BinaryPrimitives.ReadUInt32LittleEndian(b[8..]);
         uint length = BinaryPrimitives.ReadUInt32LittleEndian(b[12..]);
+        uint payloadCrc = BinaryPrimitives.ReadUInt32LittleEndian(b[16..]);
         if (length > Protocol.MaxBufferSize)
             throw new ProtocolException($"channel {channel}: packet length {length} exceeds the protocol maximum");
-        ushort device = BinaryPrimitives.ReadUInt16LittleEndian(b[4..]);
-        // Its receiver stops reading at a channel end: a payload it announced would go unread.
-        if (flags == PacketFlags.ChannelEnd && (device != Protocol.ChannelEndDevice || length != 0))
-            throw new ProtocolException($"channel {channel}: channel end for device {device} with {length} payload bytes (0xFFFF and 0)");
-        return new PacketHeader(device, flags, BinaryPrimitives.ReadUInt32LittleEndian(b[8..]), (int)length,
-            BinaryPrimitives.ReadUInt32LittleEndian(b[16..]));
+        if (BinaryPrimitives.ReadUInt64LittleEndian(b[20..]) != 0)
+            throw new ProtocolException($"channel {channel}: packet with non-zero reserved bytes");
+        if (flags == PacketFlags.ChannelEnd && (device != Protocol.ChannelEndDevice || buffer != 0 || length != 0 || payloadCrc != 0))
+            throw new ProtocolException($"channel {channel}: channel-end packet with device {device}, buffer {buffer}, length {length}, "
+                + $"payload CRC 0x{payloadCrc:x8} (must be 0xffff, 0, 0, 0)");
+        return new PacketHeader(device, flags, buffer, (int)length, payloadCrc);
     }
 }
 

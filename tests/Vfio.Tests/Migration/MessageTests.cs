@@ -21,7 +21,8 @@ public class MessageTests
 
     private static readonly DeviceListMessage s_list = new(1 << 20, LoadingMode.Coupled,
         [
-            new DeviceOffer("0000:3b:00.2", 64 << 20, MigrationFlags.StopCopy | MigrationFlags.P2P),
+            new DeviceOffer("0000:3b:00.2", 64 << 20, MigrationFlags.StopCopy | MigrationFlags.P2P,
+                new DeviceIdentity("mlx5_vfio_pci", "6.12.95-amd64", "28.39.1002")),
             new DeviceOffer("sim:vf1", 0, MigrationFlags.StopCopy),
         ]);
 
@@ -114,6 +115,35 @@ public class MessageTests
     }
 
     [Fact]
+    public void Device_identities_round_trip_and_are_refused_too_long_or_with_a_control_character()
+    {
+        var got = RoundTrip(s_list).Devices;
+        Assert.Equal(new DeviceIdentity("mlx5_vfio_pci", "6.12.95-amd64", "28.39.1002"), got[0].Identity);
+        Assert.Equal(DeviceIdentity.Unknown, got[1].Identity);
+
+        // The last device's firmware is the body's last field: u16 length + bytes.
+        var one = new DeviceListMessage(4096, LoadingMode.Decoupled,
+            [new DeviceOffer("d", 0, MigrationFlags.StopCopy, new DeviceIdentity("drv", "6.3.0", "fw"))]);
+        var body = Encode(one);
+        body[^1] = (byte)'\n';
+        Assert.Contains("control character in a device's firmware", Refused<DeviceListMessage>(body));
+        body = Encode(one);
+        body[^5] = 0x7F; // the kernel's last byte (before the firmware's u16 length and 2 bytes): DEL
+        Assert.Contains("control character in a device's kernel", Refused<DeviceListMessage>(body));
+        var longDriver = Encode(new DeviceListMessage(4096, LoadingMode.Decoupled,
+            [new DeviceOffer("d", 0, MigrationFlags.StopCopy, new DeviceIdentity("", "", ""))]));
+        // Replace the empty driver (u16 0 after name and the two u64s) by a 65-byte one.
+        int at = 12 + 2 + 1 + 16;
+        byte[] tooLong = [.. longDriver[..at], 65, 0, .. Enumerable.Repeat((byte)'x', 65), .. longDriver[(at + 2)..]];
+        Assert.Contains($"a string of 65 bytes (at most {Protocol.MaxIdentityBytes})", Refused<DeviceListMessage>(tooLong));
+
+        // A sender cuts a longer version at a character boundary.
+        var cut = RoundTrip(new DeviceListMessage(4096, LoadingMode.Decoupled,
+            [new DeviceOffer("d", 0, MigrationFlags.StopCopy, new DeviceIdentity(new string('é', 40), "", ""))]));
+        Assert.Equal(new string('é', Protocol.MaxIdentityBytes / 2), cut.Devices[0].Identity.Driver);
+    }
+
+    [Fact]
     public void Strings_are_checked_for_length_and_utf8_and_cut_at_a_character_boundary_when_written()
     {
         var error = Encode(new ErrorMessage(null, "ab"));
@@ -141,7 +171,8 @@ public class MessageTests
         Assert.Equal(DeviceListMessage.MaxBodySize, MessageCodec.LargestBody);
         Assert.True(MessageCodec.LargestBody <= Protocol.MaxMessageBody);
         var full = new DeviceListMessage(1 << 20, LoadingMode.Decoupled,
-            Enumerable.Repeat(new DeviceOffer(new string('x', 2000), ulong.MaxValue, MigrationFlags.StopCopy), Protocol.MaxDevices).ToArray());
+            Enumerable.Repeat(new DeviceOffer(new string('x', 2000), ulong.MaxValue, MigrationFlags.StopCopy,
+                new DeviceIdentity(new string('d', 100), new string('k', 100), new string('f', 100))), Protocol.MaxDevices).ToArray());
         Assert.Equal(DeviceListMessage.MaxBodySize, Encode(full).Length);
     }
 

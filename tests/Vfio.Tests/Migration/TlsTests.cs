@@ -178,7 +178,8 @@ public sealed class TlsTests : IDisposable
     public void A_peer_that_stops_reading_over_tls_fails_the_write_at_the_timeout()
     {
         // A "destination" that accepts over TLS, grants a large window and sends heartbeats, but never reads its data
-        // channel: once the socket buffers are full, the source's TLS write must give up after --timeout.
+        // channel: once the socket buffers are full, the source's TLS write must give up after --timeout. The source
+        // takes the window up to its own --window: 32 MiB in flight is more than the socket buffers hold.
         using var source = new NullDevice("null:vf0", 256L << 20);
         using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 4);
         var server = _pki.Settings("dst");
@@ -198,7 +199,7 @@ public sealed class TlsTests : IDisposable
         }) { IsBackground = true };
         t.Start();
         var sw = Stopwatch.StartNew();
-        var options = TestDevices.Options(1, buffer: 1 << 20) with { Timeout = TimeSpan.FromSeconds(1), Tls = _pki.Settings("src") };
+        var options = TestDevices.Options(1, buffer: 1 << 20) with { Timeout = TimeSpan.FromSeconds(1), Window = 32, Tls = _pki.Settings("src") };
         var report = new MigrationSource([source], options).Run((IPEndPoint)listener.LocalEndPoint!, TestContext.Current.CancellationToken);
         done.Set();
         Assert.False(report.Ok);

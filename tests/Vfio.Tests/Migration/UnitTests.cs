@@ -56,9 +56,9 @@ public class UnitTests
         new PacketHeader(Protocol.ChannelEndDevice, PacketFlags.ChannelEnd, 0, 0, 0).Write(b);
         Assert.Equal(PacketFlags.ChannelEnd, PacketHeader.Read(b, 1).Flags);
         new PacketHeader(Protocol.ChannelEndDevice, PacketFlags.ChannelEnd, 0, 16, 0).Write(b);
-        Assert.Contains("channel end", Assert.Throws<ProtocolException>(() => PacketHeader.Read(b, 1)).Message);
+        Assert.Contains("channel-end packet", Assert.Throws<ProtocolException>(() => PacketHeader.Read(b, 1)).Message);
         new PacketHeader(2, PacketFlags.ChannelEnd, 0, 0, 0).Write(b);
-        Assert.Contains("channel end", Assert.Throws<ProtocolException>(() => PacketHeader.Read(b, 1)).Message);
+        Assert.Contains("channel-end packet", Assert.Throws<ProtocolException>(() => PacketHeader.Read(b, 1)).Message);
     }
 
     [Fact]
@@ -81,7 +81,7 @@ public class UnitTests
         using var dev = new SimulatedDevice("sim:q", TestDevices.Fast());
         dev.SetState(MigrationState.Stop);
         using var stream = dev.SetState(MigrationState.Resuming)!;
-        var pool = new BufferPool(4096);
+        var pool = new BufferPool(4096, 8);
         var timeline = new RunTimeline();
         var sink = new DeviceSink(0, dev, stream, 4, pool, timeline.AddTrack("t", "loader", "destination", 0));
         sink.Offer(1, PacketFlags.Data, pool.Rent(), 10, 0, 1);

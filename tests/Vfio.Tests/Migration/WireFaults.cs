@@ -64,9 +64,11 @@ internal sealed class FaultyChannelWriter(WireFault fault, int channel, IDataCha
 /// to stop (<paramref name="refuseStop"/>, as a device whose firmware fails). Loading: the write that reaches
 /// <paramref name="slowWriteAt"/> bytes takes <paramref name="slowWrite"/> longer, or blocks (<paramref name="hangWrite"/>).
 /// A blocked call returns, failing, once the device leaves its migration state or is reset, as on mlx5.
+/// <paramref name="identity"/> stands in for the device's own (a real device's driver, kernel and firmware).
 /// </summary>
 internal sealed class FaultyDevice(IMigrationDevice inner, long truncateBy = 0, long corruptOffset = -1, bool refuseStop = false,
-    long hangReadAt = -1, long slowWriteAt = -1, TimeSpan slowWrite = default, bool hangWrite = false) : IMigrationDevice
+    long hangReadAt = -1, long slowWriteAt = -1, TimeSpan slowWrite = default, bool hangWrite = false, DeviceIdentity? identity = null)
+    : IMigrationDevice
 {
     private readonly ManualResetEventSlim _release = new();
     private long CorruptOffset { get; } = corruptOffset;
@@ -77,6 +79,7 @@ internal sealed class FaultyDevice(IMigrationDevice inner, long truncateBy = 0, 
 
     public string Name => inner.Name;
     public MigrationFlags Flags => inner.Flags;
+    public DeviceIdentity Identity => identity ?? inner.Identity;
     public MigrationState GetState() => inner.GetState();
     public ulong? StopCopySizeEstimate() => inner.StopCopySizeEstimate();
     public byte[] SaveConfig() => inner.SaveConfig();
