@@ -20,10 +20,8 @@ public class CommitPointTests
         { MessageType.DeviceDone, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
         { MessageType.DeviceResult, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
         { MessageType.Result, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
-        // The source read the Result: it may notice the loss before it commits (and resume) or after (and not know); and
-        // a link that fails takes a moment in each direction, so its Commit may still get through.
-        { MessageType.Result, false, true, [MigrationOutcome.RolledBack, MigrationOutcome.Unknown],
-            [MigrationOutcome.RolledBack, MigrationOutcome.Migrated] },
+        // The source read the Result: it may notice the loss before it commits (and resume) or after (and not know).
+        { MessageType.Result, false, true, [MigrationOutcome.RolledBack, MigrationOutcome.Unknown], [MigrationOutcome.RolledBack] },
         { MessageType.Commit, true, false, [MigrationOutcome.Unknown], [MigrationOutcome.RolledBack] },
         { MessageType.Commit, true, true, [MigrationOutcome.Unknown], [MigrationOutcome.Migrated] },
         { MessageType.Running, false, false, [MigrationOutcome.Unknown], [MigrationOutcome.Migrated] },

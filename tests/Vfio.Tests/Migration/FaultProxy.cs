@@ -22,6 +22,7 @@ internal sealed class FaultProxy : IDisposable
     private int _connections;
     private int _held;
     private volatile bool _cut;
+    private volatile bool _severing; // the struck message is being delivered: nothing after it passes, in either direction
 
     public FaultProxy(IPEndPoint target)
     {
@@ -104,8 +105,11 @@ internal sealed class FaultProxy : IDisposable
                 var type = (MessageType)BinaryPrimitives.ReadUInt16LittleEndian(header);
                 var body = new byte[BinaryPrimitives.ReadUInt32LittleEndian(header.AsSpan(4))];
                 if (!ReadExact(from, body)) break;
+                // An answer to the struck message comes after it was delivered, so it finds the link already severed.
+                if (_severing) return;
                 bool strike = CutMain is { } cut && cut.Type == type && cut.ToDestination == toDestination;
                 if (strike && !CutMain!.Value.Deliver) { CutAll(graceful: false); return; }
+                if (strike) _severing = true;
                 if (HoldMain is { } hold && hold.Type == type && hold.ToDestination == toDestination && Interlocked.Exchange(ref _held, 1) == 0)
                 {
                     Holding.Set();
