@@ -9,7 +9,8 @@ namespace Vfio.HwTests;
 /// Real SR-IOV and real vfio-pci: `vfio-mig vf` against an SR-IOV PF (QEMU's igb, an 82576 with up to 7 VFs, behind
 /// an emulated Intel IOMMU: `run-in-guest.sh --igb` sets VFIO_MIG_IGB_PF), and the object model on its VFs bound to
 /// vfio-pci: container and group with the type1 IOMMU, DMA map and unmap, device and region info, config space, reset,
-/// interrupts, and a migration request refused before anything is touched (igb VFs cannot migrate).
+/// interrupts, a group of several devices (two NICs behind a PCIe-to-PCI bridge) viable only once all are on vfio-pci,
+/// and a migration request refused before anything is touched (igb VFs cannot migrate).
 /// </summary>
 public sealed class SriovTests : IDisposable
 {
@@ -171,6 +172,43 @@ public sealed class SriovTests : IDisposable
         {
             unsafe { NativeMemory.AlignedFree((void*)buffer); }
         }
+    }
+
+    [Fact]
+    public void A_group_of_several_devices_is_viable_only_once_every_one_is_on_vfio()
+    {
+        RequirePf();
+        // The harness puts two e1000 NICs behind a PCIe-to-PCI bridge: one IOMMU group for both.
+        var nics = Directory.GetFileSystemEntries(_paths.PciDevicesDir).Select(d => PciFunction.Read(Path.GetFileName(d), _paths))
+            .Where(f => f.Driver == "e1000").ToList();
+        var shared = nics.GroupBy(f => f.IommuGroup).FirstOrDefault(g => g.Key is not null && g.Count() >= 2)?.ToList();
+        if (shared is null) Assert.Skip($"no IOMMU group with two e1000 functions (found {nics.Count} e1000 functions)");
+        int id = shared[0].IommuGroup!.Value;
+        var (first, second) = (shared[0].Address, shared[1].Address);
+
+        var (code, _, stderr) = Vf($"bind {first} --driver vfio-pci");
+        Assert.True(code == 0, stderr);
+        using (var container = VfioContainer.Open(_paths))
+        using (var group = VfioGroup.Open(id, _paths))
+        {
+            Assert.False(group.IsViable, $"group {id} is viable with {second} still on e1000");
+            var e = Assert.Throws<VfioException>(() => group.SetContainer(container));
+            Assert.Contains($"{second} (driver e1000)", e.Message);
+
+            (code, _, stderr) = Vf($"bind {second} --driver vfio-pci");
+            Assert.True(code == 0, stderr);
+            Assert.True(group.IsViable, $"group {id} is not viable with both devices on vfio-pci");
+            group.SetContainer(container);
+            container.SetIommu();
+            foreach (var nic in new[] { first, second })
+            {
+                using var device = VfioDevice.OpenInGroup(group, nic);
+                Assert.Equal(0x8086, device.ReadConfigUInt16(0));
+            }
+        }
+        (code, _, stderr) = Vf("restore");
+        Assert.True(code == 0, stderr);
+        Assert.All(new[] { first, second }, nic => Assert.Equal("e1000", PciFunction.Read(nic, _paths).Driver));
     }
 
     [Fact]

@@ -18,7 +18,8 @@
 #   --kernel auto|bpo|stable   6.12 from bookworm-backports (default, falls back) or 6.1
 #   --kernel-args ARGS  extra kernel command line, e.g. "loglevel=7 softlockup_panic=1"
 #   --igb               also give the guest an emulated SR-IOV NIC (QEMU's igb, an 82576 PF with up to 7 VFs)
-#                       behind an emulated Intel IOMMU, with the igb and vfio-pci modules loaded; needs QEMU 8+
+#                       behind an emulated Intel IOMMU, and two e1000 NICs sharing one IOMMU group behind a
+#                       PCIe-to-PCI bridge, with the igb, e1000 and vfio-pci modules loaded; needs QEMU 8+
 #                       (installed from bookworm-backports when the machine's QEMU lacks igb)
 #   --check             only report whether the tier can run, and why not
 #   --smoke             COMMAND := the native/guest-smoke binary (built here)
@@ -297,7 +298,7 @@ add_mod() { # name as in modules.dep (path relative to MODDIR)
 }
 find_mod() { awk -F: -v n="$1" '{ b = $1; sub(/.*\//, "", b); sub(/\.ko(\.xz|\.zst|\.gz)?$/, "", b); gsub(/-/, "_", b); if (b == n) { print $1; exit } }' "$MODDIR/modules.dep"; }
 GUEST_MODULES="virtio_pci 9pnet_virtio 9p vfio vfio_iommu_type1 mdev"
-[ $IGB -eq 1 ] && GUEST_MODULES="$GUEST_MODULES igb vfio_pci"
+[ $IGB -eq 1 ] && GUEST_MODULES="$GUEST_MODULES igb e1000 vfio_pci"
 for m in $GUEST_MODULES; do
     rel=$(find_mod "$m")
     if [ -z "$rel" ]; then
@@ -357,7 +358,9 @@ T0=$(date +%s)
 MACHINE=(-machine q35,accel=tcg)
 if [ $IGB -eq 1 ]; then
     # interrupt remapping needs the split irqchip; caching-mode lets the emulated IOMMU serve vfio in the guest
-    MACHINE=(-machine q35,accel=tcg,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on -device igb)
+    # and two conventional-PCI NICs behind a PCIe-to-PCI bridge: the IOMMU cannot tell them apart, so they share a group
+    MACHINE=(-machine q35,accel=tcg,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on -device igb
+             -device pcie-pci-bridge,id=vfio_mig_br -device e1000,bus=vfio_mig_br,addr=1 -device e1000,bus=vfio_mig_br,addr=2)
     KERNEL_ARGS="intel_iommu=on $KERNEL_ARGS"
 fi
 QEMU=(qemu-system-x86_64 "${MACHINE[@]}" -cpu max -smp "$CPUS" -m "$MEM"
