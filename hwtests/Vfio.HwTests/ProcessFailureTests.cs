@@ -37,7 +37,7 @@ public class ProcessFailureTests
         string port = rx.WaitForOutput(l => l.StartsWith("listening on 127.0.0.1:", StringComparison.Ordinal), ProcessLimit)
             ["listening on 127.0.0.1:".Length..].Trim();
         using var tx = CliProcess.Start($"send --to 127.0.0.1:{port} {string.Join(' ', pairs.Select(p => "--device " + p.Src))} {common}");
-        tx.WaitForLog(l => l.Contains("switchover:", StringComparison.Ordinal), ProcessLimit);
+        tx.WaitForOutput(l => l.Contains("switchover:", StringComparison.Ordinal), ProcessLimit);
         // The module's parent counts the loads in progress: the fault comes while a destination is inside one.
         var loading = Stopwatch.StartNew();
         while (SimKnobs.ReadParent("active_loads") == 0)
@@ -55,6 +55,7 @@ public class ProcessFailureTests
 
         // Neither side may call this a success, nor leave the outcome unknown: nothing was committed.
         Assert.True(survivorCode == 1, $"the surviving {(victim == "source" ? "destination" : "source")} exited {survivorCode}" + ctx);
+        Assert.StartsWith("vfio-mig: ", Assert.Single(survivor.StderrLines));
         if (signal != "KILL")
         {
             int expected = signal == "INT" ? 130 : 143; // 128 + the signal: cancelled and rolled back

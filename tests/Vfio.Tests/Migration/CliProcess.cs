@@ -49,22 +49,17 @@ internal sealed class CliProcess : IDisposable
         }
     }
 
-    /// <summary>The first stdout line that matches, waiting for it up to <paramref name="timeout"/>.</summary>
-    public string WaitForOutput(Func<string, bool> match, TimeSpan timeout) => WaitFor(_out, match, timeout);
-
-    /// <summary>The first stderr line (the log) that matches, waiting for it up to <paramref name="timeout"/>.</summary>
-    public string WaitForLog(Func<string, bool> match, TimeSpan timeout) => WaitFor(_err, match, timeout);
-
     public bool HasExited => _process.HasExited;
 
-    private string WaitFor(List<string> lines, Func<string, bool> match, TimeSpan timeout)
+    /// <summary>The first stdout line (output and log) that matches, waiting for it up to <paramref name="timeout"/>.</summary>
+    public string WaitForOutput(Func<string, bool> match, TimeSpan timeout)
     {
         var deadline = DateTime.UtcNow + timeout;
         lock (_lock)
         {
             while (true)
             {
-                if (lines.FirstOrDefault(match) is string line) return line;
+                if (_out.FirstOrDefault(match) is string line) return line;
                 var left = deadline - DateTime.UtcNow;
                 if (left <= TimeSpan.Zero || _streamsOpen == 0)
                     throw new TimeoutException($"no such line (exited: {_process.HasExited})\n{All}");
