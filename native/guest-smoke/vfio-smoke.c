@@ -598,6 +598,13 @@ static void test_precopy(struct dev *src, struct dev *dst)
 	      info.dirty_bytes == 0, "after initial pass: initial %llu dirty %llu",
 	      (unsigned long long)info.initial_bytes, (unsigned long long)info.dirty_bytes);
 	CHECK(sys_write(src->sysfs, "dirty", "20") == 0, "dirty 20 pages while in PRE_COPY");
+	{
+		/* as on mlx5: what was dirtied is saved, and readable, only once PRECOPY_INFO asks */
+		size_t before = b.len;
+
+		CHECK(read_all(fd, &b) == 1 && b.len == before, "no new pre-copy data before PRECOPY_INFO (%zu bytes)",
+		      b.len - before);
+	}
 	CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) == 0 && info.dirty_bytes > 0,
 	      "dirty_bytes after dirtying %llu", (unsigned long long)info.dirty_bytes);
 	printf("  after dirtying 20 pages: initial %llu dirty %llu\n",

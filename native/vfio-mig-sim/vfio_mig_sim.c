@@ -12,7 +12,8 @@
  *  - device state of configurable size, content derived from a seed,
  *    streamed as 16-byte-header records {le64 size, le32 flags, le32 tag};
  *  - save reads block until the "firmware" has produced the data,
- *    PRE_COPY gives initial bytes then -ENOMSG, with a dirty rate;
+ *    PRE_COPY gives initial bytes then -ENOMSG, with a dirty rate; as on mlx5,
+ *    what was dirtied becomes readable only after VFIO_MIG_GET_PRECOPY_INFO;
  *  - resume writes are parsed in order and every completed record is loaded
  *    synchronously inside write(), taking a per-parent load slot;
  *  - a misordered, corrupt or truncated stream fails and poisons the fd.
@@ -184,8 +185,9 @@ struct sim_migf {
 	bool hint_sent, begin_sent, bar_sent, end_sent;
 	u64 npages;			/* state pages at session start */
 	unsigned long *init_bm;		/* pages of the initial pass (data_lock) */
-	unsigned long *dirty_bm;	/* pages dirtied after being sent (data_lock) */
-	u64 init_left, dirty_left;	/* popcounts of the bitmaps (data_lock) */
+	unsigned long *dirty_bm;	/* pages dirtied after being sent, not yet saved (data_lock) */
+	unsigned long *snap_bm;		/* dirty pages the last PRECOPY_INFO saved, to be read (data_lock) */
+	u64 init_left, dirty_left, snap_left;	/* popcounts of the bitmaps (data_lock) */
 	u8 *rec;			/* current record buffer */
 	size_t rec_cap, rec_len, rec_pos;
 	bool rec_initial;
@@ -350,11 +352,30 @@ static void sim_mark_dirty(struct sim_dev *sd, u64 p)
 	atomic64_inc(&sd->dirtied_pages);
 	if (!m || !m->precopy || m->final || p >= m->npages)
 		return;
-	if (test_bit(p, m->init_bm))
+	/* a page still to be read goes out with its new content anyway */
+	if (test_bit(p, m->init_bm) || test_bit(p, m->snap_bm))
 		return;
 	if (!test_and_set_bit(p, m->dirty_bm))
 		m->dirty_left++;
 }
+
+#if SIM_HAVE_PRECOPY
+/*
+ * m->lock held: the "firmware" saves what was dirtied since the last save, and the
+ * reader may now read it.  As on mlx5, this happens only on VFIO_MIG_GET_PRECOPY_INFO
+ * (which starts the next incremental save) and on the move to STOP_COPY: a reader
+ * that only retries on -ENOMSG never sees new pre-copy data.
+ */
+static void sim_save_dirty(struct sim_migf *m)
+{
+	mutex_lock(&m->sd->data_lock);
+	bitmap_or(m->snap_bm, m->snap_bm, m->dirty_bm, m->npages);
+	bitmap_zero(m->dirty_bm, m->npages);
+	m->snap_left = bitmap_weight(m->snap_bm, m->npages);
+	m->dirty_left = 0;
+	mutex_unlock(&m->sd->data_lock);
+}
+#endif
 
 /* data_lock held */
 static void sim_dirty_pages(struct sim_dev *sd, u64 count)
@@ -449,6 +470,8 @@ static void sim_migf_free_buffers(struct sim_migf *m)
 	m->init_bm = NULL;
 	bitmap_free(m->dirty_bm);
 	m->dirty_bm = NULL;
+	bitmap_free(m->snap_bm);
+	m->snap_bm = NULL;
 }
 
 /* sd->state_mutex held: cut the file off the device. */
@@ -543,9 +566,10 @@ static struct sim_migf *sim_save_start(struct sim_dev *sd, bool precopy)
 	m->npages = sd->state_size / SIM_PAGE;
 	m->init_bm = bitmap_zalloc(m->npages, GFP_KERNEL_ACCOUNT);
 	m->dirty_bm = bitmap_zalloc(m->npages, GFP_KERNEL_ACCOUNT);
+	m->snap_bm = bitmap_zalloc(m->npages, GFP_KERNEL_ACCOUNT);
 	m->rec_cap = sizeof(struct sim_rec_hdr) + sizeof(struct sim_chunk) + m->record_max;
 	m->rec = kvmalloc(m->rec_cap, GFP_KERNEL_ACCOUNT);
-	if (!m->init_bm || !m->dirty_bm || !m->rec) {
+	if (!m->init_bm || !m->dirty_bm || !m->snap_bm || !m->rec) {
 		mutex_unlock(&sd->data_lock);
 		goto err;
 	}
@@ -600,7 +624,7 @@ static u64 sim_remaining_estimate(struct sim_migf *m, u64 *initial, u64 *dirty)
 		ini += sizeof(struct sim_rec_hdr) + sizeof(struct sim_begin);
 	ini += m->init_left * SIM_PAGE +
 	       (m->init_left ? div64_u64(m->init_left * SIM_PAGE, m->record_max) + 1 : 0) * per;
-	dir += m->dirty_left * (SIM_PAGE + per);
+	dir += (m->dirty_left + m->snap_left) * (SIM_PAGE + per);
 	if (m->rec_initial)
 		ini += pend;
 	else
@@ -653,7 +677,7 @@ static int sim_next_record(struct sim_migf *m)
 		memcpy(r + sizeof(struct sim_rec_hdr), &b, sizeof(b));
 		m->rec_len = sizeof(struct sim_rec_hdr) + sizeof(b);
 		m->begin_sent = true;
-	} else if (m->init_left || m->dirty_left || (m->final && !m->bar_sent)) {
+	} else if (m->init_left || m->snap_left || (m->final && !m->bar_sent)) {
 		struct sim_chunk c = { .magic = cpu_to_le32(SIM_MAGIC_CHUNK) };
 		u8 *data = r + sizeof(struct sim_rec_hdr) + sizeof(c);
 		u64 off, len;
@@ -662,9 +686,9 @@ static int sim_next_record(struct sim_migf *m)
 			return -EIO;	/* the "firmware" failed to save: poisons the fd */
 
 		mutex_lock(&sd->data_lock);
-		if (m->init_left || m->dirty_left) {
-			unsigned long *bm = m->init_left ? m->init_bm : m->dirty_bm;
-			u64 *left = m->init_left ? &m->init_left : &m->dirty_left;
+		if (m->init_left || m->snap_left) {
+			unsigned long *bm = m->init_left ? m->init_bm : m->snap_bm;
+			u64 *left = m->init_left ? &m->init_left : &m->snap_left;
 			u64 p = find_first_bit(bm, m->npages);
 			u64 maxp = div64_u64(m->record_max, SIM_PAGE);
 			u64 n = 0;
@@ -813,6 +837,7 @@ static long sim_save_ioctl(struct file *filp, unsigned int cmd, unsigned long ar
 		goto out;
 	}
 	sim_apply_dirty_rate(m);
+	sim_save_dirty(m);
 	mutex_lock(&m->sd->data_lock);
 	sim_remaining_estimate(m, &info.initial_bytes, &info.dirty_bytes);
 	mutex_unlock(&m->sd->data_lock);
@@ -1188,6 +1213,7 @@ static struct file *sim_step(struct sim_dev *sd, enum vfio_device_mig_state next
 		mutex_lock(&m->lock);
 		if (!m->disabled) {
 			sim_apply_dirty_rate(m);
+			sim_save_dirty(m);	/* the final save takes everything still dirty */
 			m->final = true;
 		}
 		mutex_unlock(&m->lock);
