@@ -24,13 +24,7 @@ public class FaultTests
         if (device is int i)
             Assert.StartsWith(dst[i].Name + ": ", report.Error);
         Assert.All(report.Devices, d => Assert.False(d.Verified));
-        // Source devices run again; destination devices were reset: running, with their own (not a partial) state.
-        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
-        foreach (var d in dst)
-        {
-            Assert.Equal(MigrationState.Running, d.GetState());
-            Assert.Equal(new SimulatedDevice(d.Name, d.Options).StateDigest(), d.StateDigest());
-        }
+        TestDevices.AssertRolledBackDevices(src, dst);
     }
 
     [Theory]
@@ -297,12 +291,7 @@ public class StallTests
     {
         Assert.False(report.Ok);
         Assert.Equal(MigrationOutcome.RolledBack, report.Outcome);
-        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
-        foreach (var d in dst)
-        {
-            Assert.Equal(MigrationState.Running, d.GetState());
-            Assert.Equal(new SimulatedDevice(d.Name, d.Options).StateDigest(), d.StateDigest());
-        }
+        TestDevices.AssertRolledBackDevices(src, dst);
     }
 
     [Theory]

@@ -35,6 +35,17 @@ internal static class TestDevices
     public static RunReport Migrate(IMigrationDevice[] src, IMigrationDevice[] dst, MigrationOptions options) =>
         SimulatedRun.Annotate(Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken), src, dst);
 
+    /// <summary>After a failed run: every source runs again, every destination was reset (running, its own state, not a partial one).</summary>
+    public static void AssertRolledBackDevices(IEnumerable<IMigrationDevice> src, SimulatedDevice[] dst)
+    {
+        Assert.All(src, s => Assert.Equal(MigrationState.Running, s.GetState()));
+        foreach (var d in dst)
+        {
+            Assert.Equal(MigrationState.Running, d.GetState());
+            Assert.Equal(new SimulatedDevice(d.Name, d.Options).StateDigest(), d.StateDigest());
+        }
+    }
+
     /// <summary>Byte-exact: every destination device holds the state its source had (stream digest and config).</summary>
     public static void AssertSameState(SimulatedDevice[] src, SimulatedDevice[] dst)
     {
