@@ -13,7 +13,19 @@ public interface IDeviceDataStream : IDisposable
 
     /// <summary>Writes every byte, in order (a device may load synchronously inside the call).</summary>
     void WriteAll(ReadOnlySpan<byte> data);
+
+    /// <summary>
+    /// VFIO_MIG_GET_PRECOPY_INFO, on a stream opened by RUNNING->PRE_COPY while the device is in PRE_COPY(_P2P): bytes
+    /// of the initial image not yet read, and bytes dirtied since. As on mlx5, data dirtied since the last call becomes
+    /// readable only once this call is made (it starts the next incremental save): until then a read in PRE_COPY
+    /// returns <see cref="DataReadStatus.NoDataForNow"/> once the initial image is read. Outside PRE_COPY it fails
+    /// (EINVAL).
+    /// </summary>
+    PrecopyInfo GetPrecopyInfo() => throw new VfioException("VFIO_MIG_GET_PRECOPY_INFO", Vfio.Interop.Libc.EINVAL, "the stream has no PRE_COPY");
 }
+
+/// <summary>The answer of VFIO_MIG_GET_PRECOPY_INFO.</summary>
+public readonly record struct PrecopyInfo(ulong InitialBytes, ulong DirtyBytes);
 
 /// <summary>
 /// A stream whose saved state already lies in memory: the engine sends it from there instead of reading a copy into

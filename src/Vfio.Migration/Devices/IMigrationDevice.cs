@@ -23,12 +23,17 @@ public interface IMigrationDevice : IDisposable
 
     /// <summary>
     /// Moves the device to <paramref name="target"/> (the device walks combination transitions itself). Returns the
-    /// data stream when the final step opens a session (STOP->STOP_COPY, STOP->RESUMING), else null. Throws
+    /// data stream when the final step opens a session (STOP->STOP_COPY, STOP->RESUMING, RUNNING->PRE_COPY,
+    /// RUNNING_P2P->PRE_COPY_P2P), else null: PRE_COPY(_P2P)->STOP_COPY keeps the stream PRE_COPY opened, which
+    /// goes on with the stop-copy data and then ends. Throws
     /// VfioException on failure; the device may then be in any state (GetState tells).
     /// </summary>
     IDeviceDataStream? SetState(MigrationState target);
 
-    /// <summary>Estimated bytes of the STOP_COPY stream (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE), or null when the device cannot tell.</summary>
+    /// <summary>
+    /// Estimated bytes of the STOP_COPY stream (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE), or null when the device cannot tell;
+    /// in PRE_COPY, what a switchover now would still have to move.
+    /// </summary>
     ulong? StopCopySizeEstimate();
 
     /// <summary>The device's config state (sent last, after the data stream). Small: at most a few KiB.</summary>

@@ -126,6 +126,12 @@ public sealed class RealDeviceAdapter : IMigrationDevice
     {
         public DataRead Read(Span<byte> buffer) => fd.Read(buffer);
         public void WriteAll(ReadOnlySpan<byte> data) => fd.WriteAll(data);
+        public PrecopyInfo GetPrecopyInfo()
+        {
+            var (initial, dirty) = fd.GetPrecopyInfo();
+            return new PrecopyInfo(initial, dirty);
+        }
+
         public void Dispose() => fd.Dispose();
     }
 }
