@@ -35,6 +35,26 @@ internal sealed class MigrationOptionSet
         Description = "Seconds one call into a device (a load, a save read, leaving RESUMING) may take",
         DefaultValueFactory = _ => 60,
     };
+    public readonly Option<PrecopyMode> Precopy = new("--precopy")
+    {
+        Description = "Live phase (PRE_COPY) before the switchover: auto (when every device has it), on, off",
+        DefaultValueFactory = _ => PrecopyMode.Auto,
+    };
+    public readonly Option<double> DowntimeLimit = new("--downtime-limit")
+    {
+        Description = "Milliseconds: switch over once the remainder is estimated to move and load within this",
+        DefaultValueFactory = _ => 300,
+    };
+    public readonly Option<double> PrecopyTimeout = new("--precopy-timeout")
+    {
+        Description = "Seconds precopy may take to converge before --precopy-timeout-action",
+        DefaultValueFactory = _ => 60,
+    };
+    public readonly Option<PrecopyTimeoutAction> PrecopyTimeoutAction = new("--precopy-timeout-action")
+    {
+        Description = "When precopy has not converged in time: switchover (anyway, with a warning) or abort (devices back to RUNNING)",
+        DefaultValueFactory = _ => Vfio.Migration.PrecopyTimeoutAction.Switchover,
+    };
     public readonly Option<string> StateSize = new("--state-size")
     {
         Description = "Simulated devices: state (stream) size, e.g. 64MiB",
@@ -63,7 +83,8 @@ internal sealed class MigrationOptionSet
 
     public void AddTo(Command c)
     {
-        foreach (var o in new Option[] { Channels, BufferSize, Window, Timeout, LoadTimeout, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
+        foreach (var o in new Option[] { Channels, BufferSize, Window, Timeout, LoadTimeout, Precopy, DowntimeLimit, PrecopyTimeout,
+            PrecopyTimeoutAction, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
             c.Options.Add(o);
     }
 
@@ -74,6 +95,10 @@ internal sealed class MigrationOptionSet
         double timeout = r.GetValue(Timeout), loadTimeout = r.GetValue(LoadTimeout);
         if (!(timeout >= 0.001 && timeout < 86400)) throw new UsageException("--timeout must be between 0.001 and 86400 seconds");
         if (!(loadTimeout >= 0.001 && loadTimeout < 86400)) throw new UsageException("--load-timeout must be between 0.001 and 86400 seconds");
+        double downtimeLimit = r.GetValue(DowntimeLimit), precopyTimeout = r.GetValue(PrecopyTimeout);
+        if (!(downtimeLimit >= 1 && downtimeLimit < 3_600_000)) throw new UsageException("--downtime-limit must be between 1 and 3600000 ms");
+        if (!(precopyTimeout >= 0.001 && precopyTimeout < 86400))
+            throw new UsageException("--precopy-timeout must be between 0.001 and 86400 seconds");
         long buffer = Sizes.Parse(r.GetValue(BufferSize)!, "--buffer-size");
         var o = new MigrationOptions
         {
@@ -82,6 +107,10 @@ internal sealed class MigrationOptionSet
             Window = r.GetValue(Window),
             Timeout = TimeSpan.FromSeconds(timeout),
             LoadTimeout = TimeSpan.FromSeconds(loadTimeout),
+            Precopy = r.GetValue(Precopy),
+            DowntimeLimit = TimeSpan.FromMilliseconds(downtimeLimit),
+            PrecopyTimeout = TimeSpan.FromSeconds(precopyTimeout),
+            PrecopyTimeoutAction = r.GetValue(PrecopyTimeoutAction),
         };
         try { o.Validate(); }
         catch (ArgumentException e) { throw new UsageException(e.Message); }

@@ -11,6 +11,26 @@ public enum LoadingMode
     Coupled,
 }
 
+/// <summary>Whether the devices run while their state goes first (PRE_COPY), before the switchover.</summary>
+public enum PrecopyMode
+{
+    /// <summary>Live when every device offers PRE_COPY, else stop-copy only.</summary>
+    Auto,
+    /// <summary>Live; a device without PRE_COPY is an error before any device is touched.</summary>
+    On,
+    /// <summary>Stop-copy only.</summary>
+    Off,
+}
+
+/// <summary>What the source does when precopy has not converged within its timeout.</summary>
+public enum PrecopyTimeoutAction
+{
+    /// <summary>Switch over anyway (a longer downtime), with a warning.</summary>
+    Switchover,
+    /// <summary>Give up: the devices back to RUNNING, nothing lost.</summary>
+    Abort,
+}
+
 public sealed record MigrationOptions
 {
     public const int DefaultBufferSize = 1 << 20;
@@ -36,6 +56,12 @@ public sealed record MigrationOptions
     /// separate from <see cref="Timeout"/>, since a device may legitimately load for longer than a peer may be silent.
     /// </summary>
     public TimeSpan LoadTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    public PrecopyMode Precopy { get; init; } = PrecopyMode.Auto;
+    /// <summary>Switch over once the remainder is estimated to move and load within this (QEMU's downtime-limit default).</summary>
+    public TimeSpan DowntimeLimit { get; init; } = TimeSpan.FromMilliseconds(300);
+    /// <summary>How long precopy may take to converge before <see cref="PrecopyTimeoutAction"/>.</summary>
+    public TimeSpan PrecopyTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    public PrecopyTimeoutAction PrecopyTimeoutAction { get; init; } = PrecopyTimeoutAction.Switchover;
     /// <summary>Mutual TLS 1.3 on every connection; null: plaintext.</summary>
     public TlsSettings? Tls { get; init; }
     /// <summary>How long `receive` waits for a source to connect.</summary>
@@ -57,5 +83,9 @@ public sealed record MigrationOptions
             throw new ArgumentException("--timeout must be positive");
         if (LoadTimeout <= TimeSpan.Zero)
             throw new ArgumentException("--load-timeout must be positive");
+        if (DowntimeLimit <= TimeSpan.Zero)
+            throw new ArgumentException("--downtime-limit must be positive");
+        if (PrecopyTimeout <= TimeSpan.Zero)
+            throw new ArgumentException("--precopy-timeout must be positive");
     }
 }

@@ -105,6 +105,8 @@ public static class SeedCorpus
         yield return ("heartbeat", Body(new HeartbeatMessage()));
         yield return ("commit", Body(new CommitMessage()));
         yield return ("running", Body(new RunningMessage(1_767_225_600_600_000)));
+        yield return ("precopy-mark", Body(new PrecopyMarkMessage(2, 512)));
+        yield return ("precopy-ack", Body(new PrecopyAckMessage(2)));
     }
 
     private static IEnumerable<(string, byte[])> MalformedBodies()
@@ -162,7 +164,7 @@ public static class SeedCorpus
         }
         var heartbeat = Frames([Body(new HeartbeatMessage())]);
         yield return ("type-0", Frame(0, 0, []));
-        yield return ("type-12-after-heartbeat", [.. heartbeat, .. Frame(12, 0, [])]);
+        yield return ("type-14-after-heartbeat", [.. heartbeat, .. Frame(14, 0, [])]);
         yield return ("device-list-over-max", Frame((ushort)MessageType.DeviceList, (uint)DeviceListMessage.MaxBodySize + 1, []));
         yield return ("length-4GiB", Frame((ushort)MessageType.Error, uint.MaxValue, []));
         yield return ("heartbeat-length-1", Frame((ushort)MessageType.Heartbeat, 1, [0]));

@@ -102,6 +102,8 @@ public static class WireContract
         MessageType.Heartbeat => Body<HeartbeatMessage>(body),
         MessageType.Commit => Body<CommitMessage>(body),
         MessageType.Running => Body<RunningMessage>(body),
+        MessageType.PrecopyMark => Body<PrecopyMarkMessage>(body),
+        MessageType.PrecopyAck => Body<PrecopyAckMessage>(body),
         _ => Outcome.NotApplicable,
     };
 

@@ -39,6 +39,7 @@ internal sealed class DestinationRun
     private int _finished;
     private int _channels;
     private int _channelsEnded;
+    private bool _live;
 
     public DestinationRun(MigrationDestination side)
     {
@@ -196,6 +197,7 @@ internal sealed class DestinationRun
         {
             var offer = list.Devices[i];
             _progress.Expected[i] = (long)offer.ExpectedBytes;
+            _live = list.Precopy;
             if (!offer.Flags.HasFlag(MigrationFlags.StopCopy))
                 throw new MigrationException($"source device {offer.Name} does not support STOP_COPY", i);
             // Before any device stops: a stream this device cannot load would otherwise fail only inside the downtime.
@@ -225,7 +227,7 @@ internal sealed class DestinationRun
                 var stream = d.SetState(MigrationState.Resuming)
                     ?? throw new MigrationException("STOP->RESUMING returned no data stream", i);
                 track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: "->RESUMING");
-                sinks[i] = new DeviceSink(i, d, stream, _options.Window, _pool!, track);
+                sinks[i] = new DeviceSink(i, d, stream, _options.Window, _pool!, track) { Live = _live };
             }
             catch (Exception e)
             {
@@ -263,6 +265,12 @@ internal sealed class DestinationRun
                 if (!_resultSent.IsSet || _commit.IsSet) throw new ProtocolException("main channel: Commit before Result, or twice");
                 if (ctl.TryCommit()) _commit.Set();
                 return true;
+            case MessageType.PrecopyMark:
+                var mark = m.As<PrecopyMarkMessage>();
+                if (!_live || mark.Device >= _sinks.Length)
+                    throw new ProtocolException($"main channel: precopy mark for device {mark.Device} in a {(_live ? "" : "non-")}live run");
+                if (_sinks[mark.Device].SetInitialImage(mark.Buffers)) SendPrecopyAck(_sinks[mark.Device]);
+                return true;
             case MessageType.DeviceDone:
                 var done = m.As<DeviceDoneMessage>();
                 if (done.Device >= _sinks.Length) throw new ProtocolException($"main channel: completion for unknown device {done.Device}");
@@ -277,7 +285,8 @@ internal sealed class DestinationRun
     private void LoaderThread(DeviceSink sink, RunControl ctl)
     {
         ThreadPriority.FavourCurrentThread();
-        _switchover.Wait();
+        // Live, the loader writes precopy buffers as they come, before the switchover.
+        if (!_live) _switchover.Wait();
         if (ctl.Token.IsCancellationRequested) return;
         sink.Report.StartUs = MigrationClock.NowUs;
         sink.LoaderLoop(() => ReturnCredits(sink), ctl.Token);
@@ -288,7 +297,7 @@ internal sealed class DestinationRun
 
     public void FinishDevice(DeviceSink sink)
     {
-        if (Coupled) sink.Report.StartUs = _switchoverUs;
+        if (Coupled || _live) sink.Report.StartUs = _switchoverUs;
         try { sink.Finish(); }
         catch (VfioException e) { throw new MigrationException(e.Message, sink.Index); }
         if (Coupled) sink.Report.WaitUs = Math.Max(0, sink.Report.TotalUs - sink.Report.LoadUs - sink.Report.ConfigUs);
@@ -310,11 +319,19 @@ internal sealed class DestinationRun
     /// </summary>
     public void ReturnCredits(DeviceSink sink)
     {
+        if (sink.TakeInitialImageLoaded()) SendPrecopyAck(sink);
         Volatile.Write(ref _progress.Bytes[sink.Index], Volatile.Read(ref sink.LoadedBytes));
         long n = Interlocked.Exchange(ref sink.PendingCredits, 0);
         if (n == 0) return;
         try { _main!.Send(new CreditMessage(sink.Index, (uint)n)); }
         catch (MigrationException) when (_allFinished.IsSet) { /* the source has its result and closed: credits no longer matter */ }
+    }
+
+    /// <summary>The switchover-ack: the device has loaded its whole initial image.</summary>
+    private void SendPrecopyAck(DeviceSink sink)
+    {
+        sink.Track.Add(TraceKind.Transition, MigrationClock.NowUs, MigrationClock.NowUs, detail: "initial image loaded (ack)");
+        _main!.Send(new PrecopyAckMessage(sink.Index));
     }
 
     /// <summary>A heartbeat every second, after the check for devices that stalled.</summary>

@@ -34,6 +34,8 @@ internal sealed class DeviceSink
     private byte[]? _config;
     private long _lastProgressUs; // the last buffer received or loaded, or the completion message (0: not watched yet)
     private long _loadingSinceUs; // a call into the device (a load, or RESUMING->STOP) in progress since (0: none)
+    private long _initialImage = -1; // live: the initial image is the first this many buffers (-1: not marked yet)
+    private bool _initialAcked;
 
     private struct Slot
     {
@@ -102,6 +104,33 @@ internal sealed class DeviceSink
 
     private static string Where(uint index, int channel) => $"buffer {index} on channel {channel}";
 
+    /// <summary>
+    /// The main receive thread: the source marked the initial image as the first <paramref name="buffers"/> buffers. True if
+    /// they are loaded already (the caller acknowledges); else the thread that loads the last of them does.
+    /// </summary>
+    public bool SetInitialImage(uint buffers)
+    {
+        lock (_lock)
+        {
+            if (_initialImage >= 0) throw new ProtocolException("second precopy mark", Index);
+            _initialImage = buffers;
+            return ClaimInitialAck();
+        }
+    }
+
+    /// <summary>After loading: true once, for the caller that should acknowledge the initial image.</summary>
+    public bool TakeInitialImageLoaded()
+    {
+        lock (_lock) return ClaimInitialAck();
+    }
+
+    private bool ClaimInitialAck()
+    {
+        if (_initialAcked || _initialImage < 0 || _next < _initialImage) return false;
+        _initialAcked = true;
+        return true;
+    }
+
     /// <summary>Decoupled loader: blocks until the next buffer in order is queued. False when cancelled.</summary>
     private bool TakeNext(CancellationToken token, out Slot slot)
     {
@@ -152,10 +181,16 @@ internal sealed class DeviceSink
         }
         long t1 = MigrationClock.NowUs;
         Volatile.Write(ref _loadingSinceUs, 0);
-        if (Report.FirstLoadUs == 0) Report.FirstLoadUs = t0;
         StreamChecksum.Append(_hash, (uint)s.Index, s.Length, s.Crc);
         Track.Add(TraceKind.Load, t0, t1, s.Length, (int)s.Index);
-        Report.LoadUs += t1 - t0;
+        // Loads done while the source devices still ran are outside the downtime: the live phase's, not the device's
+        // load figure.
+        long from = BookedFromUs;
+        if (t1 > from)
+        {
+            if (Report.FirstLoadUs == 0) Report.FirstLoadUs = Math.Max(t0, from);
+            Report.LoadUs += t1 - Math.Max(t0, from);
+        }
         Report.Buffers++;
         Report.Bytes += s.Length;
         Volatile.Write(ref LoadedBytes, Report.Bytes);
@@ -173,7 +208,9 @@ internal sealed class DeviceSink
             long w0 = MigrationClock.NowUs;
             if (!TakeNext(token, out var s)) return;
             long w1 = MigrationClock.NowUs;
-            if (w1 > w0) { Track.Add(TraceKind.Wait, w0, w1, buffer: (int)s.Index); Report.WaitUs += w1 - w0; }
+            long from = BookedFromUs;
+            if (w1 > w0) Track.Add(TraceKind.Wait, w0, w1, buffer: (int)s.Index);
+            if (w1 > from) Report.WaitUs += w1 - Math.Max(w0, from);
             bool end = Load(s);
             // Credits go back in pairs while the next buffer is already here (half the messages and wakeups on
             // both sides), at once when the loader is about to wait.
@@ -238,6 +275,8 @@ internal sealed class DeviceSink
         {
             if (_done is not null) throw new ProtocolException("second completion message", Index);
             _done = info;
+            Report.PrecopyBuffers = (int)info.PrecopyBuffers;
+            Report.PrecopyBytes = (long)info.PrecopyBytes;
             _lastProgressUs = MigrationClock.NowUs;
             Monitor.PulseAll(_lock);
             return ClaimFinish();
@@ -316,7 +355,9 @@ internal sealed class DeviceSink
             Report.Digest = digest;
             if (digest is ulong got && got != expected)
                 throw new MigrationException($"state digest {got:x16} differs from the source device's {expected:x16}", Index);
-            Track.Add(TraceKind.Verify, t2, MigrationClock.NowUs, detail: "digest");
+            long t3 = MigrationClock.NowUs;
+            Track.Add(TraceKind.Verify, t2, t3, detail: "digest");
+            Report.VerifyUs = t3 - t2;
         }
         Report.EndUs = MigrationClock.NowUs;
         Report.Verified = true;
@@ -329,8 +370,17 @@ internal sealed class DeviceSink
     /// <summary>Starts the watch (at the switchover): from now on the device is expected to make progress.</summary>
     public void Watch(long nowUs)
     {
+        Volatile.Write(ref _watchedFromUs, nowUs);
         lock (_lock) if (_lastProgressUs == 0) _lastProgressUs = nowUs;
     }
+
+    private long _watchedFromUs; // the switchover (main receive thread writes once; the loading thread reads: Volatile)
+
+    /// <summary>Live run: buffers precopy carries before the switchover are loaded while the source devices still run.</summary>
+    public bool Live { get; init; }
+
+    /// <summary>From when waits and loads count as the device's (the downtime): always, or live from the switchover on.</summary>
+    private long BookedFromUs => !Live ? 0 : Volatile.Read(ref _watchedFromUs) is > 0 and var w ? w : long.MaxValue;
 
     /// <summary>
     /// Watchdog (called about once a second after the switchover): whether the device stalled, and how. A call into the

@@ -28,6 +28,16 @@ public sealed class DeviceReport
     public long MaxQueuedBytes { get; set; }
     public ulong Checksum { get; set; }
     public ulong? Digest { get; set; }
+    /// <summary>Of <see cref="Bytes"/> and <see cref="Buffers"/>: what was read while the device still ran (PRE_COPY).</summary>
+    public long PrecopyBytes { get; set; }
+    public int PrecopyBuffers { get; set; }
+    public long StopCopyBytes => Bytes - PrecopyBytes;
+    /// <summary>Source: how many rounds of dirty data the device handed out in PRE_COPY.</summary>
+    public int DirtyRounds { get; set; }
+    /// <summary>Source: when the destination acknowledged the device's initial image (0: never).</summary>
+    public long InitialAckedUs { get; set; }
+    /// <summary>Destination: the digest check after the load (inside the downtime, a check real devices lack).</summary>
+    public long VerifyUs { get; set; }
     /// <summary>Simulated devices: the load time the device's parameters imply for this stream (filled in by the caller that knows them).</summary>
     public double? SimLoadMs { get; set; }
 
@@ -67,6 +77,14 @@ public sealed class RunReport
     public string? Error { get; private set; }
     /// <summary>The name of the device the failure is about, on the side that reported it.</summary>
     public string? FailedDevice { get; private set; }
+    /// <summary>When the devices entered PRE_COPY (source clock; 0: no live phase).</summary>
+    public long PrecopyStartUs { get; set; }
+    /// <summary>Live runs: whether precopy converged before the switchover, and why it switched over.</summary>
+    public bool? Converged { get; set; }
+    public string? ConvergedReason { get; set; }
+    public double PrecopyMs => PrecopyStartUs > 0 && FirstStopUs > PrecopyStartUs ? (FirstStopUs - PrecopyStartUs) / 1000.0 : 0;
+    /// <summary>First byte read to the last destination device RUNNING: the live phase and the downtime.</summary>
+    public double TotalMs => PrecopyMs + DowntimeMs;
     /// <summary>First source device leaving RUNNING (source clock).</summary>
     public long FirstStopUs { get; set; }
     /// <summary>Last destination device reaching RUNNING (destination clock).</summary>
@@ -144,7 +162,7 @@ public sealed class RunReport
         foreach (var d in Devices) yield return d.SummaryLine();
         if (Ok)
             yield return string.Create(CultureInfo.InvariantCulture,
-                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, downtime {DowntimeMs:0} ms{BoundText()}, "
+                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, {LiveText()}downtime {DowntimeMs:0} ms{BoundText()}, "
                 + $"{ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
         else if (Outcome == MigrationOutcome.Unknown)
             yield return $"result UNKNOWN{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: committed, then {Error}; "
@@ -152,6 +170,11 @@ public sealed class RunReport
         else
             yield return $"result FAILED{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: {Error}";
     }
+
+    private string LiveText() => PrecopyStartUs == 0 ? "" : string.Create(CultureInfo.InvariantCulture,
+        $"live {PrecopyMs:0} ms ({PrecopyBytesTotal / 1048576.0:0.0} MiB{(Converged == false ? ", not converged" : "")}), ");
+
+    private long PrecopyBytesTotal => Devices.Sum(d => d.PrecopyBytes);
 
     private string BoundText() => DeviceBoundMs is double b
         ? string.Create(CultureInfo.InvariantCulture, $" (device bound {b:0} ms{(BoundRatio is double r ? $", x{r:0.000}" : "")})")
@@ -171,6 +194,13 @@ public sealed class RunReport
         j.WriteString("mode", ModeName);
         j.WriteNumber("channels", Channels);
         j.WriteNumber("downtime_ms", Math.Round(DowntimeMs, 3));
+        j.WriteNumber("precopy_ms", Math.Round(PrecopyMs, 3));
+        j.WriteNumber("total_ms", Math.Round(TotalMs, 3));
+        if (Converged is bool converged)
+        {
+            j.WriteBoolean("converged", converged);
+            if (ConvergedReason is not null) j.WriteString("converged_reason", ConvergedReason);
+        }
         j.WriteNumber("throughput_mbps", Math.Round(ThroughputMbps, 1));
         if (DeviceBoundMs is double bound) j.WriteNumber("device_bound_ms", Math.Round(bound, 3));
         if (BoundRatio is double ratio) j.WriteNumber("downtime_over_bound", Math.Round(ratio, 4));
@@ -201,6 +231,15 @@ public sealed class RunReport
             j.WriteNumber("end_us", d.EndUs);
             if (d.FirstLoadUs > 0 && FirstStopUs > 0) j.WriteNumber("first_load_ms", Math.Round((d.FirstLoadUs - FirstStopUs) / 1000.0, 3));
             j.WriteNumber("max_queued_bytes", d.MaxQueuedBytes);
+            j.WriteNumber("precopy_bytes", d.PrecopyBytes);
+            j.WriteNumber("precopy_buffers", d.PrecopyBuffers);
+            j.WriteNumber("stopcopy_bytes", d.StopCopyBytes);
+            if (PrecopyStartUs > 0)
+            {
+                j.WriteNumber("dirty_rounds", d.DirtyRounds);
+                if (d.InitialAckedUs > 0) j.WriteNumber("initial_acked_ms", Math.Round((d.InitialAckedUs - PrecopyStartUs) / 1000.0, 3));
+            }
+            if (d.VerifyUs > 0) j.WriteNumber("verify_ms", Math.Round(d.VerifyUs / 1000.0, 3));
             if (d.SimLoadMs is double s) j.WriteNumber("sim_load_ms", Math.Round(s, 3));
             if (d.Error is not null) j.WriteString("error", d.Error);
             j.WriteEndObject();

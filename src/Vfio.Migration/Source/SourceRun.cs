@@ -39,6 +39,10 @@ internal sealed class SourceRun
     private long _switchoverUs;        // 0 until the devices stopped (written by the coordinator, read by the watchdog)
     private long _lastPeerProgressUs;  // the destination's last credit or result (written by the main receive thread)
     private int _window;
+    private bool _live;
+    private long _precopyStartUs;
+    private bool? _converged;
+    private string? _convergedReason;
 
     public SourceRun(MigrationSource side)
     {
@@ -65,11 +69,12 @@ internal sealed class SourceRun
         bool committed = false, outcomeUnknown = false;
         try
         {
+            _live = DecideLive();
             ulong session = (ulong)Random.Shared.NextInt64() ^ (ulong)Environment.ProcessId << 48;
             main = new MainChannel(Connect(destination, 0, session, ctl), "destination");
             ctl.BeforeAbort = main.TrySendError;
             main.Send(new DeviceListMessage(_options.BufferSize, _options.Loading,
-                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags, d.Identity)).ToArray()));
+                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags, d.Identity)).ToArray(), _live));
             TakeAccept(main.Expect<AcceptMessage>("before accepting"));
             _log.LogInformation("connected to {Destination}: {Devices} devices, {Channels} data channels, window {Window} x {Buffer} bytes",
                 destination, _devices.Count, _options.Channels, _window, _options.BufferSize);
@@ -99,14 +104,26 @@ internal sealed class SourceRun
             }
             threads.AddRange(senders);
 
-            // Source digests are taken while the devices still run (they are outside the downtime).
-            var digests = _devices.Select(d => d.StateDigest()).ToArray();
+            // Source digests are taken while the devices still run (they are outside the downtime); a device that runs
+            // during precopy changes its state, so its saver takes the digest once it is stopped.
+            var digests = _devices.Select(d => _live ? null : d.StateDigest()).ToArray();
 
             // The save threads exist before the downtime starts (starting a thread can take milliseconds on a busy
             // machine); they wait for the devices to be stopped. The data path's code is compiled now, too.
             Warmup.Prepare(_devices);
             pool.Reserve();
             var go = new ManualResetEventSlim();
+            var switchedOver = new ManualResetEventSlim();
+            var precopyStreams = new IDeviceDataStream?[_devices.Count];
+            if (_live)
+            {
+                stopped = true; // from here a failure puts the devices back to RUNNING
+                _precopyStartUs = MigrationClock.NowUs;
+                _timeline.Mark("source_precopy_start", _precopyStartUs);
+                for (int i = 0; i < _devices.Count; i++)
+                    precopyStreams[i] = EnterPrecopy(i, mainTrack);
+                go.Set();
+            }
             var started = new DeviceSaver.StartLine(_devices.Count);
             var savers = new List<Thread>();
             _savers = new DeviceSaver[_devices.Count];
@@ -117,15 +134,14 @@ internal sealed class SourceRun
                 savers.Add(ctl.Start($"src save {_devices[i].Name}", () =>
                 {
                     go.Wait(ctl.Token);
-                    _results[saver.Index].Checksum = saver.Run(ctl.Token);
+                    _results[saver.Index].Checksum = saver.Run(precopyStreams[saver.Index], switchedOver, ctl.Token);
                 }, i));
             }
             threads.AddRange(savers);
 
-            firstStop = MigrationClock.NowUs;
+            if (_live) Converge(ctl);
             stopped = true;
-            _timeline.Mark("source_first_stop", firstStop);
-            Quiesce(mainTrack);
+            firstStop = SwitchOver(mainTrack, switchedOver);
             main.Send(new SwitchoverMessage(firstStop));
             Volatile.Write(ref _lastPeerProgressUs, MigrationClock.NowUs);
             Volatile.Write(ref _switchoverUs, MigrationClock.NowUs);
@@ -237,13 +253,126 @@ internal sealed class SourceRun
             _results[i] = new DeviceReport { Name = accept.DeviceNames[i], SourceName = _devices[i].Name };
     }
 
-    /// <summary>Every P2P-capable device to RUNNING_P2P before any goes to STOP, so that none DMAs into a stopped peer.</summary>
+    /// <summary>Live when every device offers PRE_COPY (auto) or when asked (on: then every device must offer it).</summary>
+    private bool DecideLive()
+    {
+        var lacking = _devices.Select((d, i) => (d, i)).FirstOrDefault(x => !x.d.Flags.HasFlag(MigrationFlags.PreCopy));
+        return _options.Precopy switch
+        {
+            PrecopyMode.Off => false,
+            PrecopyMode.On when lacking.d is not null =>
+                throw new MigrationException("--precopy on: the device does not offer PRE_COPY", lacking.i),
+            _ => lacking.d is null && _devices.Count > 0,
+        };
+    }
+
+    private IDeviceDataStream EnterPrecopy(int device, TimelineTrack track)
+    {
+        var d = _devices[device];
+        long t0 = MigrationClock.NowUs;
+        IDeviceDataStream? stream;
+        try { stream = d.SetState(MigrationState.PreCopy); }
+        catch (VfioException e) { throw new MigrationException(e.Message, device); }
+        track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: $"{d.Name} RUNNING->PRE_COPY");
+        return stream ?? throw new MigrationException("RUNNING->PRE_COPY returned no data stream", device);
+    }
+
+    /// <summary>
+    /// The live phase, on the coordinator: wait until every device's initial image is acknowledged and the remainder is
+    /// estimated to move and load within --downtime-limit, or until --precopy-timeout (then switch over anyway, or abort).
+    /// The estimate takes each device's rate from its initial image (read, sent and loaded at full speed in this run):
+    /// the slowest device's remainder over its rate, or all remainders over the combined rate, whichever is longer.
+    /// </summary>
+    private void Converge(RunControl ctl)
+    {
+        long deadline = _precopyStartUs + (long)_options.PrecopyTimeout.TotalMicroseconds;
+        double limitMs = _options.DowntimeLimit.TotalMilliseconds;
+        while (true)
+        {
+            if (ctl.Token.WaitHandle.WaitOne(10)) ctl.ThrowIfFailed();
+            ctl.Token.ThrowIfCancellationRequested();
+            long now = MigrationClock.NowUs;
+            double? estimate = EstimateDowntimeMs();
+            if (estimate is double e && e <= limitMs)
+            {
+                _converged = true;
+                _convergedReason = string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"initial images acknowledged; remainder estimated at {e:0} ms (--downtime-limit {limitMs:0} ms)");
+                return;
+            }
+            if (now < deadline) continue;
+            string why = estimate is double late
+                ? string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"the remainder is estimated at {late:0} ms, above --downtime-limit {limitMs:0} ms")
+                : $"{_savers.Count(s => Volatile.Read(ref s.AckedUs) == 0)} devices' initial images are not acknowledged";
+            string what = $"precopy did not converge within {_options.PrecopyTimeout.TotalSeconds:0.#} s: {why}";
+            if (_options.PrecopyTimeoutAction == PrecopyTimeoutAction.Abort)
+                throw new MigrationException($"{what} (--precopy-timeout-action abort)");
+            _log.LogWarning("{What}: switching over anyway", what);
+            _converged = false;
+            _convergedReason = what;
+            return;
+        }
+    }
+
+    /// <summary>The estimated downtime if the devices switched over now, or null while some initial image is not acknowledged.</summary>
+    private double? EstimateDowntimeMs()
+    {
+        double slowest = 0, remainders = 0, initial = 0;
+        long firstRead = long.MaxValue, lastAck = 0;
+        foreach (var s in _savers)
+        {
+            long acked = Volatile.Read(ref s.AckedUs), remainder = Volatile.Read(ref s.RemainderBytes);
+            if (acked == 0 || remainder < 0) return null;
+            long bytes = Volatile.Read(ref s.InitialImageBytes), read = Volatile.Read(ref s.FirstReadUs);
+            remainders += remainder;
+            if (bytes <= 0 || read == 0) continue; // an empty initial image measures nothing
+            initial += bytes;
+            firstRead = Math.Min(firstRead, read);
+            lastAck = Math.Max(lastAck, acked);
+            if (acked > read) slowest = Math.Max(slowest, remainder / (bytes / ((acked - read) / 1e6)) * 1000);
+        }
+        double combined = initial > 0 && lastAck > firstRead ? remainders / (initial / ((lastAck - firstRead) / 1e6)) * 1000 : 0;
+        return Math.Max(slowest, combined);
+    }
+
+    /// <summary>
+    /// The switchover: the downtime starts. Live, every save thread is held out of its device (it reads the precopy
+    /// stream under the device's lock) while the devices leave PRE_COPY; the savers then go on with the stop-copy data.
+    /// </summary>
+    private long SwitchOver(TimelineTrack track, ManualResetEventSlim switchedOver)
+    {
+        int held = 0;
+        try
+        {
+            if (_live)
+                for (; held < _savers.Length; held++)
+                    if (!Monitor.TryEnter(_savers[held].DeviceLock, _options.LoadTimeout))
+                        throw new MigrationException($"a precopy read has not returned for {_options.LoadTimeout.TotalSeconds:0.#} s "
+                            + "(--load-timeout)", held);
+            long firstStop = MigrationClock.NowUs;
+            _timeline.Mark("source_first_stop", firstStop);
+            foreach (var s in _savers) s.SwitchedOver = true;
+            switchedOver.Set();
+            Quiesce(track);
+            return firstStop;
+        }
+        finally
+        {
+            for (int i = 0; i < held; i++) Monitor.Exit(_savers[i].DeviceLock);
+        }
+    }
+
+    /// <summary>
+    /// Every P2P-capable device to RUNNING_P2P (live: PRE_COPY_P2P) before any goes to STOP (live: STOP_COPY), so that
+    /// none DMAs into a stopped peer.
+    /// </summary>
     private void Quiesce(TimelineTrack track)
     {
         for (int i = 0; i < _devices.Count; i++)
-            if (_devices[i].Flags.HasFlag(MigrationFlags.P2P)) Transition(i, MigrationState.RunningP2P, track);
+            if (_devices[i].Flags.HasFlag(MigrationFlags.P2P)) Transition(i, _live ? MigrationState.PreCopyP2P : MigrationState.RunningP2P, track);
         for (int i = 0; i < _devices.Count; i++)
-            Transition(i, MigrationState.Stop, track);
+            Transition(i, _live ? MigrationState.StopCopy : MigrationState.Stop, track);
     }
 
     private void Transition(int device, MigrationState target, TimelineTrack track)
@@ -277,7 +406,7 @@ internal sealed class SourceRun
     /// <summary>The main receive thread's dispatch: credits, per-device results, the result.</summary>
     private bool OnMessage(in InboundMessage m)
     {
-        if (m.Type is MessageType.Credit or MessageType.DeviceResult or MessageType.Result)
+        if (m.Type is MessageType.Credit or MessageType.DeviceResult or MessageType.Result or MessageType.PrecopyAck)
             Volatile.Write(ref _lastPeerProgressUs, MigrationClock.NowUs);
         switch (m.Type)
         {
@@ -287,6 +416,14 @@ internal sealed class SourceRun
                 if (_credits[dev].Granted + credit.Credits > Interlocked.Read(ref _sent[dev]) + _window)
                     throw new ProtocolException($"main channel: destination returned more credits than buffers were sent", dev);
                 _credits[dev].Add(credit.Credits);
+                return true;
+            case MessageType.PrecopyAck:
+                int acked = CheckDevice(m.As<PrecopyAckMessage>().Device, "precopy ack");
+                // The savers exist once the devices entered PRE_COPY: an ack before that acknowledges nothing.
+                var saver = acked < Volatile.Read(ref _savers).Length ? Volatile.Read(ref _savers[acked]) : null;
+                if (saver is null || !_live || Volatile.Read(ref saver.InitialImageBytes) < 0 || Volatile.Read(ref saver.AckedUs) != 0)
+                    throw new ProtocolException("main channel: precopy ack for an initial image not marked, or twice", acked);
+                Volatile.Write(ref saver.AckedUs, MigrationClock.NowUs);
                 return true;
             case MessageType.DeviceResult:
                 var r = m.As<DeviceResultMessage>();
@@ -341,6 +478,14 @@ internal sealed class SourceRun
             Timeline = _timeline, Window = _window, FirstStopUs = firstStop, PoolBuffers = _pool?.Allocated ?? 0,
         };
         report.Devices.AddRange(_results);
+        report.PrecopyStartUs = _precopyStartUs;
+        report.Converged = _live ? _converged : null;
+        report.ConvergedReason = _convergedReason;
+        foreach (var s in _savers)
+        {
+            var d = _results[s.Index];
+            (d.PrecopyBytes, d.PrecopyBuffers, d.DirtyRounds, d.InitialAckedUs) = (s.PrecopyBytes, (int)s.PrecopyBuffers, s.DirtyRounds, s.AckedUs);
+        }
         report.SetOutcome(failure, "destination", _devices.Select(d => d.Name).ToArray(), outcomeUnknown);
         if (report.Ok)
         {

@@ -51,6 +51,8 @@ public static class MessageCodec
         MessageType.Heartbeat => HeartbeatMessage.MaxBodySize,
         MessageType.Commit => CommitMessage.MaxBodySize,
         MessageType.Running => RunningMessage.MaxBodySize,
+        MessageType.PrecopyMark => PrecopyMarkMessage.MaxBodySize,
+        MessageType.PrecopyAck => PrecopyAckMessage.MaxBodySize,
         _ => 0,
     };
 }
@@ -62,11 +64,15 @@ public readonly record struct DeviceOffer(string Name, ulong ExpectedBytes, Migr
     public DeviceOffer(string name, ulong expectedBytes, MigrationFlags flags) : this(name, expectedBytes, flags, DeviceIdentity.Unknown) { }
 }
 
-/// <summary>Source to destination, first: the buffer size and the devices to migrate, in pairing order.</summary>
-public readonly record struct DeviceListMessage(int BufferSize, LoadingMode SourceLoading, DeviceOffer[] Devices) : IMessage<DeviceListMessage>
+/// <summary>
+/// Source to destination, first: the buffer size and the devices to migrate, in pairing order; <paramref name="Precopy"/>:
+/// the devices stay running while their precopy data goes first (docs/protocol.md section 2, "Live phase").
+/// </summary>
+public readonly record struct DeviceListMessage(int BufferSize, LoadingMode SourceLoading, DeviceOffer[] Devices, bool Precopy = false)
+    : IMessage<DeviceListMessage>
 {
     public static MessageType Type => MessageType.DeviceList;
-    public static int MaxBodySize => 12 + Protocol.MaxDevices * (2 + Protocol.MaxNameBytes + 16 + 3 * (2 + Protocol.MaxIdentityBytes));
+    public static int MaxBodySize => 16 + Protocol.MaxDevices * (2 + Protocol.MaxNameBytes + 16 + 3 * (2 + Protocol.MaxIdentityBytes));
 
     public void Write(ref MessageWriter w)
     {
@@ -82,6 +88,7 @@ public readonly record struct DeviceListMessage(int BufferSize, LoadingMode Sour
             w.Str(d.Identity.Kernel, Protocol.MaxIdentityBytes);
             w.Str(d.Identity.Firmware, Protocol.MaxIdentityBytes);
         }
+        w.U32(Precopy ? 1u : 0u);
     }
 
     public static DeviceListMessage Read(ref MessageReader r)
@@ -100,7 +107,7 @@ public readonly record struct DeviceListMessage(int BufferSize, LoadingMode Sour
             var identity = new DeviceIdentity(IdentityField(ref r, "driver"), IdentityField(ref r, "kernel"), IdentityField(ref r, "firmware"));
             devices[i] = new DeviceOffer(name, expected, flags, identity);
         }
-        return new DeviceListMessage((int)buffer, loading, devices);
+        return new DeviceListMessage((int)buffer, loading, devices, r.Bool());
     }
 
     /// <summary>A version string goes into a one-line error or warning: control characters are refused.</summary>
@@ -162,12 +169,15 @@ public readonly record struct CreditMessage(int Device, uint Credits) : IMessage
     public static CreditMessage Read(ref MessageReader r) => new(r.Below(Protocol.MaxDevices, "device"), r.U32());
 }
 
-/// <summary>Source to destination: a device's whole stream is queued; what the destination must find when it has loaded it.</summary>
-public readonly record struct DeviceDoneMessage(int Device, uint DataBuffers, ulong Bytes, ulong Checksum, uint ConfigLength, ulong? Digest)
-    : IMessage<DeviceDoneMessage>
+/// <summary>
+/// Source to destination: a device's whole stream is queued; what the destination must find when it has loaded it, and
+/// how much of it was read while the device ran (its first <paramref name="PrecopyBuffers"/> data buffers).
+/// </summary>
+public readonly record struct DeviceDoneMessage(int Device, uint DataBuffers, ulong Bytes, ulong Checksum, uint ConfigLength, ulong? Digest,
+    uint PrecopyBuffers = 0, ulong PrecopyBytes = 0) : IMessage<DeviceDoneMessage>
 {
     public static MessageType Type => MessageType.DeviceDone;
-    public static int MaxBodySize => 40;
+    public static int MaxBodySize => 52;
 
     public void Write(ref MessageWriter w)
     {
@@ -178,6 +188,8 @@ public readonly record struct DeviceDoneMessage(int Device, uint DataBuffers, ul
         w.U32(ConfigLength);
         w.U32(Digest.HasValue ? 1u : 0u);
         w.U64(Digest ?? 0);
+        w.U32(PrecopyBuffers);
+        w.U64(PrecopyBytes);
     }
 
     public static DeviceDoneMessage Read(ref MessageReader r)
@@ -188,7 +200,11 @@ public readonly record struct DeviceDoneMessage(int Device, uint DataBuffers, ul
         uint config = r.U32();
         bool hasDigest = r.Bool();
         ulong digest = r.U64();
-        return new DeviceDoneMessage(device, buffers, bytes, checksum, config, hasDigest ? digest : null);
+        uint precopyBuffers = r.U32();
+        ulong precopyBytes = r.U64();
+        if (precopyBuffers > buffers || precopyBytes > bytes)
+            throw r.Malformed($"says {precopyBuffers} of {buffers} buffers ({precopyBytes} of {bytes} bytes) were precopy");
+        return new DeviceDoneMessage(device, buffers, bytes, checksum, config, hasDigest ? digest : null, precopyBuffers, precopyBytes);
     }
 }
 
@@ -258,6 +274,33 @@ public readonly record struct CommitMessage : IMessage<CommitMessage>
     public static int MaxBodySize => 0;
     public void Write(ref MessageWriter w) { }
     public static CommitMessage Read(ref MessageReader r) => default;
+}
+
+/// <summary>
+/// Source to destination, in a precopy run: the device's initial image is its first <paramref name="Buffers"/> data buffers.
+/// The destination answers with <see cref="PrecopyAckMessage"/> once it has loaded them.
+/// </summary>
+public readonly record struct PrecopyMarkMessage(int Device, uint Buffers) : IMessage<PrecopyMarkMessage>
+{
+    public static MessageType Type => MessageType.PrecopyMark;
+    public static int MaxBodySize => 8;
+
+    public void Write(ref MessageWriter w)
+    {
+        w.U32((uint)Device);
+        w.U32(Buffers);
+    }
+
+    public static PrecopyMarkMessage Read(ref MessageReader r) => new(r.Below(Protocol.MaxDevices, "device"), r.U32());
+}
+
+/// <summary>Destination to source: the switchover-ack, the device has loaded its whole initial image.</summary>
+public readonly record struct PrecopyAckMessage(int Device) : IMessage<PrecopyAckMessage>
+{
+    public static MessageType Type => MessageType.PrecopyAck;
+    public static int MaxBodySize => 4;
+    public void Write(ref MessageWriter w) => w.U32((uint)Device);
+    public static PrecopyAckMessage Read(ref MessageReader r) => new(r.Below(Protocol.MaxDevices, "device"));
 }
 
 /// <summary>Destination to source, last: every destination device runs; when the last reached RUNNING (destination clock).</summary>

@@ -10,7 +10,7 @@ public static class Protocol
     public const uint HandshakeReplyMagic = 0x41494D56; // "VMIA"
     public const uint PacketMagic = 0x50444D56;         // "VMDP"
     /// <summary>3: the device list carries each device's driver, kernel and firmware (2 did not; 1 had no commit point).</summary>
-    public const ushort Version = 3;
+    public const ushort Version = 4;
     public const int HandshakeSize = 32;
     public const int HandshakeReplySize = 16;
     public const int PacketHeaderSize = 32;
@@ -161,6 +161,8 @@ public enum MessageType : ushort
     Heartbeat = 9,
     Commit = 10,
     Running = 11,
+    PrecopyMark = 12,
+    PrecopyAck = 13,
 }
 
 /// <summary>Little-endian writer for main-channel message bodies, into a buffer of the message's maximum size.</summary>

@@ -42,6 +42,8 @@ public class MessageTests
         MessageType.Heartbeat => Sample(new HeartbeatMessage()),
         MessageType.Commit => Sample(new CommitMessage()),
         MessageType.Running => Sample(new RunningMessage(1_764_400_000_654_321)),
+        MessageType.PrecopyMark => Sample(new PrecopyMarkMessage(5, 1024)),
+        MessageType.PrecopyAck => Sample(new PrecopyAckMessage(6)),
         _ => throw new ArgumentOutOfRangeException(nameof(type)),
     };
 
@@ -121,14 +123,14 @@ public class MessageTests
         Assert.Equal(new DeviceIdentity("mlx5_vfio_pci", "6.12.95-amd64", "28.39.1002"), got[0].Identity);
         Assert.Equal(DeviceIdentity.Unknown, got[1].Identity);
 
-        // The last device's firmware is the body's last field: u16 length + bytes.
+        // The last device's firmware is the body's last field before the u32 precopy flag: u16 length + bytes.
         var one = new DeviceListMessage(4096, LoadingMode.Decoupled,
             [new DeviceOffer("d", 0, MigrationFlags.StopCopy, new DeviceIdentity("drv", "6.3.0", "fw"))]);
         var body = Encode(one);
-        body[^1] = (byte)'\n';
+        body[^5] = (byte)'\n';
         Assert.Contains("control character in a device's firmware", Refused<DeviceListMessage>(body));
         body = Encode(one);
-        body[^5] = 0x7F; // the kernel's last byte (before the firmware's u16 length and 2 bytes): DEL
+        body[^9] = 0x7F; // the kernel's last byte (before the firmware's u16 length and 2 bytes, and the flag): DEL
         Assert.Contains("control character in a device's kernel", Refused<DeviceListMessage>(body));
         var longDriver = Encode(new DeviceListMessage(4096, LoadingMode.Decoupled,
             [new DeviceOffer("d", 0, MigrationFlags.StopCopy, new DeviceIdentity("", "", ""))]));
