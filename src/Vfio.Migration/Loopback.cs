@@ -73,11 +73,14 @@ public static class Loopback
             Window = destination.Window, Timeline = timeline,
             FirstStopUs = source.FirstStopUs, LastRunningUs = destination.LastRunningUs, LoadEndUs = destination.LoadEndUs,
             PoolBuffers = source.PoolBuffers + destination.PoolBuffers,
+            PrecopyStartUs = source.PrecopyStartUs, Converged = source.Converged, ConvergedReason = source.ConvergedReason,
         };
         for (int i = 0; i < destination.Devices.Count; i++)
         {
             var d = destination.Devices[i];
-            if (i < source.Devices.Count) d.SourceName = source.Devices[i].SourceName;
+            if (i < source.Devices.Count)
+                (d.SourceName, d.DirtyRounds, d.InitialAckedUs) = (source.Devices[i].SourceName, source.Devices[i].DirtyRounds,
+                    source.Devices[i].InitialAckedUs);
             report.Devices.Add(d);
         }
         report.CopyOutcome(Witness(source, destination));
