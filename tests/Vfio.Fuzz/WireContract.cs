@@ -132,7 +132,7 @@ public static class WireContract
         var c = body.ToArray();
         bool digestless = c.Length == DeviceDoneMessage.MaxBodySize && BinaryPrimitives.ReadUInt32LittleEndian(c.AsSpan(28)) == 0;
         if (type == MessageType.DeviceDone && digestless)
-            c.AsSpan(32).Clear();
+            c.AsSpan(32, 8).Clear();
         return c;
     }
 
