@@ -193,11 +193,11 @@ internal sealed class DestinationRun
     {
         if (list.Devices.Length != _devices.Count)
             throw new MigrationException($"the source migrates {list.Devices.Length} devices, this destination has {_devices.Count}");
+        _live = list.Precopy;
         for (int i = 0; i < list.Devices.Length; i++)
         {
             var offer = list.Devices[i];
             _progress.Expected[i] = (long)offer.ExpectedBytes;
-            _live = list.Precopy;
             if (!offer.Flags.HasFlag(MigrationFlags.StopCopy))
                 throw new MigrationException($"source device {offer.Name} does not support STOP_COPY", i);
             // Before any device stops: a stream this device cannot load would otherwise fail only inside the downtime.
@@ -267,8 +267,8 @@ internal sealed class DestinationRun
                 return true;
             case MessageType.PrecopyMark:
                 var mark = m.As<PrecopyMarkMessage>();
-                if (!_live || mark.Device >= _sinks.Length)
-                    throw new ProtocolException($"main channel: precopy mark for device {mark.Device} in a {(_live ? "" : "non-")}live run");
+                if (!_live) throw new ProtocolException("main channel: precopy mark in a run that is not live");
+                if (mark.Device >= _sinks.Length) throw new ProtocolException($"main channel: precopy mark for unknown device {mark.Device}");
                 if (_sinks[mark.Device].SetInitialImage(mark.Buffers)) SendPrecopyAck(_sinks[mark.Device]);
                 return true;
             case MessageType.DeviceDone:

@@ -36,6 +36,7 @@ internal sealed class DeviceSink
     private long _loadingSinceUs; // a call into the device (a load, or RESUMING->STOP) in progress since (0: none)
     private long _initialImage = -1; // live: the initial image is the first this many buffers (-1: not marked yet)
     private bool _initialAcked;
+    private long _watchedFromUs;     // the switchover (main receive thread writes once; the loading thread reads: Volatile)
 
     private struct Slot
     {
@@ -373,8 +374,6 @@ internal sealed class DeviceSink
         Volatile.Write(ref _watchedFromUs, nowUs);
         lock (_lock) if (_lastProgressUs == 0) _lastProgressUs = nowUs;
     }
-
-    private long _watchedFromUs; // the switchover (main receive thread writes once; the loading thread reads: Volatile)
 
     /// <summary>Live run: buffers precopy carries before the switchover are loaded while the source devices still run.</summary>
     public bool Live { get; init; }
