@@ -91,6 +91,31 @@ public class PacketValidationTests
         return (e, report);
     }
 
+    [Theory]
+    [InlineData(false, 0, "precopy mark in a run that is not live")]
+    [InlineData(true, 1, "precopy mark for unknown device 1")]
+    public void A_precopy_mark_out_of_place_fails_the_session_and_resets_the_destination(bool live, int device, string error)
+    {
+        var (_, dst) = TestDevices.Pairs(1);
+        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 4);
+        var ep = (IPEndPoint)listener.LocalEndPoint!;
+        var destination = new MigrationDestination(dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(5) });
+        RunReport? report = null;
+        var t = new Thread(() => report = destination.Run(listener)) { IsBackground = true };
+        t.Start();
+        using var main = Connect(ep, 0);
+        var channel = new MainChannel(main, "destination");
+        channel.Send(new DeviceListMessage(32 << 10, LoadingMode.Decoupled, [new DeviceOffer("sim:vf0", 0, MigrationFlags.StopCopy)], live));
+        channel.Expect<AcceptMessage>("before accepting");
+        using var data = Connect(ep, 1);
+        channel.Send(new PrecopyMarkMessage(device, 0));
+        var e = Assert.Throws<MigrationException>(() => channel.Expect<SwitchoverMessage>("after the mark"));
+        Assert.Contains(error, e.Message, StringComparison.Ordinal);
+        Assert.True(t.Join(TimeSpan.FromSeconds(20)));
+        Assert.False(report!.Ok);
+        Assert.Equal(MigrationState.Running, dst[0].GetState());
+    }
+
     private static Connection Connect(IPEndPoint ep, ushort channel)
     {
         var c = Connection.Connect(ep, TimeSpan.FromSeconds(5), $"channel {channel}");
