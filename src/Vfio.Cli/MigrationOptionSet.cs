@@ -55,6 +55,12 @@ internal sealed class MigrationOptionSet
         Description = "When precopy has not converged in time: switchover (anyway, with a warning) or abort (devices back to RUNNING)",
         DefaultValueFactory = _ => Vfio.Migration.PrecopyTimeoutAction.Switchover,
     };
+    public readonly Option<VerifyMode> Verify = new("--verify")
+    {
+        Description = "What verifies each device besides the stream's byte count and checksum: digest (its state digest too, "
+            + "where it has one: simulated devices, the kernel module; inside the downtime) or stream (the stream alone, as real devices)",
+        DefaultValueFactory = _ => VerifyMode.Digest,
+    };
     public readonly Option<string> StateSize = new("--state-size")
     {
         Description = "Simulated devices: state (stream) size, e.g. 64MiB",
@@ -84,7 +90,7 @@ internal sealed class MigrationOptionSet
     public void AddTo(Command c)
     {
         foreach (var o in new Option[] { Channels, BufferSize, Window, Timeout, LoadTimeout, Precopy, DowntimeLimit, PrecopyTimeout,
-            PrecopyTimeoutAction, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
+            PrecopyTimeoutAction, Verify, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
             c.Options.Add(o);
     }
 
@@ -111,6 +117,7 @@ internal sealed class MigrationOptionSet
             DowntimeLimit = TimeSpan.FromMilliseconds(downtimeLimit),
             PrecopyTimeout = TimeSpan.FromSeconds(precopyTimeout),
             PrecopyTimeoutAction = r.GetValue(PrecopyTimeoutAction),
+            Verify = r.GetValue(Verify),
         };
         try { o.Validate(); }
         catch (ArgumentException e) { throw new UsageException(e.Message); }

@@ -70,7 +70,7 @@ public static class Loopback
         var report = new RunReport
         {
             Role = "loopback", Mode = destination.Mode, Channels = source.Channels, BufferSize = source.BufferSize,
-            Window = destination.Window, Timeline = timeline,
+            Window = destination.Window, Verify = destination.Verify, Timeline = timeline,
             FirstStopUs = source.FirstStopUs, LastRunningUs = destination.LastRunningUs, LoadEndUs = destination.LoadEndUs,
             PoolBuffers = source.PoolBuffers + destination.PoolBuffers,
             PrecopyStartUs = source.PrecopyStartUs, Converged = source.Converged, ConvergedReason = source.ConvergedReason,

@@ -22,6 +22,18 @@ public enum PrecopyMode
     Off,
 }
 
+/// <summary>What a side checks of each device's migrated state besides the stream's byte count and checksum.</summary>
+public enum VerifyMode
+{
+    /// <summary>Also the device's state digest, where the device has one (simulated devices, our kernel module).</summary>
+    Digest,
+    /// <summary>
+    /// The stream alone: no digest is taken. A digest costs time inside the downtime that real devices do not spend
+    /// (they have none), so a downtime read against a peer leaves it out.
+    /// </summary>
+    Stream,
+}
+
 /// <summary>What the source does when precopy has not converged within its timeout.</summary>
 public enum PrecopyTimeoutAction
 {
@@ -63,6 +75,8 @@ public sealed record MigrationOptions
     /// <summary>How long precopy may take to converge before <see cref="PrecopyTimeoutAction"/>.</summary>
     public TimeSpan PrecopyTimeout { get; init; } = TimeSpan.FromSeconds(60);
     public PrecopyTimeoutAction PrecopyTimeoutAction { get; init; } = PrecopyTimeoutAction.Switchover;
+    /// <summary>Source: whether it takes and sends each device's digest; destination: whether it checks one it receives.</summary>
+    public VerifyMode Verify { get; init; } = VerifyMode.Digest;
     /// <summary>Mutual TLS 1.3 on every connection; null: plaintext.</summary>
     public TlsSettings? Tls { get; init; }
     /// <summary>How long `receive` waits for a source to connect.</summary>

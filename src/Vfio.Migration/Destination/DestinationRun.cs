@@ -227,7 +227,7 @@ internal sealed class DestinationRun
                 var stream = d.SetState(MigrationState.Resuming)
                     ?? throw new MigrationException("STOP->RESUMING returned no data stream", i);
                 track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: "->RESUMING");
-                sinks[i] = new DeviceSink(i, d, stream, _options.Window, _pool!, track) { Live = _live };
+                sinks[i] = new DeviceSink(i, d, stream, _options.Window, _pool!, track) { Live = _live, CheckDigest = _options.Verify == VerifyMode.Digest };
             }
             catch (Exception e)
             {
@@ -391,7 +391,7 @@ internal sealed class DestinationRun
         var report = new RunReport
         {
             Role = "destination", Mode = _options.Loading, Channels = _channels == 0 ? _options.Channels : _channels, BufferSize = bufferSize,
-            Window = _options.Window, Timeline = Timeline, PoolBuffers = _pool?.Allocated ?? 0,
+            Window = _options.Window, Verify = _options.Verify, Timeline = Timeline, PoolBuffers = _pool?.Allocated ?? 0,
             FirstStopUs = _sourceFirstStopUs, LastRunningUs = lastRunning, LoadEndUs = loadEnd,
         };
         if (_sinks.Length == _devices.Count) report.Devices.AddRange(_sinks.Select(s => s.Report));

@@ -70,6 +70,8 @@ public sealed class RunReport
     public int Channels { get; init; }
     public int BufferSize { get; init; }
     public int Window { get; set; }
+    /// <summary>What "verified" covers: the stream alone, or the device's digest too where it has one.</summary>
+    public VerifyMode Verify { get; init; }
     public List<DeviceReport> Devices { get; init; } = new();
     /// <summary>Why the run failed (null when it succeeded), as a value: origin and device index.</summary>
     public RunFailure? Failure { get; private set; }
@@ -208,6 +210,7 @@ public sealed class RunReport
         j.WriteString("role", Role);
         j.WriteNumber("buffer_size", BufferSize);
         j.WriteNumber("window", Window);
+        j.WriteString("verify", Verify == VerifyMode.Stream ? "stream" : "digest");
         j.WriteNumber("total_bytes", TotalBytes);
         if (Error is not null) j.WriteString("error", Error);
         if (Signal is not null) j.WriteString("signal", Signal);
@@ -239,7 +242,7 @@ public sealed class RunReport
                 j.WriteNumber("dirty_rounds", d.DirtyRounds);
                 if (d.InitialAckedUs > 0) j.WriteNumber("initial_acked_ms", Math.Round((d.InitialAckedUs - PrecopyStartUs) / 1000.0, 3));
             }
-            if (d.VerifyUs > 0) j.WriteNumber("verify_ms", Math.Round(d.VerifyUs / 1000.0, 3));
+            if (d.Digest is not null) j.WriteNumber("verify_ms", Math.Round(d.VerifyUs / 1000.0, 3));
             if (d.SimLoadMs is double s) j.WriteNumber("sim_load_ms", Math.Round(s, 3));
             if (d.Error is not null) j.WriteString("error", d.Error);
             j.WriteEndObject();

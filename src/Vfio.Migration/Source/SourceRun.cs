@@ -106,7 +106,8 @@ internal sealed class SourceRun
 
             // Source digests are taken while the devices still run (they are outside the downtime); a device that runs
             // during precopy changes its state, so its saver takes the digest once it is stopped.
-            var digests = _devices.Select(d => _live ? null : d.StateDigest()).ToArray();
+            bool digests = _options.Verify == VerifyMode.Digest;
+            var stopCopyDigests = _devices.Select(d => digests && !_live ? d.StateDigest() : null).ToArray();
 
             // The save threads exist before the downtime starts (starting a thread can take milliseconds on a busy
             // machine); they wait for the devices to be stopped. The data path's code is compiled now, too.
@@ -129,7 +130,7 @@ internal sealed class SourceRun
             _savers = new DeviceSaver[_devices.Count];
             for (int i = 0; i < _devices.Count; i++)
             {
-                var saver = _savers[i] = new DeviceSaver(i, _devices[i], digests[i], _credits[i], scheduler, pool, _progress,
+                var saver = _savers[i] = new DeviceSaver(i, _devices[i], digests, stopCopyDigests[i], _credits[i], scheduler, pool, _progress,
                     started, _timeline.AddTrack($"src save {_devices[i].Name}", "save", "source", i), mainMessages, _log);
                 savers.Add(ctl.Start($"src save {_devices[i].Name}", () =>
                 {
@@ -475,7 +476,7 @@ internal sealed class SourceRun
         var report = new RunReport
         {
             Role = "source", Mode = _options.Loading, Channels = _options.Channels, BufferSize = _options.BufferSize,
-            Timeline = _timeline, Window = _window, FirstStopUs = firstStop, PoolBuffers = _pool?.Allocated ?? 0,
+            Timeline = _timeline, Window = _window, Verify = _options.Verify, FirstStopUs = firstStop, PoolBuffers = _pool?.Allocated ?? 0,
         };
         report.Devices.AddRange(_results);
         report.PrecopyStartUs = _precopyStartUs;

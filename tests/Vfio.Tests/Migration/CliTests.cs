@@ -37,6 +37,28 @@ public class CliTests
         finally { File.Delete(json); }
     }
 
+    [Theory]
+    [InlineData("", "digest")]
+    [InlineData("--verify stream", "stream")]
+    public void Loopback_verify_says_what_verified_covers_and_stream_takes_no_digest(string option, string verify)
+    {
+        string json = Path.Combine(Path.GetTempPath(), $"vfio-mig-{Guid.NewGuid():N}.json");
+        try
+        {
+            var (code, stdout, stderr) = Invoke($"loopback --sim 2 --channels 2 {Small} {option} --json {json}");
+            Assert.True(code == 0, stderr + stdout);
+            using var doc = JsonDocument.Parse(File.ReadAllText(json));
+            Assert.Equal(verify, doc.RootElement.GetProperty("verify").GetString());
+            foreach (var d in doc.RootElement.GetProperty("devices").EnumerateArray())
+            {
+                Assert.True(d.GetProperty("verified").GetBoolean());
+                // The digest check is the destination's verify_ms: there exactly when a digest was compared.
+                Assert.Equal(verify == "digest", d.TryGetProperty("verify_ms", out _));
+            }
+        }
+        finally { File.Delete(json); }
+    }
+
     [Fact]
     public void Loopback_coupled_and_explicit_sim_pairs()
     {
@@ -55,6 +77,7 @@ public class CliTests
     [InlineData("loopback --window 1", "--window")]
     [InlineData("loopback --timeout 0.0001", "--timeout")]
     [InlineData("loopback --load-timeout 0", "--load-timeout")]
+    [InlineData("loopback --verify everything", "--verify")]
     [InlineData("loopback --device sim:a", "SRC=DST")]
     [InlineData("loopback --sim 2 --device sim:a=sim:b", "either")]
     [InlineData("send --to nowhere --device sim:a", "ADDR:PORT")]

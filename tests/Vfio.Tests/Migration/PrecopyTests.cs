@@ -119,4 +119,33 @@ public sealed class PrecopyTests
         Assert.Contains("did not converge", report.ConvergedReason, StringComparison.Ordinal);
         for (int i = 0; i < src.Length; i++) Assert.Equal(src[i].StateDigest(), dst[i].StateDigest());
     }
+
+    [Theory]
+    [InlineData(PrecopyMode.Auto, VerifyMode.Stream)]
+    [InlineData(PrecopyMode.Off, VerifyMode.Stream)]
+    [InlineData(PrecopyMode.Auto, VerifyMode.Digest)]
+    [InlineData(PrecopyMode.Off, VerifyMode.Digest)]
+    public void Verify_stream_takes_no_digest_on_either_side_and_verify_digest_checks_it(PrecopyMode precopy, VerifyMode verify)
+    {
+        var (src, dst) = Pairs(2, pages: 32, dirtyPages: 4, dirtyingInfos: 3);
+        var report = TestDevices.Migrate(src, dst, Live() with { Precopy = precopy, Verify = verify });
+
+        Assert.True(report.Ok, report.Error);
+        Assert.All(report.Devices, d => Assert.True(d.Verified)); // byte count and stream checksum, in either mode
+        Assert.Equal(verify, report.Verify);
+        var json = report.ToJson();
+        Assert.Contains(verify == VerifyMode.Stream ? "\"verify\": \"stream\"" : "\"verify\": \"digest\"", json, StringComparison.Ordinal);
+        if (verify == VerifyMode.Stream)
+        {
+            Assert.All(src.Concat(dst), d => Assert.Equal(0, d.DigestCalls));
+            Assert.All(report.Devices, d => Assert.Equal(0, d.VerifyUs));
+            Assert.DoesNotContain("verify_ms", json, StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.All(src.Concat(dst), d => Assert.Equal(1, d.DigestCalls));
+            Assert.All(report.Devices, d => Assert.NotNull(d.Digest));
+        }
+        for (int i = 0; i < src.Length; i++) Assert.Equal(src[i].StateDigest(), dst[i].StateDigest());
+    }
 }
