@@ -253,7 +253,9 @@ public static class MigrationCommands
                 report = body(options, factory, log, side =>
                 {
                     lock (sides) sides.Add(side);
-                    if (terminal && display is null) display = new ProgressDisplay(side.Progress, output);
+                    if (terminal && display is null)
+                        display = new ProgressDisplay(side.Progress, () => { lock (sides) return sides.Select(s => s.Progress.Precopy).FirstOrDefault(p => p is not null); },
+                            output);
                 }, interruption.Token);
             }
             catch (UsageException e)
@@ -354,24 +356,34 @@ public static class MigrationCommands
         return doing.Count == 0 ? default : new(string.Join("; ", doing), string.Join("; ", risk));
     }
 
-    /// <summary>One status line, redrawn in place, for transfers that last more than half a second.</summary>
+    /// <summary>
+    /// One status line, redrawn in place, for transfers that last more than half a second: the live phase's status while it
+    /// lasts (the source's), then the bytes each device has moved.
+    /// </summary>
     private sealed class ProgressDisplay : IDisposable
     {
         private readonly MigrationProgress _p;
+        private readonly Func<PrecopyStatus?> _live;
         private readonly TextWriter _out;
         private readonly Timer _timer;
         private readonly long _start = Environment.TickCount64;
         private bool _drawn;
 
-        public ProgressDisplay(MigrationProgress p, TextWriter output)
+        public ProgressDisplay(MigrationProgress p, Func<PrecopyStatus?> live, TextWriter output)
         {
             _p = p;
+            _live = live;
             _out = output;
             _timer = new Timer(_ => Draw(), null, 500, 200);
         }
 
         private void Draw()
         {
+            if (_live() is { } live)
+            {
+                Show(live.Describe());
+                return;
+            }
             long total = _p.Total, expected = _p.Expected.Sum();
             var parts = _p.Names.Select((n, i) =>
             {
@@ -381,6 +393,11 @@ public static class MigrationCommands
             string line = string.Create(CultureInfo.InvariantCulture,
                 $"{total / 1048576.0:0.0}/{expected / 1048576.0:0.0} MiB  {(Environment.TickCount64 - _start) / 1000.0:0.0}s  "
                     + $"{string.Join("  ", parts)}");
+            Show(line);
+        }
+
+        private void Show(string line)
+        {
             if (line.Length > 150) line = line[..150];
             lock (_out) { _out.Write("\r" + line + "\u001b[K"); _out.Flush(); _drawn = true; }
         }

@@ -274,6 +274,15 @@ public sealed class MigrationProgress
     public long[] Bytes { get; }
     public long Total { get { long t = 0; for (int i = 0; i < Bytes.Length; i++) t += Volatile.Read(ref Bytes[i]); return t; } }
 
+    /// <summary>The live phase's status while it lasts (the source's coordinator writes it; anyone may read it); else null.</summary>
+    public PrecopyStatus? Precopy
+    {
+        get => Volatile.Read(ref _precopy);
+        set => Volatile.Write(ref _precopy, value);
+    }
+
+    private PrecopyStatus? _precopy;
+
     /// <summary>
     /// What a side that is ending is busy with where its devices are at stake (its coordinator writes it; anyone may read
     /// it): what a person who interrupts the run again must know before abandoning it.

@@ -11,7 +11,7 @@ namespace Vfio.Migration;
 /// it is read, and back off before reading again.
 /// Everything here belongs to the save thread, except <see cref="StartLine"/> (shared, Interlocked), the progress
 /// counter, the two "since" stamps the heartbeat thread's watchdog reads (Volatile), the precopy figures the
-/// coordinator reads for its convergence estimate (Volatile), <see cref="AckedUs"/> (written by the main receive
+/// coordinator reads for its convergence estimate and status (Volatile), <see cref="AckedUs"/> (written by the main receive
 /// thread), and <see cref="DeviceLock"/>: the save thread holds it around every call into the device while the device
 /// may be in PRE_COPY, and the coordinator holds it to move the device at the switchover.
 /// </summary>
@@ -42,8 +42,12 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, bool takeD
     /// <summary>When the destination acknowledged the initial image (0: not yet).</summary>
     public long AckedUs;
     public int DirtyRounds { get; private set; }
+    /// <summary>When the initial image was marked (0: not yet).</summary>
+    public long MarkedUs;
     public uint PrecopyBuffers { get; private set; }
-    public long PrecopyBytes { get; private set; }
+    public long PrecopyBytes => Volatile.Read(ref _precopyBytes);
+
+    private long _precopyBytes;
 
     private long _inDeviceSinceUs;     // a call into the device (a read, a transition, the config) in progress since (0: none)
     private long _creditWaitSinceUs;   // waiting for a credit since (0: not waiting)
@@ -146,7 +150,7 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, bool takeD
             {
                 if (PrecopyBuffers == 0) Volatile.Write(ref FirstReadUs, w1);
                 PrecopyBuffers++;
-                PrecopyBytes += n;
+                Volatile.Write(ref _precopyBytes, _precopyBytes + n);
             }
             scheduler.Enqueue(new OutPacket(index, buffer++, PacketFlags.Data, payload, rented, crc));
             // While some device has not read its first buffer, step aside after each buffer: on a host with fewer
@@ -186,6 +190,7 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, bool takeD
     private void MarkInitialImage(uint buffers, long bytes)
     {
         Volatile.Write(ref InitialImageBytes, bytes);
+        Volatile.Write(ref MarkedUs, MigrationClock.NowUs);
         main.Send(new PrecopyMarkMessage(index, buffers));
         track.Add(TraceKind.Transition, MigrationClock.NowUs, MigrationClock.NowUs, detail: $"initial image: {buffers} buffers");
     }

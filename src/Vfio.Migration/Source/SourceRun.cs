@@ -286,14 +286,37 @@ internal sealed class SourceRun
     /// </summary>
     private void Converge(RunControl ctl)
     {
+        try
+        {
+            WaitForConvergence(ctl);
+        }
+        finally
+        {
+            _progress.Precopy = null;
+        }
+    }
+
+    private void WaitForConvergence(RunControl ctl)
+    {
         long deadline = _precopyStartUs + (long)_options.PrecopyTimeout.TotalMicroseconds;
         double limitMs = _options.DowntimeLimit.TotalMilliseconds;
+        long nextStatusUs = 0, nextLogUs = _precopyStartUs + StatusLogIntervalUs;
         while (true)
         {
             if (ctl.Token.WaitHandle.WaitOne(10)) ctl.ThrowIfFailed();
             ctl.Token.ThrowIfCancellationRequested();
             long now = MigrationClock.NowUs;
             double? estimate = EstimateDowntimeMs();
+            if (now >= nextStatusUs)
+            {
+                var status = _progress.Precopy = Status(now, estimate, limitMs);
+                nextStatusUs = now + 200_000;
+                if (now >= nextLogUs)
+                {
+                    _log.LogInformation("{Status}", status.Describe());
+                    nextLogUs = now + StatusLogIntervalUs;
+                }
+            }
             if (estimate is double e && e <= limitMs)
             {
                 _converged = true;
@@ -314,6 +337,29 @@ internal sealed class SourceRun
             _convergedReason = what;
             return;
         }
+    }
+
+    /// <summary>How often the live phase's status is logged (a terminal's progress display redraws it more often).</summary>
+    private const long StatusLogIntervalUs = 2_000_000;
+
+    /// <summary>
+    /// The live phase now. A device's initial image still to go is its expected size less what was read, until it is
+    /// marked; its dirty rate is the precopy data it handed out after its initial image, per second since the mark.
+    /// </summary>
+    private PrecopyStatus Status(long nowUs, double? estimateMs, double limitMs)
+    {
+        long sent = 0, initialLeft = 0;
+        int acked = 0;
+        double dirtyRate = 0;
+        foreach (var s in _savers)
+        {
+            long precopy = s.PrecopyBytes, initial = Volatile.Read(ref s.InitialImageBytes), marked = Volatile.Read(ref s.MarkedUs);
+            sent += precopy;
+            if (Volatile.Read(ref s.AckedUs) != 0) acked++;
+            if (initial < 0) initialLeft += Math.Max(0, _progress.Expected[s.Index] - precopy);
+            else if (nowUs > marked) dirtyRate += (precopy - initial) / ((nowUs - marked) / 1e6);
+        }
+        return new PrecopyStatus((nowUs - _precopyStartUs) / 1000.0, sent, acked, _savers.Length, initialLeft, dirtyRate, estimateMs, limitMs);
     }
 
     /// <summary>The estimated downtime if the devices switched over now, or null while some initial image is not acknowledged.</summary>

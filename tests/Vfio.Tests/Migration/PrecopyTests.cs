@@ -148,4 +148,62 @@ public sealed class PrecopyTests
         }
         for (int i = 0; i < src.Length; i++) Assert.Equal(src[i].StateDigest(), dst[i].StateDigest());
     }
+
+    [Fact]
+    public void While_precopy_lasts_the_source_publishes_its_status_and_logs_it_every_two_seconds_then_clears_it()
+    {
+        // Dirtying forever: the run stays in precopy until its 3 s timeout, then switches over.
+        var (src, dst) = Pairs(2, pages: 64, dirtyPages: 4, dirtyingInfos: int.MaxValue);
+        var options = Live() with { DowntimeLimit = TimeSpan.FromMilliseconds(1) / 1000, PrecopyTimeout = TimeSpan.FromSeconds(3) };
+        var log = new CapturingLogger();
+        var seen = new List<PrecopyStatus>();
+        MigrationSource? source = null;
+        using var watching = new CancellationTokenSource();
+        var watcher = new Thread(() =>
+        {
+            while (!watching.IsCancellationRequested)
+            {
+                if (Volatile.Read(ref source)?.Progress.Precopy is { } status) lock (seen) seen.Add(status);
+                Thread.Sleep(50);
+            }
+        });
+        watcher.Start();
+        RunReport report;
+        try
+        {
+            report = Loopback.Run(src, dst, options, log, (s, _) => Volatile.Write(ref source, s), TestContext.Current.CancellationToken);
+        }
+        finally
+        {
+            watching.Cancel();
+            watcher.Join();
+        }
+
+        Assert.True(report.Ok, report.Error);
+        Assert.Null(source!.Progress.Precopy); // gone once the devices switched over
+        Assert.NotEmpty(seen);
+        var last = seen[^1];
+        Assert.Equal(2, last.Devices);
+        Assert.Equal(2, last.AcknowledgedDevices);
+        Assert.Equal(0, last.InitialLeftBytes);
+        Assert.True(last.SentBytes >= 2 * 64L * PagedDevice.PageSize, $"sent {last.SentBytes}");
+        Assert.True(last.DirtyBytesPerSecond > 0);
+        Assert.NotNull(last.EstimatedDowntimeMs);
+        Assert.True(last.ElapsedMs >= seen[0].ElapsedMs);
+        // Logged at 2 s into the 3 s of precopy (a busy machine may log it late, but it logs it).
+        var lines = log.Lines.Where(l => l.Text.Contains(" s: sent ", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(lines);
+        Assert.All(lines, l => Assert.Equal(Microsoft.Extensions.Logging.LogLevel.Information, l.Level));
+        Assert.Matches(@"^precopy \d+\.\d s: sent \d+\.\d MiB, initial images 2/2 acked, dirty \d+\.\d MiB/s, downtime est\. \d+ ms \(limit 0 ms\)$",
+            lines[^1].Text);
+    }
+
+    [Fact]
+    public void The_status_line_says_what_is_left_of_the_initial_images_and_that_no_estimate_exists_before_every_ack()
+    {
+        var status = new PrecopyStatus(1234, 96L << 20, 3, 4, 12L << 20, 1.5 * (1 << 20), null, 300);
+        Assert.Equal("precopy 1.2 s: sent 96.0 MiB, initial images 3/4 acked (12.0 MiB left), dirty 1.5 MiB/s, downtime est. - (limit 300 ms)",
+            status.Describe());
+        Assert.EndsWith("downtime est. 120 ms (limit 300 ms)", (status with { EstimatedDowntimeMs = 120.4 }).Describe(), StringComparison.Ordinal);
+    }
 }
