@@ -68,7 +68,10 @@ public class EngineTests
     {
         var list = EngineEnv.RequirePairs(kind, pairs);
         using var setup = new EngineSetup(kind, list, StateBytes, LoadUsPerMib);
-        var options = new MigrationOptions { Channels = 4, Loading = mode == "coupled" ? LoadingMode.Coupled : LoadingMode.Decoupled };
+        var options = new MigrationOptions
+        {
+            Channels = 4, Loading = mode == "coupled" ? LoadingMode.Coupled : LoadingMode.Decoupled, Precopy = PrecopyMode.Off,
+        };
         var sources = new List<IMigrationDevice>();
         var destinations = new List<IMigrationDevice>();
         try
@@ -128,7 +131,10 @@ public class EngineTests
         knobs.Set(list[0].Dst, "load_us_per_mib", "2000000");
         knobs.Set(badSrc, "save_us_per_mib", "500000");
         string badDigest = SimKnobs.Read(badDst, "digest");
-        var options = new MigrationOptions { Channels = 4, Loading = mode == "coupled" ? LoadingMode.Coupled : LoadingMode.Decoupled };
+        var options = new MigrationOptions
+        {
+            Channels = 4, Loading = mode == "coupled" ? LoadingMode.Coupled : LoadingMode.Decoupled, Precopy = PrecopyMode.Off,
+        };
 
         var sources = new List<IMigrationDevice>();
         var destinations = new List<IMigrationDevice>();
@@ -229,7 +235,8 @@ public class EngineTests
         {
             var args = new List<string> { "loopback" };
             foreach (var (src, dst) in pairs) args.AddRange(["--device", $"{src}={dst}"]);
-            args.AddRange(["--loading", mode, "--channels", channels.ToString(CultureInfo.InvariantCulture), "--json", json]);
+            // Stop-copy only: these runs check what a stop-copy downtime holds (LiveEngineTests has the live phase).
+            args.AddRange(["--loading", mode, "--channels", channels.ToString(CultureInfo.InvariantCulture), "--precopy", "off", "--json", json]);
             var output = new StringWriter();
             var error = new StringWriter();
             int code = Vfio.Cli.Program.BuildRoot().Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });

@@ -32,7 +32,7 @@ public class ProcessFailureTests
     {
         var pairs = EngineEnv.RequirePairs(PairKind.Sim, 2);
         using var setup = new EngineSetup(PairKind.Sim, pairs, StateBytes, SlowUsPerMib);
-        string common = "--channels 2 --timeout 20";
+        string common = "--channels 2 --timeout 20 --precopy off"; // the fault must land in a stop-copy load
         using var rx = CliProcess.Start($"receive --listen 127.0.0.1:0 {string.Join(' ', pairs.Select(p => "--device " + p.Dst))} {common}");
         string port = rx.WaitForOutput(l => l.StartsWith("listening on 127.0.0.1:", StringComparison.Ordinal), ProcessLimit)
             ["listening on 127.0.0.1:".Length..].Trim();

@@ -37,8 +37,8 @@ internal sealed class MigrationOptionSet
     };
     public readonly Option<PrecopyMode> Precopy = new("--precopy")
     {
-        Description = "Live phase (PRE_COPY) before the switchover: auto (when every device has it), on, off (default, for now)",
-        DefaultValueFactory = _ => PrecopyMode.Off,
+        Description = "Live phase (PRE_COPY) before the switchover: auto (default: when every device has it), on, off",
+        DefaultValueFactory = _ => PrecopyMode.Auto,
     };
     public readonly Option<double> DowntimeLimit = new("--downtime-limit")
     {

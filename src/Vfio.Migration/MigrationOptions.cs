@@ -68,8 +68,8 @@ public sealed record MigrationOptions
     /// separate from <see cref="Timeout"/>, since a device may legitimately load for longer than a peer may be silent.
     /// </summary>
     public TimeSpan LoadTimeout { get; init; } = TimeSpan.FromSeconds(60);
-    /// <summary>Off by default until the guest tier covers live runs with dirtying devices (see README, "Live migration").</summary>
-    public PrecopyMode Precopy { get; init; } = PrecopyMode.Off;
+    /// <summary>Live whenever every device offers PRE_COPY.</summary>
+    public PrecopyMode Precopy { get; init; } = PrecopyMode.Auto;
     /// <summary>Switch over once the remainder is estimated to move and load within this (QEMU's downtime-limit default).</summary>
     public TimeSpan DowntimeLimit { get; init; } = TimeSpan.FromMilliseconds(300);
     /// <summary>How long precopy may take to converge before <see cref="PrecopyTimeoutAction"/>.</summary>
