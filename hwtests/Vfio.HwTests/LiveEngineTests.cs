@@ -82,7 +82,10 @@ public class LiveEngineTests
 
         double loadMs = StateBytes / 1048576.0 * LoadUsPerMib / 1000;
         string figures = $"{pairs} pairs, {mode}: live downtime {live.DowntimeMs:0} ms (precopy {live.PrecopyMs:0} ms), "
-            + $"stop-copy downtime {stopCopy.DowntimeMs:0} ms, one load {loadMs:0} ms";
+            + $"stop-copy downtime {stopCopy.DowntimeMs:0} ms, one load {loadMs:0} ms\nlive:\n{string.Join("\n", live.SummaryLines())}\n"
+            + string.Join("\n", live.Devices.Select(d => $"{d.Name}: precopy {d.PrecopyBytes} B, stop-copy {d.StopCopyBytes} B, "
+                + $"wait {d.WaitUs / 1000} ms, load {d.LoadUs / 1000} ms, verify {d.VerifyUs / 1000} ms, config {d.ConfigUs / 1000} ms"))
+            + $"\nstop-copy:\n{string.Join("\n", stopCopy.SummaryLines())}";
         TestContext.Current.TestOutputHelper?.WriteLine(figures);
         Assert.True(stopCopy.DowntimeMs >= loadMs * 0.95, $"the stop-copy run did not hold a whole load: {figures}");
         Assert.True(live.DowntimeMs < stopCopy.DowntimeMs / 2, $"the live downtime is not under half the stop-copy one: {figures}");

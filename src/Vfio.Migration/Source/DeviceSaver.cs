@@ -46,6 +46,8 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, bool takeD
     public long MarkedUs;
     public uint PrecopyBuffers { get; private set; }
     public long PrecopyBytes => Volatile.Read(ref _precopyBytes);
+    /// <summary>Live buffers sent that the destination has not loaded yet (the coordinator's estimate counts them).</summary>
+    public UnloadedBuffers Unloaded { get; } = new();
 
     private long _precopyBytes;
 
@@ -151,6 +153,7 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, bool takeD
                 if (PrecopyBuffers == 0) Volatile.Write(ref FirstReadUs, w1);
                 PrecopyBuffers++;
                 Volatile.Write(ref _precopyBytes, _precopyBytes + n);
+                Unloaded.Sent(n);
             }
             scheduler.Enqueue(new OutPacket(index, buffer++, PacketFlags.Data, payload, rented, crc));
             // While some device has not read its first buffer, step aside after each buffer: on a host with fewer

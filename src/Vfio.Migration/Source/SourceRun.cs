@@ -282,7 +282,8 @@ internal sealed class SourceRun
     /// The live phase, on the coordinator: wait until every device's initial image is acknowledged and the remainder is
     /// estimated to move and load within --downtime-limit, or until --precopy-timeout (then switch over anyway, or abort).
     /// The estimate takes each device's rate from its initial image (read, sent and loaded at full speed in this run):
-    /// the slowest device's remainder over its rate, or all remainders over the combined rate, whichever is longer.
+    /// the slowest device's remainder over its rate, or all remainders over the combined rate, whichever is longer. A
+    /// device's remainder is what it still holds plus what it sent that the destination has not loaded yet.
     /// </summary>
     private void Converge(RunControl ctl)
     {
@@ -371,6 +372,8 @@ internal sealed class SourceRun
         {
             long acked = Volatile.Read(ref s.AckedUs), remainder = Volatile.Read(ref s.RemainderBytes);
             if (acked == 0 || remainder < 0) return null;
+            // What was sent but not loaded yet loads inside the downtime too (credits count the loaded buffers).
+            remainder += s.Unloaded.Bytes(_credits[s.Index].Granted - _window);
             long bytes = Volatile.Read(ref s.InitialImageBytes), read = Volatile.Read(ref s.FirstReadUs);
             remainders += remainder;
             if (bytes <= 0 || read == 0) continue; // an empty initial image measures nothing

@@ -206,4 +206,21 @@ public sealed class PrecopyTests
             status.Describe());
         Assert.EndsWith("downtime est. 120 ms (limit 300 ms)", (status with { EstimatedDowntimeMs = 120.4 }).Describe(), StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void What_a_device_sent_and_the_destination_has_not_loaded_counts_until_its_credit_comes_back()
+    {
+        var unloaded = new UnloadedBuffers();
+        Assert.Equal(0, unloaded.Bytes(0));
+        unloaded.Sent(100);
+        unloaded.Sent(20);
+        unloaded.Sent(3);
+        Assert.Equal(123, unloaded.Bytes(0));
+        Assert.Equal(23, unloaded.Bytes(1));  // the first buffer loaded
+        Assert.Equal(23, unloaded.Bytes(1));  // asking again changes nothing
+        unloaded.Sent(4000);
+        Assert.Equal(4003, unloaded.Bytes(2));
+        Assert.Equal(0, unloaded.Bytes(4));
+        Assert.Equal(0, unloaded.Bytes(9));   // credits for buffers sent after the live phase: nothing of it is left
+    }
 }
