@@ -5,7 +5,8 @@ namespace Vfio.Cli;
 
 /// <summary>
 /// Turns a run's timeline (absolute microseconds, tracks per thread) into the renderers' model (milliseconds
-/// from the first source stop, one track per thread, the downtime window): the seam for --trace and --svg.
+/// from the start of the live phase, or else from the first source stop; one track per thread; the live phase and the
+/// downtime window): the seam for --trace and --svg.
 /// Track order: destination loaders, source save threads, source channel senders, destination channel
 /// receivers, then the coordinators' state transitions.
 /// </summary>
@@ -14,7 +15,10 @@ public static class TimelineExport
     public static Timeline ToReportsTimeline(RunReport report, string? title = null)
     {
         var tracks = report.Timeline.Tracks;
-        long origin = report.FirstStopUs > 0 ? report.FirstStopUs
+        // A live run starts with its live phase, and the downtime follows it; otherwise it starts with the downtime.
+        bool live = report.PrecopyStartUs > 0 && report.FirstStopUs >= report.PrecopyStartUs;
+        long origin = live ? report.PrecopyStartUs
+            : report.FirstStopUs > 0 ? report.FirstStopUs
             : tracks.SelectMany(t => t.Spans).Select(s => s.StartUs).DefaultIfEmpty(0).Min();
         static int Rank(TimelineTrack t) => (t.Category, t.Side) switch
         {
@@ -29,14 +33,14 @@ public static class TimelineExport
         foreach (var t in ordered)
             foreach (var s in t.Spans)
                 spans.Add(new TimelineSpan(t.Name, Map(s.Kind), (s.StartUs - origin) / 1000.0, (s.EndUs - origin) / 1000.0, Describe(s)));
-        double downStart = 0;
+        double downStart = live ? (report.FirstStopUs - origin) / 1000.0 : 0;
         double downEnd = report.LastRunningUs > origin
             ? (report.LastRunningUs - origin) / 1000.0
             : spans.Select(s => s.EndMs).DefaultIfEmpty(0).Max();
         return new Timeline(
             title ?? $"vfio-mig {report.Role}: {report.Devices.Count} devices, {report.Channels} channels, {report.ModeName} loading, "
-                + $"downtime {report.DowntimeMs:0} ms",
-            ordered.Select(t => t.Name).ToList(), spans, downStart, downEnd);
+                + (live ? $"live {downStart:0} ms, " : "") + $"downtime {report.DowntimeMs:0} ms",
+            ordered.Select(t => t.Name).ToList(), spans, downStart, downEnd, live ? 0 : null);
     }
 
     private static SpanKind Map(TraceKind kind) => kind switch

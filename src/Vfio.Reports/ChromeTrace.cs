@@ -4,7 +4,7 @@ namespace Vfio.Reports;
 
 /// <summary>
 /// Chrome trace-event JSON (the format Perfetto and chrome://tracing open): one thread per track,
-/// complete ("X") events in microseconds, and the downtime as a span on a track of its own.
+/// complete ("X") events in microseconds, and the live phase and the downtime as spans on a track of their own.
 /// </summary>
 public static class ChromeTrace
 {
@@ -26,6 +26,8 @@ public static class ChromeTrace
             WriteMetadata(json, "thread_sort_index", tid, args => args.WriteNumber("sort_index", tid));
         }
 
+        if (timeline.LiveStartMs is double live)
+            WriteComplete(json, 0, "live", "live", live, timeline.DowntimeStartMs, "precopy: the devices run while their state goes");
         WriteComplete(json, 0, "downtime", "downtime", timeline.DowntimeStartMs, timeline.DowntimeEndMs, null);
         var tidOf = tracks.Select((name, i) => (name, i)).ToDictionary(t => t.name, t => t.i);
         foreach (var span in timeline.Spans)

@@ -5,7 +5,7 @@ namespace Vfio.Reports;
 
 /// <summary>
 /// A self-contained SVG picture of a run: one row per track, waiting and loading in distinct colours,
-/// the downtime shaded and labelled, a millisecond axis, a legend and each track's totals.
+/// the live phase and the downtime shaded and labelled, a millisecond axis, a legend and each track's totals.
 /// </summary>
 public static class SvgTimeline
 {
@@ -47,6 +47,14 @@ public static class SvgTimeline
         svg.Append(Inv($"<text x=\"{labelWidth:0.##}\" y=\"22\" font-size=\"16\" font-weight=\"bold\">{Escape(timeline.Title)}</text>\n"));
         WriteLegend(svg, timeline, labelWidth);
 
+        if (timeline.LiveStartMs is double live)
+        {
+            double liveMs = timeline.DowntimeStartMs - live;
+            svg.Append(Inv($"<rect x=\"{X(live):0.##}\" y=\"{Top - 8}\" width=\"{Math.Max(liveMs / msPerPx, 0.5):0.##}\" "
+                + $"height=\"{plotBottom - Top + 8}\" fill=\"#2a9d8f\" fill-opacity=\"0.06\" stroke=\"#2a9d8f\" "
+                + $"stroke-dasharray=\"4 3\"><title>live phase (precopy) {liveMs:0.#} ms</title></rect>\n"));
+            svg.Append(Inv($"<text x=\"{X(live) + 4:0.##}\" y=\"{Top - 12}\" fill=\"#2a9d8f\">live {liveMs:0.#} ms</text>\n"));
+        }
         double downtimeMs = timeline.DowntimeEndMs - timeline.DowntimeStartMs;
         svg.Append(Inv($"<rect x=\"{X(timeline.DowntimeStartMs):0.##}\" y=\"{Top - 8}\" width=\"{Math.Max(downtimeMs / msPerPx, 0.5):0.##}\" "
             + $"height=\"{plotBottom - Top + 8}\" fill=\"#e63946\" fill-opacity=\"0.08\" stroke=\"#e63946\" "

@@ -17,13 +17,17 @@ public sealed record TimelineSpan(string Track, SpanKind Kind, double StartMs, d
     public double DurationMs => EndMs - StartMs;
 }
 
-/// <summary>A run as rendered: tracks in the given order, each with its spans, and the downtime window.</summary>
+/// <summary>
+/// A run as rendered: tracks in the given order, each with its spans, the downtime window, and for a live migration
+/// when its live phase began (it lasts until the downtime starts).
+/// </summary>
 public sealed record Timeline(
     string Title,
     IReadOnlyList<string> Tracks,
     IReadOnlyList<TimelineSpan> Spans,
     double DowntimeStartMs,
-    double DowntimeEndMs)
+    double DowntimeEndMs,
+    double? LiveStartMs = null)
 {
     public double EndMs => Spans.Count == 0 ? DowntimeEndMs : Math.Max(DowntimeEndMs, Spans.Max(s => s.EndMs));
 }
