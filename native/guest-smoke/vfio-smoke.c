@@ -104,6 +104,27 @@ static int sys_write(const char *dir, const char *attr, const char *val)
 	return n < 0 ? -1 : 0;
 }
 
+#define PARAMS "/sys/module/vfio_mig_sim/parameters"
+
+/* a writable module parameter; returns its old value (or -1) so the caller can restore it */
+static long long set_param(const char *name, long long v)
+{
+	char p[256], b[64];
+	long long old = -1;
+	FILE *f;
+
+	snprintf(p, sizeof(p), PARAMS "/%s", name);
+	f = fopen(p, "r");
+	if (f) {
+		if (fgets(b, sizeof(b), f))
+			old = b[0] == 'Y' ? 1 : b[0] == 'N' ? 0 : strtoll(b, NULL, 0);
+		fclose(f);
+	}
+	snprintf(b, sizeof(b), "%lld", v);
+	CHECK(sys_write(PARAMS, name, b) == 0, "module parameter %s = %s", name, b);
+	return old;
+}
+
 static int open_dev(struct dev *d)
 {
 	char link[PATH_MAX], p[PATH_MAX + 32], *g;
@@ -667,6 +688,70 @@ static void test_close_with_fd(struct dev *d)
 	expect_state(d, VFIO_DEVICE_STATE_RUNNING);
 }
 
+/*
+ * A device created while the module's dirty_kib_per_s is 0 dirties nothing in PRE_COPY: once
+ * its initial image is read, PRECOPY_INFO reports nothing left (a live migration converges).
+ */
+static void test_precopy_without_dirtying(const char *parent, const char *type, struct dev *peer)
+{
+	struct vfio_precopy_info info = { .argsz = sizeof(info) };
+	struct dev d = { .fd = -1, .group = -1, .container = -1 };
+	struct blob b = { 0 };
+	char p[PATH_MAX], ds[128], dd[128];
+	long long old;
+	int fd = -1, r, w, stop;
+	FILE *f;
+
+	f = fopen("/proc/sys/kernel/random/uuid", "r");
+	CHECK(f && fgets(d.uuid, sizeof(d.uuid), f), "a new uuid");
+	if (f)
+		fclose(f);
+	d.uuid[strcspn(d.uuid, "\n")] = 0;
+	old = set_param("dirty_kib_per_s", 0);
+	snprintf(p, sizeof(p), "%s/mdev_supported_types/%s", parent, type);
+	r = sys_write(p, "create", d.uuid);
+	set_param("dirty_kib_per_s", old);
+	CHECK(r == 0, "create mdev %s", d.uuid);
+	if (r)
+		return;
+	snprintf(d.sysfs, sizeof(d.sysfs), "/sys/bus/mdev/devices/%s", d.uuid);
+	CHECK(open_dev(&d) == 0, "open the new device");
+	CHECK(sys_num(&d, "dirty_kib_per_s") == 0, "its dirty rate is 0 (%lld)", sys_num(&d, "dirty_kib_per_s"));
+	if (d.fd < 0)
+		goto out;
+	r = set_state(&d, VFIO_DEVICE_STATE_PRE_COPY, &fd);
+	CHECK(r == 0 && fd >= 0, "-> PRE_COPY %d", r);
+	if (fd < 0)
+		goto out;
+	CHECK(read_all(fd, &b) == 1, "initial image read until ENOMSG");
+	usleep(300000);
+	CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) == 0 && info.initial_bytes == 0 &&
+	      info.dirty_bytes == 0, "300 ms later: initial %llu dirty %llu",
+	      (unsigned long long)info.initial_bytes, (unsigned long long)info.dirty_bytes);
+	{
+		size_t before = b.len;
+
+		CHECK(read_all(fd, &b) == 1 && b.len == before, "and nothing more to read (%zu bytes)",
+		      b.len - before);
+	}
+	CHECK(set_state(&d, VFIO_DEVICE_STATE_STOP_COPY, NULL) == 0, "PRE_COPY -> STOP_COPY");
+	CHECK(read_all(fd, &b) == 0, "the rest to EOF");
+	digest(&d, ds, sizeof(ds));
+	close(fd);
+	CHECK(sys_num(&d, "dirtied_pages") == 0, "no page dirtied (%lld)", sys_num(&d, "dirtied_pages"));
+	w = resume(peer, b.p, b.len, 1 << 20, &stop, NULL);
+	CHECK(w == 0 && stop == 0, "resume (%d %d)", w, stop);
+	digest(peer, dd, sizeof(dd));
+	CHECK(!strcmp(ds, dd), "digests differ");
+	printf("  new device with dirty_kib_per_s=0: %zu-byte live stream, dirty 0 after the initial image, digests %s\n",
+	       b.len, strcmp(ds, dd) ? "DIFFER" : "equal");
+	CHECK(set_state(peer, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "peer -> RUNNING");
+out:
+	close_dev(&d);
+	CHECK(sys_write(d.sysfs, "remove", "1") == 0, "remove the new device");
+	free(b.p);
+}
+
 /* Concurrent loads: all pairs resume at once; the parent's limit must hold. */
 struct pair_job {
 	struct dev *dst;
@@ -1057,6 +1142,7 @@ int main(void)
 {
 	const char *env = getenv("VFIO_MIG_SIM_DEVICES");
 	const char *parent = getenv("VFIO_MIG_SIM_PARENT");
+	const char *type = getenv("VFIO_MIG_SIM_TYPE");
 	struct dev devs[32];
 	int n = 0, i, precopy;
 	char *list, *tok, *save = NULL;
@@ -1069,6 +1155,8 @@ int main(void)
 	}
 	if (!parent)
 		parent = "/sys/class/vfio_mig_sim/vfio_mig_sim";
+	if (!type)
+		type = "vfio_mig_sim-mig";
 	list = strdup(env);
 	for (tok = strtok_r(list, " ", &save); tok && n < 32; tok = strtok_r(NULL, " ", &save)) {
 		memset(&devs[n], 0, sizeof(devs[n]));
@@ -1111,6 +1199,11 @@ int main(void)
 
 	printf("[close] closing the device disables the data fd\n");
 	test_close_with_fd(&devs[0]);
+
+	if (precopy) {
+		printf("[no dirtying] a device made with dirty_kib_per_s=0\n");
+		test_precopy_without_dirtying(parent, type, &devs[1]);
+	}
 
 	if (n >= 4) {
 		printf("[concurrency] %d pairs at once\n", n / 2);
