@@ -9,6 +9,10 @@ namespace Vfio.HwTests;
 /// run in-process (what users run) and the engine API (Loopback.Run over RealDeviceAdapter), for 1, 2 and 4 pairs,
 /// decoupled and coupled loading.
 ///
+/// The module resets a device when its fd is opened and closed, as vfio-pci does to a VF (reset_on_open_close): the
+/// engine API tests open the devices first and prepare and check them while they hold them; the CLI tests, where the
+/// CLI opens and closes the devices itself, turn that reset off for their run (see <see cref="NoResetOnOpenClose"/>).
+///
 /// Against vfio_mig_sim devices (VFIO_MIG_SIM_DEVICES, paired in order) each test gives the sources a small state
 /// (dirtied, so it is not only the seed's content) and the destinations a known load delay through the per-device sysfs
 /// knobs, restores both afterwards, and checks: the run succeeded, every device verified, source and destination
@@ -47,6 +51,7 @@ public class EngineTests
     {
         var list = EngineEnv.RequirePairs(kind, pairs);
         using var setup = new EngineSetup(kind, list, StateBytes, LoadUsPerMib);
+        using var noReset = NoResetOnOpenClose(kind);
         var run = RunCli(list, mode, channels: 6);
         Assert.Equal(0, run.ExitCode);
         Assert.Equal(mode, run.Json.Mode);
@@ -67,13 +72,13 @@ public class EngineTests
     public void EngineLoopback_MigratesEveryPair_AndLeavesDevicesRunning(PairKind kind, int pairs, string mode)
     {
         var list = EngineEnv.RequirePairs(kind, pairs);
-        using var setup = new EngineSetup(kind, list, StateBytes, LoadUsPerMib);
         var options = new MigrationOptions
         {
             Channels = 4, Loading = mode == "coupled" ? LoadingMode.Coupled : LoadingMode.Decoupled, Precopy = PrecopyMode.Off,
         };
         var sources = new List<IMigrationDevice>();
         var destinations = new List<IMigrationDevice>();
+        EngineSetup? setup = null;
         try
         {
             foreach (var (src, dst) in list)
@@ -81,6 +86,8 @@ public class EngineTests
                 sources.Add(RealDeviceAdapter.Open(src));
                 destinations.Add(RealDeviceAdapter.Open(dst));
             }
+            // Prepared once open: opening resets the devices, as it resets a VF.
+            setup = new EngineSetup(kind, list, StateBytes, LoadUsPerMib);
             var report = Loopback.Run(sources, destinations, options, cancel: TestContext.Current.CancellationToken);
             string text = string.Join("\n", report.SummaryLines());
             Assert.True(report.Ok, $"run failed: {report.Error}\n{text}");
@@ -104,6 +111,7 @@ public class EngineTests
         finally
         {
             foreach (var d in sources.Concat(destinations)) d.Dispose();
+            setup?.Dispose();
         }
     }
 
@@ -120,56 +128,68 @@ public class EngineTests
     public void RefusedStream_FailsTheRun_NamesTheDevice_AndEveryDeviceRunsAgain(string mode)
     {
         var list = EngineEnv.RequirePairs(PairKind.Sim, 2);
-        using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
-        using var knobs = new SimKnobs();
         var (badSrc, badDst) = list[1];
-        knobs.Set(badSrc, "state_size", (2 * StateBytes).ToString(CultureInfo.InvariantCulture));
-        knobs.SetModuleParameter("max_state_size", StateBytes.ToString(CultureInfo.InvariantCulture));
-        // Timing: the good destination is still inside its (2 s) load when the bad one fails, because the bad source's
-        // first buffer (with the BEGIN record) is ready only after 1 s of "firmware" save time. A device being loaded
-        // when the run fails must end reset and RUNNING, not finished afterwards (RUNNING -> STOP is a valid transition).
-        knobs.Set(list[0].Dst, "load_us_per_mib", "2000000");
-        knobs.Set(badSrc, "save_us_per_mib", "500000");
-        string badDigest = SimKnobs.Read(badDst, "digest");
         var options = new MigrationOptions
         {
             Channels = 4, Loading = mode == "coupled" ? LoadingMode.Coupled : LoadingMode.Decoupled, Precopy = PrecopyMode.Off,
         };
-
         var sources = new List<IMigrationDevice>();
         var destinations = new List<IMigrationDevice>();
+        EngineSetup? setup = null;
+        var knobs = new SimKnobs();
         try
         {
-            foreach (var (src, dst) in list)
+            string badDigest;
+            try
             {
-                sources.Add(RealDeviceAdapter.Open(src));
-                destinations.Add(RealDeviceAdapter.Open(dst));
+                foreach (var (src, dst) in list)
+                {
+                    sources.Add(RealDeviceAdapter.Open(src));
+                    destinations.Add(RealDeviceAdapter.Open(dst));
+                }
+                // Prepared once open: opening resets the devices, as it resets a VF.
+                setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
+                knobs.Set(badSrc, "state_size", (2 * StateBytes).ToString(CultureInfo.InvariantCulture));
+                knobs.SetModuleParameter("max_state_size", StateBytes.ToString(CultureInfo.InvariantCulture));
+                // Timing: the good destination is still inside its (2 s) load when the bad one fails, because the bad source's
+                // first buffer (with the BEGIN record) is ready only after 1 s of "firmware" save time. A device being loaded
+                // when the run fails must end reset and RUNNING, not finished afterwards (RUNNING -> STOP is a valid transition).
+                knobs.Set(list[0].Dst, "load_us_per_mib", "2000000");
+                knobs.Set(badSrc, "save_us_per_mib", "500000");
+                badDigest = SimKnobs.Read(badDst, "digest");
+                var report = Loopback.Run(sources, destinations, options, cancel: TestContext.Current.CancellationToken);
+                string text = string.Join("\n", report.SummaryLines());
+                Assert.False(report.Ok, "the run succeeded although a destination refused its stream\n" + text);
+                Assert.True(report.FailedDevice == badDst, $"failed device '{report.FailedDevice}', expected {badDst}\n{text}");
+                Assert.All(report.Devices, d => Assert.False(d.Verified));
+                foreach (var d in sources.Concat(destinations))
+                    Assert.True(d.GetState() == MigrationState.Running,
+                        $"{d.Name} is {MigrationStateMachine.Name(d.GetState())} after a failed run, not RUNNING\n{text}");
+                // Read while held: closing resets the devices.
+                Assert.Equal(badDigest, SimKnobs.Read(badDst, "digest"));
+                Assert.Equal(setup.SourceDigests[0], SimKnobs.Read(list[0].Src, "digest")); // a source is never changed by a run
             }
-            var report = Loopback.Run(sources, destinations, options, cancel: TestContext.Current.CancellationToken);
-            string text = string.Join("\n", report.SummaryLines());
-            Assert.False(report.Ok, "the run succeeded although a destination refused its stream\n" + text);
-            Assert.True(report.FailedDevice == badDst, $"failed device '{report.FailedDevice}', expected {badDst}\n{text}");
-            Assert.All(report.Devices, d => Assert.False(d.Verified));
-            foreach (var d in sources.Concat(destinations))
-                Assert.True(d.GetState() == MigrationState.Running,
-                    $"{d.Name} is {MigrationStateMachine.Name(d.GetState())} after a failed run, not RUNNING\n{text}");
+            finally
+            {
+                foreach (var d in sources.Concat(destinations)) d.Dispose();
+            }
+            // The scenario happened as intended: the good destination had loaded its state when the run failed.
+            Assert.True(SimKnobs.ReadLong(list[0].Dst, "bytes_loaded") >= StateBytes,
+                $"{list[0].Dst} loaded {SimKnobs.Read(list[0].Dst, "bytes_loaded")} bytes: the run failed before its load, "
+                + "so this test did not cover a device failed mid-load");
+
+            // The same through the CLI: exit code 1 and one line naming the device, which holds its power-on state again
+            // (the CLI's reset on open and close leaves what the refusal left).
+            var cli = RunCliRaw(list, mode, channels: 4);
+            Assert.True(cli.ExitCode == 1, $"exit code {cli.ExitCode}, expected 1\n{cli.Text}");
+            Assert.Contains(badDst, cli.Error);
+            Assert.Equal(badDigest, SimKnobs.Read(badDst, "digest"));
         }
         finally
         {
-            foreach (var d in sources.Concat(destinations)) d.Dispose();
+            knobs.Dispose();
+            setup?.Dispose();
         }
-        // The scenario happened as intended: the good destination had loaded its state when the run failed.
-        Assert.True(SimKnobs.ReadLong(list[0].Dst, "bytes_loaded") >= StateBytes,
-            $"{list[0].Dst} loaded {SimKnobs.Read(list[0].Dst, "bytes_loaded")} bytes: the run failed before its load, "
-            + "so this test did not cover a device failed mid-load");
-        Assert.Equal(badDigest, SimKnobs.Read(badDst, "digest"));
-        Assert.Equal(setup.SourceDigests[0], SimKnobs.Read(list[0].Src, "digest")); // a source is never changed by a run
-
-        // The same through the CLI: exit code 1 and one line naming the device.
-        var cli = RunCliRaw(list, mode, channels: 4);
-        Assert.True(cli.ExitCode == 1, $"exit code {cli.ExitCode}, expected 1\n{cli.Text}");
-        Assert.Contains(badDst, cli.Error);
-        Assert.Equal(badDigest, SimKnobs.Read(badDst, "digest"));
     }
 
     /// <summary>
@@ -198,6 +218,7 @@ public class EngineTests
         {
             var list = all.Take(n).ToList();
             using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, slowUsPerMib);
+            using var noReset = NoResetOnOpenClose(PairKind.Sim);
             var run = RunCli(list, mode, channels: 6);
             Assert.True(run.ExitCode == 0, $"{n} pairs: exit code {run.ExitCode}\n{run.Text}");
             var outcome = ToOutcome(run.Json);
@@ -219,6 +240,62 @@ public class EngineTests
         double extra = downtime[4] - downtime[2];
         Assert.True(extra >= extraWaves * loadMs * 0.5,
             $"{all2}\n4 pairs took {extra:0} ms longer than 2; the limit implies {extraWaves} more load time(s) of {loadMs} ms");
+    }
+
+    /// <summary>
+    /// The engine, not the device, catches a stream whose tail never reached the device. mlx5 accepts a truncated stream at
+    /// RESUMING->STOP (its incomplete last record is dropped), and so does the module with strict_resume=0, its default:
+    /// the run must still fail, on the engine's own verification, naming the destination, which is reset and RUNNING, and
+    /// the source runs again with its state. With strict_resume=1 the module refuses the stream at RESUMING->STOP instead.
+    /// </summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void TruncatedStream_FailsTheRun_WhetherOrNotTheDeviceNotices(bool strict)
+    {
+        var list = EngineEnv.RequirePairs(PairKind.Sim, 1);
+        var (src, dst) = list[0];
+        using var knobs = new SimKnobs();
+        knobs.SetModuleParameter("strict_resume", strict ? "1" : "0");
+        IMigrationDevice? source = null;
+        TailDroppingDevice? destination = null;
+        EngineSetup? setup = null;
+        try
+        {
+            source = RealDeviceAdapter.Open(src);
+            // 100 bytes: the END record and the end of the BAR0 record before it.
+            destination = new TailDroppingDevice(RealDeviceAdapter.Open(dst), drop: 100);
+            setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
+            var report = Loopback.Run([source], [destination], new MigrationOptions { Channels = 2, Precopy = PrecopyMode.Off },
+                cancel: TestContext.Current.CancellationToken);
+            string text = string.Join("\n", report.SummaryLines());
+            Assert.False(report.Ok, "a run whose destination lost the stream's tail succeeded\n" + text);
+            Assert.True(report.FailedDevice == dst, $"failed device '{report.FailedDevice}', expected {dst}\n{text}");
+            string expected = strict ? "refused the stream" : "state digest";
+            Assert.True(report.Error?.Contains(expected) == true, $"error '{report.Error}', expected it to say '{expected}'\n{text}");
+            Assert.Equal(MigrationState.Running, source.GetState());
+            Assert.Equal(MigrationState.Running, destination.GetState());
+            Assert.Equal(setup.SourceDigests[0], SimKnobs.Read(src, "digest"));
+        }
+        finally
+        {
+            source?.Dispose();
+            destination?.Dispose();
+            setup?.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The module's reset on open and close off for a test that runs the CLI in-process (restored on Dispose): the CLI
+    /// opens the devices itself and closes them before the test can look, and a reset at either end would replace the
+    /// sources' prepared state and drop what the destinations loaded, which is what these tests compare. On a real VF
+    /// the same holds: a tool that opens the VF itself migrates a freshly reset VF.
+    /// </summary>
+    internal static SimKnobs NoResetOnOpenClose(PairKind kind)
+    {
+        var knobs = new SimKnobs();
+        if (kind == PairKind.Sim) knobs.SetModuleParameter("reset_on_open_close", "0");
+        return knobs;
     }
 
     internal static int Waves(int devices, int maxConcurrent) => (devices + maxConcurrent - 1) / Math.Max(1, maxConcurrent);

@@ -45,61 +45,67 @@ public class LiveEngineTests
     /// <summary>
     /// A live migration sends the initial image and the dirty rounds while the sources run, converges, switches over,
     /// and every destination ends with the state its source had when it stopped (the module's digests, read while the
-    /// engine still holds the devices); its downtime is shorter than that of a stop-copy-only run of the same devices (decoupled: under half).
+    /// engine still holds the devices); its downtime is shorter than that of a stop-copy-only run of the same devices
+    /// (decoupled: under half).
     /// </summary>
     [Theory]
     [MemberData(nameof(Rows))]
     public void Live_migration_ends_with_each_sources_final_state_in_a_shorter_downtime_than_stop_copy(int pairs, string mode)
     {
         var list = EngineEnv.RequirePairs(PairKind.Sim, pairs);
-        using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
-        using var knobs = new SimKnobs();
-        foreach (var (src, _) in list) knobs.Set(src, "dirty_kib_per_s", DirtyKibPerS.ToString(CultureInfo.InvariantCulture));
-
-        // Stop-copy first: the code both runs share is compiled by then (this is the JIT build, not the CLI's ReadyToRun
-        // one), so what compiling costs under TCG falls on the run the live one is measured against, not on the live one.
-        var stopCopy = Migrate(list, Options(mode, PrecopyMode.Off), report =>
+        WithOpenDevices(list, (sources, destinations) =>
         {
-            Assert.True(report.Ok, $"the stop-copy run failed: {report.Error}");
-            Assert.All(report.Devices, d => Assert.Equal(0, d.PrecopyBytes));
-        });
+            using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
+            using var knobs = new SimKnobs();
+            foreach (var (src, _) in list) knobs.Set(src, "dirty_kib_per_s", DirtyKibPerS.ToString(CultureInfo.InvariantCulture));
 
-        var live = Migrate(list, Options(mode, PrecopyMode.On), report =>
-        {
-            string text = string.Join("\n", report.SummaryLines());
-            Assert.True(report.Ok, $"the live run failed: {report.Error}\n{text}");
-            Assert.True(report.Converged == true, $"precopy did not converge: {report.ConvergedReason}\n{text}");
-            Assert.True(report.PrecopyMs > 0, text);
-            for (int i = 0; i < list.Count; i++)
+            // Stop-copy first: the code both runs share is compiled by then (this is the JIT build, not the CLI's ReadyToRun
+            // one), so what compiling costs under TCG falls on the run the live one is measured against, not on the live one.
+            var stopCopy = Migrate(sources, destinations, Options(mode, PrecopyMode.Off), report =>
             {
-                var (src, dst) = list[i];
-                var d = report.Devices[i];
-                Assert.True(d.Verified, $"{dst} not verified\n{text}");
-                Assert.True(d.PrecopyBytes >= StateBytes, $"{dst}: {d.PrecopyBytes} bytes went before the switchover\n{text}");
-                Assert.True(d.DirtyRounds >= 1, $"{dst}: no dirty round\n{text}");
-                Assert.True(d.InitialAckedUs > 0, $"{dst}: initial image not acknowledged\n{text}");
-                // The source ran, dirtying pages, and the destination has the state it stopped with: a lost or misplaced
-                // dirty round would leave the destination at another state.
-                string finalDigest = SimKnobs.Read(src, "digest");
-                Assert.True(finalDigest != setup.SourceDigests[i], $"{src}: the source did not change while it ran in PRE_COPY\n{text}");
-                Assert.True(SimKnobs.Read(dst, "digest") == finalDigest, $"{dst}: digest differs from its source's final state\n{text}");
-                Assert.Equal("STOP", SimKnobs.Read(src, "mig_state"));
-                Assert.Equal("RUNNING", SimKnobs.Read(dst, "mig_state"));
-            }
-        });
+                Assert.True(report.Ok, $"the stop-copy run failed: {report.Error}");
+                Assert.All(report.Devices, d => Assert.Equal(0, d.PrecopyBytes));
+            });
 
-        double loadMs = StateBytes / 1048576.0 * LoadUsPerMib / 1000;
-        string figures = $"{pairs} pairs, {mode}: live downtime {live.DowntimeMs:0} ms (precopy {live.PrecopyMs:0} ms), "
-            + $"stop-copy downtime {stopCopy.DowntimeMs:0} ms, one load {loadMs:0} ms\nlive:\n{string.Join("\n", live.SummaryLines())}\n"
-            + string.Join("\n", live.Devices.Select(d => $"{d.Name}: precopy {d.PrecopyBytes} B, stop-copy {d.StopCopyBytes} B, "
-                + $"wait {d.WaitUs / 1000} ms, load {d.LoadUs / 1000} ms, verify {d.VerifyUs / 1000} ms, config {d.ConfigUs / 1000} ms"))
-            + $"\nstop-copy:\n{string.Join("\n", stopCopy.SummaryLines())}";
-        TestContext.Current.TestOutputHelper?.WriteLine(figures);
-        Assert.True(stopCopy.DowntimeMs >= loadMs * 0.95, $"the stop-copy run did not hold a whole load: {figures}");
-        // Decoupled, the downtime holds only the remainder. Coupled, a receive thread that loads one device's dirty pages
-        // holds back the buffers behind it on its channel, so the live downtime only has to beat stop-copy's.
-        double bound = mode == "decoupled" ? stopCopy.DowntimeMs / 2 : stopCopy.DowntimeMs;
-        Assert.True(live.DowntimeMs < bound, $"the live downtime is not under {bound:0} ms: {figures}");
+            // The same sources run again (held open: closing would reset them) and go live.
+            foreach (var d in sources) d.SetState(MigrationState.Running);
+            var live = Migrate(sources, destinations, Options(mode, PrecopyMode.On), report =>
+            {
+                string text = string.Join("\n", report.SummaryLines());
+                Assert.True(report.Ok, $"the live run failed: {report.Error}\n{text}");
+                Assert.True(report.Converged == true, $"precopy did not converge: {report.ConvergedReason}\n{text}");
+                Assert.True(report.PrecopyMs > 0, text);
+                for (int i = 0; i < list.Count; i++)
+                {
+                    var (src, dst) = list[i];
+                    var d = report.Devices[i];
+                    Assert.True(d.Verified, $"{dst} not verified\n{text}");
+                    Assert.True(d.PrecopyBytes >= StateBytes, $"{dst}: {d.PrecopyBytes} bytes went before the switchover\n{text}");
+                    Assert.True(d.DirtyRounds >= 1, $"{dst}: no dirty round\n{text}");
+                    Assert.True(d.InitialAckedUs > 0, $"{dst}: initial image not acknowledged\n{text}");
+                    // The source ran, dirtying pages, and the destination has the state it stopped with: a lost or misplaced
+                    // dirty round would leave the destination at another state.
+                    string finalDigest = SimKnobs.Read(src, "digest");
+                    Assert.True(finalDigest != setup.SourceDigests[i], $"{src}: the source did not change while it ran in PRE_COPY\n{text}");
+                    Assert.True(SimKnobs.Read(dst, "digest") == finalDigest, $"{dst}: digest differs from its source's final state\n{text}");
+                    Assert.Equal("STOP", SimKnobs.Read(src, "mig_state"));
+                    Assert.Equal("RUNNING", SimKnobs.Read(dst, "mig_state"));
+                }
+            });
+
+            double loadMs = StateBytes / 1048576.0 * LoadUsPerMib / 1000;
+            string figures = $"{pairs} pairs, {mode}: live downtime {live.DowntimeMs:0} ms (precopy {live.PrecopyMs:0} ms), "
+                + $"stop-copy downtime {stopCopy.DowntimeMs:0} ms, one load {loadMs:0} ms\nlive:\n{string.Join("\n", live.SummaryLines())}\n"
+                + string.Join("\n", live.Devices.Select(d => $"{d.Name}: precopy {d.PrecopyBytes} B, stop-copy {d.StopCopyBytes} B, "
+                    + $"wait {d.WaitUs / 1000} ms, load {d.LoadUs / 1000} ms, verify {d.VerifyUs / 1000} ms, config {d.ConfigUs / 1000} ms"))
+                + $"\nstop-copy:\n{string.Join("\n", stopCopy.SummaryLines())}";
+            TestContext.Current.TestOutputHelper?.WriteLine(figures);
+            Assert.True(stopCopy.DowntimeMs >= loadMs * 0.95, $"the stop-copy run did not hold a whole load: {figures}");
+            // Decoupled, the downtime holds only the remainder. Coupled, a receive thread that loads one device's dirty pages
+            // holds back the buffers behind it on its channel, so the live downtime only has to beat stop-copy's.
+            double bound = mode == "decoupled" ? stopCopy.DowntimeMs / 2 : stopCopy.DowntimeMs;
+            Assert.True(live.DowntimeMs < bound, $"the live downtime is not under {bound:0} ms: {figures}");
+        });
     }
 
     /// <summary>
@@ -113,27 +119,30 @@ public class LiveEngineTests
     public void Precopy_aborted_at_its_timeout_leaves_every_source_running_with_its_state(string mode)
     {
         var list = EngineEnv.RequirePairs(PairKind.Sim, 2);
-        using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
-        using var knobs = new SimKnobs();
-        foreach (var (src, _) in list) knobs.Set(src, "dirty_kib_per_s", "0");
-        // The initial image takes 2 s to load: it cannot be acknowledged within 1 s.
-        var options = Options(mode, PrecopyMode.On) with
+        WithOpenDevices(list, (sources, destinations) =>
         {
-            PrecopyTimeout = TimeSpan.FromSeconds(1),
-            PrecopyTimeoutAction = PrecopyTimeoutAction.Abort,
-        };
-        Migrate(list, options, report =>
-        {
-            string text = string.Join("\n", report.SummaryLines());
-            Assert.False(report.Ok, "the run succeeded although precopy was aborted\n" + text);
-            Assert.Contains("precopy did not converge", report.Error, StringComparison.Ordinal);
-            for (int i = 0; i < list.Count; i++)
+            using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
+            using var knobs = new SimKnobs();
+            foreach (var (src, _) in list) knobs.Set(src, "dirty_kib_per_s", "0");
+            // The initial image takes 2 s to load: it cannot be acknowledged within 1 s.
+            var options = Options(mode, PrecopyMode.On) with
             {
-                var (src, dst) = list[i];
-                Assert.True(SimKnobs.Read(src, "mig_state") == "RUNNING", $"{src} is {SimKnobs.Read(src, "mig_state")}\n{text}");
-                Assert.True(SimKnobs.Read(src, "digest") == setup.SourceDigests[i], $"{src}: its state changed\n{text}");
-                Assert.True(SimKnobs.Read(dst, "mig_state") == "RUNNING", $"{dst} is {SimKnobs.Read(dst, "mig_state")}\n{text}");
-            }
+                PrecopyTimeout = TimeSpan.FromSeconds(1),
+                PrecopyTimeoutAction = PrecopyTimeoutAction.Abort,
+            };
+            Migrate(sources, destinations, options, report =>
+            {
+                string text = string.Join("\n", report.SummaryLines());
+                Assert.False(report.Ok, "the run succeeded although precopy was aborted\n" + text);
+                Assert.Contains("precopy did not converge", report.Error, StringComparison.Ordinal);
+                for (int i = 0; i < list.Count; i++)
+                {
+                    var (src, dst) = list[i];
+                    Assert.True(SimKnobs.Read(src, "mig_state") == "RUNNING", $"{src} is {SimKnobs.Read(src, "mig_state")}\n{text}");
+                    Assert.True(SimKnobs.Read(src, "digest") == setup.SourceDigests[i], $"{src}: its state changed\n{text}");
+                    Assert.True(SimKnobs.Read(dst, "mig_state") == "RUNNING", $"{dst} is {SimKnobs.Read(dst, "mig_state")}\n{text}");
+                }
+            });
         });
     }
 
@@ -143,6 +152,7 @@ public class LiveEngineTests
     {
         var list = EngineEnv.RequirePairs(PairKind.Sim, 2);
         using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
+        using var noReset = EngineTests.NoResetOnOpenClose(PairKind.Sim);
         string json = Path.Combine(Path.GetTempPath(), $"vfio-mig-live-{Guid.NewGuid():N}.json");
         try
         {
@@ -170,8 +180,12 @@ public class LiveEngineTests
         }
     }
 
-    /// <summary>Runs the engine over the pairs and checks the outcome while it still holds every device open.</summary>
-    private static RunReport Migrate(IReadOnlyList<(string Src, string Dst)> list, MigrationOptions options, Action<RunReport> check)
+    /// <summary>
+    /// Opens every device of the pairs, runs <paramref name="body"/> and closes them. The devices are prepared and checked
+    /// while open: opening and closing reset them, as vfio-pci resets a VF.
+    /// </summary>
+    private static void WithOpenDevices(IReadOnlyList<(string Src, string Dst)> list,
+        Action<IReadOnlyList<IMigrationDevice>, IReadOnlyList<IMigrationDevice>> body)
     {
         var sources = new List<IMigrationDevice>();
         var destinations = new List<IMigrationDevice>();
@@ -182,13 +196,20 @@ public class LiveEngineTests
                 sources.Add(RealDeviceAdapter.Open(src));
                 destinations.Add(RealDeviceAdapter.Open(dst));
             }
-            var report = Loopback.Run(sources, destinations, options, cancel: TestContext.Current.CancellationToken);
-            check(report);
-            return report;
+            body(sources, destinations);
         }
         finally
         {
             foreach (var d in sources.Concat(destinations)) d.Dispose();
         }
+    }
+
+    /// <summary>Runs the engine and checks the outcome while the devices are still held open.</summary>
+    private static RunReport Migrate(IReadOnlyList<IMigrationDevice> sources, IReadOnlyList<IMigrationDevice> destinations,
+        MigrationOptions options, Action<RunReport> check)
+    {
+        var report = Loopback.Run(sources, destinations, options, cancel: TestContext.Current.CancellationToken);
+        check(report);
+        return report;
     }
 }

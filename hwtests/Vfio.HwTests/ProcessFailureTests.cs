@@ -10,6 +10,9 @@ namespace Vfio.HwTests;
 /// (its state was not lost), every destination RUNNING, and the survivor's exit code and one-line error.
 /// A destination load takes 2 s (the module's load delay), far longer than the start of a process under TCG takes to
 /// notice the switchover line, so the fault always lands inside the downtime.
+/// The module's reset on open and close is off here: the processes open the devices themselves and close them when they
+/// exit, so a reset would replace the sources' prepared state at the start and drop it at the end, before the test can
+/// read it (on a real VF, too, a state survives only while a process holds the device: docs/protocol.md).
 /// </summary>
 public class ProcessFailureTests
 {
@@ -32,6 +35,7 @@ public class ProcessFailureTests
     {
         var pairs = EngineEnv.RequirePairs(PairKind.Sim, 2);
         using var setup = new EngineSetup(PairKind.Sim, pairs, StateBytes, SlowUsPerMib);
+        using var noReset = EngineTests.NoResetOnOpenClose(PairKind.Sim);
         string common = "--channels 2 --timeout 20 --precopy off"; // the fault must land in a stop-copy load
         using var rx = CliProcess.Start($"receive --listen 127.0.0.1:0 {string.Join(' ', pairs.Select(p => "--device " + p.Dst))} {common}");
         string port = rx.WaitForOutput(l => l.StartsWith("listening on 127.0.0.1:", StringComparison.Ordinal), ProcessLimit)

@@ -104,6 +104,27 @@ static int sys_write(const char *dir, const char *attr, const char *val)
 	return n < 0 ? -1 : 0;
 }
 
+#define PARAMS "/sys/module/vfio_mig_sim/parameters"
+
+/* a writable module parameter; returns its old value (or -1) so the caller can restore it */
+static long long set_param(const char *name, long long v)
+{
+	char p[256], b[64];
+	long long old = -1;
+	FILE *f;
+
+	snprintf(p, sizeof(p), PARAMS "/%s", name);
+	f = fopen(p, "r");
+	if (f) {
+		if (fgets(b, sizeof(b), f))
+			old = b[0] == 'Y' ? 1 : b[0] == 'N' ? 0 : strtoll(b, NULL, 0);
+		fclose(f);
+	}
+	snprintf(b, sizeof(b), "%lld", v);
+	CHECK(sys_write(PARAMS, name, b) == 0, "module parameter %s = %s", name, b);
+	return old;
+}
+
 static int open_dev(struct dev *d)
 {
 	char link[PATH_MAX], p[PATH_MAX + 32], *g;
@@ -449,7 +470,7 @@ static void test_save_resume(struct dev *src, struct dev *dst)
 {
 	struct blob b = { 0 };
 	char ds[128], dd[128], tmp[64];
-	long long loads0, bytes0;
+	long long loads0, bytes0, old_strict;
 	double ms;
 	int stop, w, n;
 	size_t steps[] = { 1 << 20, 777777, 4093 };
@@ -480,6 +501,8 @@ static void test_save_resume(struct dev *src, struct dev *dst)
 	printf("  load_us_per_mib %s, peak_concurrent_loads %lld\n", tmp,
 	       sys_num(dst, "peak_concurrent_loads"));
 
+	/* strict_resume=1: a refused or incomplete stream fails RESUMING->STOP and leaves ERROR */
+	old_strict = set_param("strict_resume", 1);
 	/* corrupt one data byte in the middle: crc mismatch */
 	b.p[b.len / 2] ^= 0x5a;
 	w = resume(dst, b.p, b.len, 1 << 20, &stop, NULL);
@@ -539,6 +562,23 @@ static void test_save_resume(struct dev *src, struct dev *dst)
 	CHECK(stop == -EIO, "and RESUMING -> STOP (%d)", stop);
 	CHECK(sys_num(dst, "inject_load_errors") == 0, "injection consumed");
 	reset_dev(dst);
+
+	/*
+	 * strict_resume=0, as mlx5: RESUMING->STOP succeeds whatever was written; a write that
+	 * failed said so, an incomplete last record is dropped silently (only the writer can tell).
+	 */
+	set_param("strict_resume", 0);
+	w = resume(dst, b.p, b.len - 100, 1 << 20, &stop, NULL);
+	CHECK(w == 0 && stop == 0, "truncated stream accepted at RESUMING -> STOP (%d, %d)", w, stop);
+	expect_state(dst, VFIO_DEVICE_STATE_STOP);
+	digest(dst, dd, sizeof(dd));
+	CHECK(strcmp(ds, dd) != 0, "the dropped last record is missing from the state");
+	b.p[b.len / 2] ^= 0x5a;
+	w = resume(dst, b.p, b.len, 1 << 20, &stop, NULL);
+	CHECK(w == -EIO && stop == 0, "corrupt stream: the write fails, RESUMING -> STOP does not (%d, %d)", w, stop);
+	expect_state(dst, VFIO_DEVICE_STATE_STOP);
+	b.p[b.len / 2] ^= 0x5a;
+	set_param("strict_resume", old_strict);
 	CHECK(sys_write(src->sysfs, "inject_save_errors", "1") == 0, "inject a save error");
 	{
 		struct blob e = { 0 };
@@ -665,6 +705,188 @@ static void test_close_with_fd(struct dev *d)
 	d->fd = ioctl(d->group, VFIO_GROUP_GET_DEVICE_FD, d->uuid);
 	CHECK(d->fd >= 0, "reopen device");
 	expect_state(d, VFIO_DEVICE_STATE_RUNNING);
+}
+
+/* One write() of a whole stream, on its own thread, so that the main thread can reset meanwhile. */
+struct load_job {
+	int fd;
+	const uint8_t *p;
+	size_t len;
+	int w;
+	volatile int done;
+};
+
+static void *load_thread(void *arg)
+{
+	struct load_job *j = arg;
+
+	j->w = write_all(j->fd, j->p, j->len, j->len);
+	j->done = 1;
+	return NULL;
+}
+
+/*
+ * As on mlx5, VFIO_DEVICE_RESET during a load returns at once and does not abort it: the
+ * write finishes every record it carries, then the reset applies (RUNNING, data fd dead,
+ * power-on state).  A GET meanwhile waits for the write, and then sees RUNNING.
+ */
+static void test_reset_during_load(struct dev *src, struct dev *dst, const char *parent)
+{
+	struct blob b = { 0 };
+	struct load_job j = { .fd = -1 };
+	struct dev par = { 0 };
+	char power_on[128], dd[128], x = 0;
+	long long loads0;
+	pthread_t th;
+	double t0;
+	int r;
+
+	snprintf(par.sysfs, sizeof(par.sysfs), "%s", parent);
+	reset_dev(dst);
+	digest(dst, power_on, sizeof(power_on));
+	CHECK(save_stop_copy(src, &b) == 0, "save");
+	/* 8 MiB at 0.5 s per MiB: the load lasts 4 s, the margin for RESET to come back */
+	CHECK(sys_write(dst->sysfs, "load_us_per_mib", "500000") == 0, "slow loads");
+	CHECK(set_state(dst, VFIO_DEVICE_STATE_STOP, NULL) == 0, "dst -> STOP");
+	r = set_state(dst, VFIO_DEVICE_STATE_RESUMING, &j.fd);
+	CHECK(r == 0 && j.fd >= 0, "dst -> RESUMING %d", r);
+	if (j.fd < 0)
+		goto out;
+	loads0 = sys_num(dst, "loads");
+	j.p = b.p;
+	j.len = b.len;
+	pthread_create(&th, NULL, load_thread, &j);
+	t0 = now_ms();
+	while (sys_num(&par, "active_loads") == 0 && now_ms() - t0 < 20000)
+		usleep(1000);
+	CHECK(sys_num(&par, "active_loads") > 0, "the load started");
+	t0 = now_ms();
+	CHECK(ioctl(dst->fd, VFIO_DEVICE_RESET) == 0, "RESET during a load");
+	CHECK(!j.done, "RESET came back while the write was still loading");
+	printf("  RESET during a load returned in %.1f ms\n", now_ms() - t0);
+	r = get_state(dst);
+	CHECK(r == VFIO_DEVICE_STATE_RUNNING, "after the write the reset applied: %s", S(r));
+	pthread_join(th, NULL);
+	CHECK(j.w == 0, "the load in progress completed (%d)", j.w);
+	CHECK(sys_num(dst, "loads") == loads0 + 2, "both CHUNK records of the write loaded (%lld)",
+	      sys_num(dst, "loads") - loads0);
+	CHECK(write(j.fd, &x, 1) < 0 && errno == ENODEV, "the data fd is dead after the reset");
+	close(j.fd);
+	digest(dst, dd, sizeof(dd));
+	CHECK(!strcmp(dd, power_on), "the reset left the power-on state, not the loaded one");
+out:
+	sys_write(dst->sysfs, "load_us_per_mib", "25000");
+	CHECK(set_state(src, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "src -> RUNNING");
+	free(b.p);
+}
+
+/* reset_on_open_close=1 (vfio-pci and a VF): closing and opening reset; 0 keeps the state. */
+static void test_reset_on_open_close(struct dev *src, struct dev *dst)
+{
+	struct blob b = { 0 };
+	char power_on[128], ds[128], dd[128];
+	long long old = -1;
+	int on, w, stop;
+
+	digest(src, ds, sizeof(ds));
+	CHECK(save_stop_copy(src, &b) == 0, "save");
+	for (on = 1; on >= 0; on--) {
+		long long prev = set_param("reset_on_open_close", on);
+
+		if (old < 0)
+			old = prev;
+		reset_dev(dst);
+		digest(dst, power_on, sizeof(power_on));
+		w = resume(dst, b.p, b.len, 1 << 20, &stop, NULL);
+		CHECK(w == 0 && stop == 0, "resume (%d %d)", w, stop);
+		digest(dst, dd, sizeof(dd));
+		CHECK(!strcmp(ds, dd), "loaded");
+		close(dst->fd);
+		dst->fd = -1;
+		digest(dst, dd, sizeof(dd));
+		if (on)
+			CHECK(!strcmp(dd, power_on), "closing the device reset it: the loaded state is gone");
+		else
+			CHECK(!strcmp(dd, ds), "reset_on_open_close=0: the loaded state survives the close");
+		CHECK(sys_write(dst->sysfs, "dirty", "5") == 0, "dirty 5 pages while closed");
+		dst->fd = ioctl(dst->group, VFIO_GROUP_GET_DEVICE_FD, dst->uuid);
+		CHECK(dst->fd >= 0, "reopen");
+		expect_state(dst, VFIO_DEVICE_STATE_RUNNING);
+		digest(dst, dd, sizeof(dd));
+		if (on)
+			CHECK(!strcmp(dd, power_on), "opening the device reset it: what changed while closed is gone");
+		else
+			CHECK(strcmp(dd, power_on) && strcmp(dd, ds), "reset_on_open_close=0: opening keeps what changed");
+		printf("  reset_on_open_close=%d: state after close/open %s\n", on,
+		       !strcmp(dd, power_on) ? "power-on" : "kept");
+	}
+	set_param("reset_on_open_close", old);
+	CHECK(set_state(src, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "src -> RUNNING");
+	free(b.p);
+}
+
+/*
+ * A device created while the module's dirty_kib_per_s is 0 dirties nothing in PRE_COPY: once
+ * its initial image is read, PRECOPY_INFO reports nothing left (a live migration converges).
+ */
+static void test_precopy_without_dirtying(const char *parent, const char *type, struct dev *peer)
+{
+	struct vfio_precopy_info info = { .argsz = sizeof(info) };
+	struct dev d = { .fd = -1, .group = -1, .container = -1 };
+	struct blob b = { 0 };
+	char p[PATH_MAX], ds[128], dd[128];
+	long long old;
+	int fd = -1, r, w, stop;
+	FILE *f;
+
+	f = fopen("/proc/sys/kernel/random/uuid", "r");
+	CHECK(f && fgets(d.uuid, sizeof(d.uuid), f), "a new uuid");
+	if (f)
+		fclose(f);
+	d.uuid[strcspn(d.uuid, "\n")] = 0;
+	old = set_param("dirty_kib_per_s", 0);
+	snprintf(p, sizeof(p), "%s/mdev_supported_types/%s", parent, type);
+	r = sys_write(p, "create", d.uuid);
+	set_param("dirty_kib_per_s", old);
+	CHECK(r == 0, "create mdev %s", d.uuid);
+	if (r)
+		return;
+	snprintf(d.sysfs, sizeof(d.sysfs), "/sys/bus/mdev/devices/%s", d.uuid);
+	CHECK(open_dev(&d) == 0, "open the new device");
+	CHECK(sys_num(&d, "dirty_kib_per_s") == 0, "its dirty rate is 0 (%lld)", sys_num(&d, "dirty_kib_per_s"));
+	if (d.fd < 0)
+		goto out;
+	r = set_state(&d, VFIO_DEVICE_STATE_PRE_COPY, &fd);
+	CHECK(r == 0 && fd >= 0, "-> PRE_COPY %d", r);
+	if (fd < 0)
+		goto out;
+	CHECK(read_all(fd, &b) == 1, "initial image read until ENOMSG");
+	usleep(300000);
+	CHECK(ioctl(fd, VFIO_MIG_GET_PRECOPY_INFO, &info) == 0 && info.initial_bytes == 0 &&
+	      info.dirty_bytes == 0, "300 ms later: initial %llu dirty %llu",
+	      (unsigned long long)info.initial_bytes, (unsigned long long)info.dirty_bytes);
+	{
+		size_t before = b.len;
+
+		CHECK(read_all(fd, &b) == 1 && b.len == before, "and nothing more to read (%zu bytes)",
+		      b.len - before);
+	}
+	CHECK(set_state(&d, VFIO_DEVICE_STATE_STOP_COPY, NULL) == 0, "PRE_COPY -> STOP_COPY");
+	CHECK(read_all(fd, &b) == 0, "the rest to EOF");
+	digest(&d, ds, sizeof(ds));
+	close(fd);
+	CHECK(sys_num(&d, "dirtied_pages") == 0, "no page dirtied (%lld)", sys_num(&d, "dirtied_pages"));
+	w = resume(peer, b.p, b.len, 1 << 20, &stop, NULL);
+	CHECK(w == 0 && stop == 0, "resume (%d %d)", w, stop);
+	digest(peer, dd, sizeof(dd));
+	CHECK(!strcmp(ds, dd), "digests differ");
+	printf("  new device with dirty_kib_per_s=0: %zu-byte live stream, dirty 0 after the initial image, digests %s\n",
+	       b.len, strcmp(ds, dd) ? "DIFFER" : "equal");
+	CHECK(set_state(peer, VFIO_DEVICE_STATE_RUNNING, NULL) == 0, "peer -> RUNNING");
+out:
+	close_dev(&d);
+	CHECK(sys_write(d.sysfs, "remove", "1") == 0, "remove the new device");
+	free(b.p);
 }
 
 /* Concurrent loads: all pairs resume at once; the parent's limit must hold. */
@@ -1057,6 +1279,7 @@ int main(void)
 {
 	const char *env = getenv("VFIO_MIG_SIM_DEVICES");
 	const char *parent = getenv("VFIO_MIG_SIM_PARENT");
+	const char *type = getenv("VFIO_MIG_SIM_TYPE");
 	struct dev devs[32];
 	int n = 0, i, precopy;
 	char *list, *tok, *save = NULL;
@@ -1069,6 +1292,8 @@ int main(void)
 	}
 	if (!parent)
 		parent = "/sys/class/vfio_mig_sim/vfio_mig_sim";
+	if (!type)
+		type = "vfio_mig_sim-mig";
 	list = strdup(env);
 	for (tok = strtok_r(list, " ", &save); tok && n < 32; tok = strtok_r(NULL, " ", &save)) {
 		memset(&devs[n], 0, sizeof(devs[n]));
@@ -1111,6 +1336,15 @@ int main(void)
 
 	printf("[close] closing the device disables the data fd\n");
 	test_close_with_fd(&devs[0]);
+
+	printf("[reset] a reset during a load, a reset on open and close\n");
+	test_reset_during_load(&devs[0], &devs[1], parent);
+	test_reset_on_open_close(&devs[0], &devs[1]);
+
+	if (precopy) {
+		printf("[no dirtying] a device made with dirty_kib_per_s=0\n");
+		test_precopy_without_dirtying(parent, type, &devs[1]);
+	}
 
 	if (n >= 4) {
 		printf("[concurrency] %d pairs at once\n", n / 2);

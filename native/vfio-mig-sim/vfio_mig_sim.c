@@ -16,7 +16,10 @@
  *    what was dirtied becomes readable only after VFIO_MIG_GET_PRECOPY_INFO;
  *  - resume writes are parsed in order and every completed record is loaded
  *    synchronously inside write(), taking a per-parent load slot;
- *  - a misordered, corrupt or truncated stream fails and poisons the fd.
+ *  - a misordered or corrupt stream fails that write and poisons the fd; RESUMING->STOP
+ *    accepts what came (an incomplete last record is dropped) unless strict_resume;
+ *  - a reset (VFIO_DEVICE_RESET, and opening and closing the device) is a VF's FLR: the
+ *    state goes back to its power-on content; a reset during a load waits for that write.
  *
  * Stream format (all little endian), one record = hdr + payload:
  *   hdr     { u64 size (payload bytes); u32 flags (bit0 OPTIONAL); u32 tag }
@@ -154,6 +157,14 @@ static unsigned int max_devices = 32;
 module_param(max_devices, uint, 0444);
 MODULE_PARM_DESC(max_devices, "maximum number of mdev instances (default 32)");
 
+static bool strict_resume;
+module_param(strict_resume, bool, 0644);
+MODULE_PARM_DESC(strict_resume, "RESUMING->STOP fails with EIO and leaves the device in ERROR after an incomplete or refused stream (default off: as mlx5, it succeeds and an incomplete last record is dropped)");
+
+static bool reset_on_open_close = true;
+module_param(reset_on_open_close, bool, 0644);
+MODULE_PARM_DESC(reset_on_open_close, "reset the device when its fd is opened and when it is closed, as vfio-pci does for a VF (default on)");
+
 #define SIM_MAX_DELAY_US_PER_MIB	2000000U	/* 2 s per MiB */
 
 /* ---------------------------------------------------------------- types */
@@ -221,7 +232,9 @@ struct sim_dev {
 	struct mdev_device *mdev;
 	struct sim_parent *parent;
 
-	struct mutex state_mutex;	/* migration state, sessions, config */
+	struct mutex state_mutex;	/* migration state, sessions, config; unlocked by sim_state_unlock() */
+	spinlock_t reset_lock;		/* deferred_reset */
+	bool deferred_reset;		/* a reset came while state_mutex was held */
 	enum vfio_device_mig_state mig_state;
 	struct sim_migf *save_migf;	/* also read under data_lock */
 	struct sim_migf *resume_migf;
@@ -231,6 +244,9 @@ struct sim_dev {
 	u64 state_size;
 	u64 seed;
 	u64 rng;
+	/* what a reset regenerates: set at creation and by the sysfs seed/state_size, not by a load */
+	u64 power_on_seed;
+	u64 power_on_size;
 	u8 bar0[SIM_BAR0_SIZE];
 
 	u8 cfg[SIM_CFG_SIZE];
@@ -503,6 +519,78 @@ static void sim_disable_all(struct sim_dev *sd)
 	m = sd->resume_migf;
 	if (m)
 		sim_disable_migf(sd, m);
+}
+
+/*
+ * data_lock held: the state a freshly reset VF has: its power-on size and the content its
+ * power-on seed generates; whatever was loaded or dirtied since is gone.  Should the buffer
+ * for another size not be had, the content is regenerated at the current size.
+ */
+static void sim_power_on_state(struct sim_dev *sd)
+{
+	if (sd->state_size != sd->power_on_size) {
+		u8 *n = vzalloc(sd->power_on_size);
+
+		if (n) {
+			vfree(sd->state);
+			sd->state = n;
+			sd->state_size = sd->power_on_size;
+		} else {
+			pr_warn_ratelimited(SIM_NAME ": reset: no memory for a %llu-byte state, keeping %llu bytes\n",
+					    sd->power_on_size, sd->state_size);
+		}
+	}
+	sd->seed = sd->power_on_seed;
+	sim_generate(sd);
+}
+
+/*
+ * state_mutex held: a function level reset, as vfio-pci does to a VF: sessions end (their
+ * fds give ENODEV), the device is RUNNING, command register and BAR address are cleared,
+ * and the state is the power-on state.
+ */
+static void sim_reset_locked(struct sim_dev *sd)
+{
+	sim_disable_all(sd);
+	sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
+	put_unaligned_le16(0, sd->cfg + PCI_COMMAND);
+	put_unaligned_le32(PCI_BASE_ADDRESS_SPACE_MEMORY | PCI_BASE_ADDRESS_MEM_TYPE_32,
+			   sd->cfg + PCI_BASE_ADDRESS_0);
+	mutex_lock(&sd->data_lock);
+	sim_power_on_state(sd);
+	mutex_unlock(&sd->data_lock);
+}
+
+/*
+ * Every holder of state_mutex releases it here.  A reset that came while the mutex was held
+ * (e.g. by a resume write in the middle of a load) was deferred; it is applied now, before
+ * anyone else gets the device, as mlx5 does: a reset never aborts a load in progress.
+ */
+static void sim_state_unlock(struct sim_dev *sd)
+{
+again:
+	spin_lock(&sd->reset_lock);
+	if (sd->deferred_reset) {
+		sd->deferred_reset = false;
+		spin_unlock(&sd->reset_lock);
+		sim_reset_locked(sd);
+		goto again;
+	}
+	mutex_unlock(&sd->state_mutex);
+	spin_unlock(&sd->reset_lock);
+}
+
+/* VFIO_DEVICE_RESET: at once when the device is idle, else when the current holder is done. */
+static void sim_reset(struct sim_dev *sd)
+{
+	spin_lock(&sd->reset_lock);
+	sd->deferred_reset = true;
+	if (!mutex_trylock(&sd->state_mutex)) {
+		spin_unlock(&sd->reset_lock);
+		return;
+	}
+	spin_unlock(&sd->reset_lock);
+	sim_state_unlock(sd);
 }
 
 static int sim_release_file(struct inode *inode, struct file *filp)
@@ -1078,11 +1166,25 @@ static ssize_t sim_resume_write(struct file *filp, const char __user *buf, size_
 				loff_t *pos)
 {
 	struct sim_migf *m = filp->private_data;
+	struct sim_dev *sd;
 	ssize_t done = 0;
 	int ret = 0;
 
 	if (pos)
 		return -ESPIPE;
+	mutex_lock(&m->lock);
+	if (m->disabled || !m->sd || m->poisoned) {
+		mutex_unlock(&m->lock);
+		return -ENODEV;
+	}
+	sd = m->sd;
+	get_device(&sd->vdev.device);	/* sd outlives the device's close while we wait */
+	mutex_unlock(&m->lock);
+	/*
+	 * As on mlx5, the write holds the device's state mutex while it loads: transitions wait
+	 * for it, and a reset that comes meanwhile is applied once the write returns.
+	 */
+	mutex_lock(&sd->state_mutex);
 	mutex_lock(&m->lock);
 	if (m->disabled || !m->sd || m->poisoned) {
 		ret = -ENODEV;
@@ -1136,6 +1238,8 @@ static ssize_t sim_resume_write(struct file *filp, const char __user *buf, size_
 	}
 out:
 	mutex_unlock(&m->lock);
+	sim_state_unlock(sd);
+	put_device(&sd->vdev.device);
 	return ret ? ret : done;
 }
 
@@ -1184,7 +1288,12 @@ static struct file *sim_step(struct sim_dev *sd, enum vfio_device_mig_state next
 		ok = !m->poisoned && (m->complete || m->total_written == 0);
 		mutex_unlock(&m->lock);
 		sim_disable_migf(sd, m);
-		if (!ok) {
+		/*
+		 * mlx5 loads every record as it completes and leaves RESUMING whatever came
+		 * before (an incomplete last record is dropped): the writer must check the
+		 * stream itself.  strict_resume refuses it here instead.
+		 */
+		if (!ok && READ_ONCE(strict_resume)) {
 			/* the device state is garbage now: it must be reset */
 			sd->mig_state = VFIO_DEVICE_STATE_ERROR;
 			return ERR_PTR(-EIO);
@@ -1233,7 +1342,7 @@ static struct file *sim_set_state(struct vfio_device *vdev, enum vfio_device_mig
 	mutex_lock(&sd->state_mutex);
 	/* from ERROR only VFIO_DEVICE_RESET leads out (the helper WARNs on it) */
 	if (sd->mig_state == VFIO_DEVICE_STATE_ERROR) {
-		mutex_unlock(&sd->state_mutex);
+		sim_state_unlock(sd);
 		return ERR_PTR(-EINVAL);
 	}
 #if SIM_HAVE_PRECOPY
@@ -1245,7 +1354,7 @@ static struct file *sim_set_state(struct vfio_device *vdev, enum vfio_device_mig
 	 */
 	if (sd->mig_state == VFIO_DEVICE_STATE_STOP_COPY &&
 	    (new == VFIO_DEVICE_STATE_PRE_COPY || new == VFIO_DEVICE_STATE_PRE_COPY_P2P)) {
-		mutex_unlock(&sd->state_mutex);
+		sim_state_unlock(sd);
 		return ERR_PTR(-EINVAL);
 	}
 #endif
@@ -1265,7 +1374,7 @@ static struct file *sim_set_state(struct vfio_device *vdev, enum vfio_device_mig
 			break;
 		}
 	}
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	return res;
 }
 
@@ -1275,7 +1384,7 @@ static int sim_get_state(struct vfio_device *vdev, enum vfio_device_mig_state *s
 
 	mutex_lock(&sd->state_mutex);
 	*st = sd->mig_state;
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	return 0;
 }
 
@@ -1303,7 +1412,7 @@ static int sim_get_data_size(struct vfio_device *vdev, unsigned long *len)
 		      (sizeof(struct sim_rec_hdr) + sizeof(struct sim_chunk)) + 8;
 		mutex_unlock(&sd->data_lock);
 	}
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	*len = est;
 	return 0;
 }
@@ -1360,7 +1469,7 @@ static ssize_t sim_cfg_rw(struct sim_dev *sd, char __user *ubuf, size_t count, u
 	mutex_lock(&sd->state_mutex);
 	if (write) {
 		if (copy_from_user(tmp, ubuf, count)) {
-			mutex_unlock(&sd->state_mutex);
+			sim_state_unlock(sd);
 			return -EFAULT;
 		}
 		for (i = 0; i < count; i++) {
@@ -1371,11 +1480,11 @@ static ssize_t sim_cfg_rw(struct sim_dev *sd, char __user *ubuf, size_t count, u
 	} else {
 		memcpy(tmp, sd->cfg + off, count);
 		if (copy_to_user(ubuf, tmp, count)) {
-			mutex_unlock(&sd->state_mutex);
+			sim_state_unlock(sd);
 			return -EFAULT;
 		}
 	}
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	return count;
 }
 
@@ -1391,7 +1500,7 @@ static ssize_t sim_bar0_rw(struct sim_dev *sd, char __user *ubuf, size_t count, 
 	mutex_lock(&sd->state_mutex);
 	/* a stopped device does not change its state: MMIO writes are refused */
 	if (write && !sim_state_is_running(sd->mig_state)) {
-		mutex_unlock(&sd->state_mutex);
+		sim_state_unlock(sd);
 		return -EBUSY;
 	}
 	mutex_lock(&sd->data_lock);
@@ -1403,7 +1512,7 @@ static ssize_t sim_bar0_rw(struct sim_dev *sd, char __user *ubuf, size_t count, 
 			ret = -EFAULT;
 	}
 	mutex_unlock(&sd->data_lock);
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	return ret;
 }
 
@@ -1442,18 +1551,6 @@ static ssize_t sim_write(struct vfio_device *vdev, const char __user *buf, size_
 			 loff_t *ppos)
 {
 	return sim_rw(vdev, (char __user *)buf, count, ppos, true);
-}
-
-static void sim_reset(struct sim_dev *sd)
-{
-	mutex_lock(&sd->state_mutex);
-	sim_disable_all(sd);
-	sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
-	/* FLR-like: command register and BAR address are cleared */
-	put_unaligned_le16(0, sd->cfg + PCI_COMMAND);
-	put_unaligned_le32(PCI_BASE_ADDRESS_SPACE_MEMORY | PCI_BASE_ADDRESS_MEM_TYPE_32,
-			   sd->cfg + PCI_BASE_ADDRESS_0);
-	mutex_unlock(&sd->state_mutex);
 }
 
 static long sim_ioctl(struct vfio_device *vdev, unsigned int cmd, unsigned long arg)
@@ -1530,8 +1627,11 @@ static int sim_open_device(struct vfio_device *vdev)
 	struct sim_dev *sd = container_of(vdev, struct sim_dev, vdev);
 
 	mutex_lock(&sd->state_mutex);
-	sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
-	mutex_unlock(&sd->state_mutex);
+	if (READ_ONCE(reset_on_open_close))
+		sim_reset_locked(sd);
+	else
+		sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
+	sim_state_unlock(sd);
 	return 0;
 }
 
@@ -1540,9 +1640,13 @@ static void sim_close_device(struct vfio_device *vdev)
 	struct sim_dev *sd = container_of(vdev, struct sim_dev, vdev);
 
 	mutex_lock(&sd->state_mutex);
-	sim_disable_all(sd);
-	sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
-	mutex_unlock(&sd->state_mutex);
+	if (READ_ONCE(reset_on_open_close)) {
+		sim_reset_locked(sd);
+	} else {
+		sim_disable_all(sd);
+		sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
+	}
+	sim_state_unlock(sd);
 }
 
 static u64 sim_default_seed(struct mdev_device *mdev)
@@ -1563,6 +1667,7 @@ static int sim_init_dev(struct vfio_device *vdev)
 	sd->mdev = mdev;
 	sd->parent = sim_parent;
 	mutex_init(&sd->state_mutex);
+	spin_lock_init(&sd->reset_lock);
 	mutex_init(&sd->data_lock);
 	sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
 	sd->state_size = round_up(ss, SIM_PAGE);
@@ -1573,6 +1678,8 @@ static int sim_init_dev(struct vfio_device *vdev)
 		return -ENOMEM;
 	}
 	sd->seed = sim_default_seed(mdev);
+	sd->power_on_seed = sd->seed;
+	sd->power_on_size = sd->state_size;
 	sd->load_us_per_mib = min(load_us_per_mib, SIM_MAX_DELAY_US_PER_MIB);
 	sd->save_us_per_mib = min(save_us_per_mib, SIM_MAX_DELAY_US_PER_MIB);
 	sd->dirty_kib_per_s = dirty_kib_per_s;
@@ -1717,7 +1824,7 @@ static ssize_t mig_state_show(struct device *dev, struct device_attribute *a, ch
 
 	mutex_lock(&sd->state_mutex);
 	st = sd->mig_state;
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	return sysfs_emit(buf, "%s\n", st < ARRAY_SIZE(sim_state_names) &&
 			  sim_state_names[st] ? sim_state_names[st] : "?");
 }
@@ -1770,10 +1877,12 @@ static ssize_t state_size_store(struct device *dev, struct device_attribute *a,
 	vfree(sd->state);
 	sd->state = n;
 	sd->state_size = v;
+	sd->power_on_size = v;
+	sd->power_on_seed = sd->seed;
 	sim_generate(sd);
 	mutex_unlock(&sd->data_lock);
 out:
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	return ret ? ret : count;
 }
 static DEVICE_ATTR_RW(state_size);
@@ -1804,12 +1913,14 @@ static ssize_t seed_store(struct device *dev, struct device_attribute *a,
 	if (!ret) {
 		mutex_lock(&sd->data_lock);
 		sd->seed = v;
+		sd->power_on_seed = v;
+		sd->power_on_size = sd->state_size;
 		sim_generate(sd);
 		for (p = 0; p < sd->state_size / SIM_PAGE; p++)
 			sim_mark_dirty(sd, p);
 		mutex_unlock(&sd->data_lock);
 	}
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	return ret ? ret : count;
 }
 static DEVICE_ATTR_RW(seed);
@@ -1837,7 +1948,7 @@ static ssize_t dirty_store(struct device *dev, struct device_attribute *a,
 		sim_dirty_pages(sd, v);
 		mutex_unlock(&sd->data_lock);
 	}
-	mutex_unlock(&sd->state_mutex);
+	sim_state_unlock(sd);
 	return ret ? ret : count;
 }
 static DEVICE_ATTR_RW(dirty);

@@ -3,7 +3,7 @@ namespace Vfio.Migration;
 /// <summary>
 /// A migratable device as the engine drives it: the real VFIO device (through the object model) or a simulated
 /// one. Every call is blocking and may be made from any engine thread, but never two at once on one device,
-/// except Reset, which the engine may call to abort a load that is in progress on another thread.
+/// except Reset, which the engine may call while a load is in progress on another thread.
 /// </summary>
 public interface IMigrationDevice : IDisposable
 {
@@ -43,8 +43,10 @@ public interface IMigrationDevice : IDisposable
     void RestoreConfig(ReadOnlySpan<byte> config);
 
     /// <summary>
-    /// Returns the device to RUNNING with no migration session (VFIO_DEVICE_RESET). A load in progress on another
-    /// thread either fails at once or, as on mlx5, completes before the reset takes effect.
+    /// Returns the device to RUNNING with no migration session (VFIO_DEVICE_RESET). It does not abort a load in progress
+    /// on another thread on mlx5 (nor on the vfio_mig_sim kernel module): the write doing it completes, and the reset
+    /// takes effect when it returns (the reset call itself returns at once; the device's next call waits for the
+    /// write); then the device is RUNNING and the stream gives ENODEV. The simulated device cuts the load short instead.
     /// </summary>
     void Reset();
 
