@@ -240,6 +240,10 @@ public static class MigrationCommands
             b.SetMinimumLevel(r.GetValue(common.Verbose) ? LogLevel.Debug : terminal ? LogLevel.Warning : LogLevel.Information);
         });
         ReportFile?[] files = [];
+        PrecopyStatus? LiveStatus()
+        {
+            lock (sides) return sides.Select(s => s.Progress.Precopy).FirstOrDefault(p => p is not null);
+        }
         try
         {
             RunReport report;
@@ -254,8 +258,7 @@ public static class MigrationCommands
                 {
                     lock (sides) sides.Add(side);
                     if (terminal && display is null)
-                        display = new ProgressDisplay(side.Progress, () => { lock (sides) return sides.Select(s => s.Progress.Precopy).FirstOrDefault(p => p is not null); },
-                            output);
+                        display = new ProgressDisplay(side.Progress, LiveStatus, output);
                 }, interruption.Token);
             }
             catch (UsageException e)

@@ -227,7 +227,10 @@ internal sealed class DestinationRun
                 var stream = d.SetState(MigrationState.Resuming)
                     ?? throw new MigrationException("STOP->RESUMING returned no data stream", i);
                 track.Add(TraceKind.Transition, t0, MigrationClock.NowUs, detail: "->RESUMING");
-                sinks[i] = new DeviceSink(i, d, stream, _options.Window, _pool!, track) { Live = _live, CheckDigest = _options.Verify == VerifyMode.Digest };
+                sinks[i] = new DeviceSink(i, d, stream, _options.Window, _pool!, track)
+                {
+                    Live = _live, CheckDigest = _options.Verify == VerifyMode.Digest,
+                };
             }
             catch (Exception e)
             {

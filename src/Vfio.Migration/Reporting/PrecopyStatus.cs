@@ -17,7 +17,10 @@ public sealed record PrecopyStatus(
     double? EstimatedDowntimeMs,
     double DowntimeLimitMs)
 {
-    /// <summary>One line, e.g. "precopy 3.2 s: sent 96.0 MiB, initial images 3/4 acked (12.0 MiB left), dirty 1.5 MiB/s, downtime est. 120 ms (limit 300 ms)".</summary>
+    /// <summary>
+    /// One line, e.g. "precopy 3.2 s: sent 96.0 MiB, initial images 3/4 acked (12.0 MiB left), dirty 1.5 MiB/s, downtime
+    /// est. 120 ms (limit 300 ms)".
+    /// </summary>
     public string Describe()
     {
         var c = CultureInfo.InvariantCulture;

@@ -15,9 +15,9 @@ namespace Vfio.Migration;
 /// thread), and <see cref="DeviceLock"/>: the save thread holds it around every call into the device while the device
 /// may be in PRE_COPY, and the coordinator holds it to move the device at the switchover.
 /// </summary>
-internal sealed class DeviceSaver(int index, IMigrationDevice device, bool takeDigest, ulong? stopCopyDigest, CreditGate credits, IPacketScheduler scheduler,
-    BufferPool pool, MigrationProgress progress, DeviceSaver.StartLine started, TimelineTrack track, MainChannel main,
-    ILogger log)
+internal sealed class DeviceSaver(int index, IMigrationDevice device, bool takeDigest, ulong? stopCopyDigest, CreditGate credits,
+    IPacketScheduler scheduler, BufferPool pool, MigrationProgress progress, DeviceSaver.StartLine started, TimelineTrack track,
+    MainChannel main, ILogger log)
 {
     /// <summary>Counts the devices whose first buffer was read.</summary>
     public sealed class StartLine(int devices)

@@ -22,6 +22,10 @@ internal static class TestDevices
         return (src, dst);
     }
 
+    /// <summary>
+    /// A run's options for the tests of the stop-copy engine (transport, loading, faults): stop-copy only, whatever the
+    /// devices offer. The live phase's tests ask for it (PrecopyTests).
+    /// </summary>
     public static MigrationOptions Options(int channels, LoadingMode mode = LoadingMode.Decoupled, int buffer = 32 << 10, int window = 4) => new()
     {
         Channels = channels,
@@ -29,6 +33,7 @@ internal static class TestDevices
         Loading = mode,
         Window = window,
         Timeout = TimeSpan.FromSeconds(20),
+        Precopy = PrecopyMode.Off,
     };
 
     /// <summary>A loopback migration, with what the simulated devices know added to its report (the device bound, load times).</summary>
