@@ -53,12 +53,8 @@ public class LiveEngineTests
     public void Live_migration_ends_with_each_sources_final_state_in_a_shorter_downtime_than_stop_copy(int pairs, string mode)
     {
         var list = EngineEnv.RequirePairs(PairKind.Sim, pairs);
-        WithOpenDevices(list, (sources, destinations) =>
+        WithPreparedDevices(list, DirtyKibPerS.ToString(CultureInfo.InvariantCulture), (sources, destinations, setup) =>
         {
-            using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
-            using var knobs = new SimKnobs();
-            foreach (var (src, _) in list) knobs.Set(src, "dirty_kib_per_s", DirtyKibPerS.ToString(CultureInfo.InvariantCulture));
-
             // Stop-copy first: the code both runs share is compiled by then (this is the JIT build, not the CLI's ReadyToRun
             // one), so what compiling costs under TCG falls on the run the live one is measured against, not on the live one.
             var stopCopy = Migrate(sources, destinations, Options(mode, PrecopyMode.Off), report =>
@@ -119,11 +115,8 @@ public class LiveEngineTests
     public void Precopy_aborted_at_its_timeout_leaves_every_source_running_with_its_state(string mode)
     {
         var list = EngineEnv.RequirePairs(PairKind.Sim, 2);
-        WithOpenDevices(list, (sources, destinations) =>
+        WithPreparedDevices(list, "0", (sources, destinations, setup) =>
         {
-            using var setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
-            using var knobs = new SimKnobs();
-            foreach (var (src, _) in list) knobs.Set(src, "dirty_kib_per_s", "0");
             // The initial image takes 2 s to load: it cannot be acknowledged within 1 s.
             var options = Options(mode, PrecopyMode.On) with
             {
@@ -181,14 +174,18 @@ public class LiveEngineTests
     }
 
     /// <summary>
-    /// Opens every device of the pairs, runs <paramref name="body"/> and closes them. The devices are prepared and checked
-    /// while open: opening and closing reset them, as vfio-pci resets a VF.
+    /// Opens every device of the pairs, then prepares them (EngineSetup, the sources' dirty rate), runs
+    /// <paramref name="body"/>, closes the devices and only then restores what it prepared. Prepared and checked while
+    /// open, since opening and closing reset the devices, as vfio-pci resets a VF; restored once closed, since a source
+    /// left stopped by a successful run refuses a new seed until its reset returns it to RUNNING.
     /// </summary>
-    private static void WithOpenDevices(IReadOnlyList<(string Src, string Dst)> list,
-        Action<IReadOnlyList<IMigrationDevice>, IReadOnlyList<IMigrationDevice>> body)
+    private static void WithPreparedDevices(IReadOnlyList<(string Src, string Dst)> list, string sourceDirtyKibPerS,
+        Action<IReadOnlyList<IMigrationDevice>, IReadOnlyList<IMigrationDevice>, EngineSetup> body)
     {
         var sources = new List<IMigrationDevice>();
         var destinations = new List<IMigrationDevice>();
+        var knobs = new SimKnobs();
+        EngineSetup? setup = null;
         try
         {
             foreach (var (src, dst) in list)
@@ -196,11 +193,15 @@ public class LiveEngineTests
                 sources.Add(RealDeviceAdapter.Open(src));
                 destinations.Add(RealDeviceAdapter.Open(dst));
             }
-            body(sources, destinations);
+            setup = new EngineSetup(PairKind.Sim, list, StateBytes, LoadUsPerMib);
+            foreach (var (src, _) in list) knobs.Set(src, "dirty_kib_per_s", sourceDirtyKibPerS);
+            body(sources, destinations, setup);
         }
         finally
         {
             foreach (var d in sources.Concat(destinations)) d.Dispose();
+            knobs.Dispose();
+            setup?.Dispose();
         }
     }
 
