@@ -34,6 +34,7 @@
 #   VFIO_MIG_SIM_TYPE      mdev type name (vfio_mig_sim-mig)
 #   VFIO_MIG_SIM_RESULTS   /results (writable, copied to the host's --results DIR)
 #   VFIO_MIG_SIM_GUEST=1, VFIO_MIG_SIM_KERNEL=<uname -r>
+#   VFIO_MIG_SIM_KCONFIG   the guest kernel's build config (a file of the host's cache, seen through the shared root)
 #   VFIO_MIG_IGB_PF        with --igb: the PCI address of the igb PF
 #
 # Exit status: COMMAND's exit status, or
@@ -346,6 +347,7 @@ rm -f "$RESULTS"/guest-{status,exit-code,stdout.txt,stderr.txt,dmesg.txt,dmesg-u
     echo 'export HOME=/tmp/home TMPDIR=/tmp LANG=C.UTF-8'
     echo 'export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1 DOTNET_gcServer=0'
     echo 'export VFIO_MIG_SIM_GUEST=1 VFIO_MIG_SIM_RESULTS=/results'
+    printf 'export VFIO_MIG_SIM_KCONFIG=%q\n' "$KDIR/boot/config-$KREL"
     for e in "${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"}"; do printf 'export %q\n' "$e"; done
     echo 'mkdir -p "$HOME"'
     printf 'cd %q 2>/dev/null || cd /\n' "$PWD"

@@ -889,6 +889,100 @@ out:
 	free(b.p);
 }
 
+/* VFIO_DEVICE_FEATURE with a payload copied in and back; 0 or -errno */
+static int feature(struct dev *d, uint32_t flags, void *data, size_t len)
+{
+	uint8_t buf[sizeof(struct vfio_device_feature) + 64];
+	struct vfio_device_feature *f = (void *)buf;
+
+	memset(buf, 0, sizeof(buf));
+	f->argsz = sizeof(*f) + len;
+	f->flags = flags;
+	if (len)
+		memcpy(f->data, data, len);
+	if (ioctl(d->fd, VFIO_DEVICE_FEATURE, f))
+		return -errno;
+	if (len)
+		memcpy(data, f->data, len);
+	return 0;
+}
+
+/* the running kernel's config (VFIO_MIG_SIM_KCONFIG, set by run-in-guest.sh): 1 option y/m, 0 not, -1 unknown */
+static int kconfig_has(const char *opt)
+{
+	const char *path = getenv("VFIO_MIG_SIM_KCONFIG");
+	size_t n = strlen(opt);
+	char line[512];
+	int found = 0;
+	FILE *f;
+
+	if (!path || !(f = fopen(path, "r")))
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, opt, n) && line[n] == '=' && (line[n + 1] == 'y' || line[n + 1] == 'm'))
+			found = 1;
+	fclose(f);
+	return found;
+}
+
+/*
+ * DMA logging by mlx5's rules: START gives back the page size, a second START is EINVAL,
+ * more ranges than the core's 256 are E2BIG, the device's own writes (sysfs dma_write) in
+ * a logged range are dirty, REPORT reads and clears them where the kernel has the iova
+ * bitmap code (CONFIG_IOMMUFD_DRIVER; else the core answers EOPNOTSUPP), STOP ends it.
+ */
+static void test_dma_logging(struct dev *d)
+{
+	struct vfio_device_feature_dma_logging_range r[257];
+	struct vfio_device_feature_dma_logging_control c = {
+		.page_size = 4096, .num_ranges = 2, .ranges = (uintptr_t)r,
+	};
+	struct vfio_device_feature_dma_logging_report rep = {
+		.iova = 2 << 20, .length = 1 << 20, .page_size = 4096,
+	};
+	uint64_t bitmap[4] = { 0 };
+	char st[128];
+	int ret, has = kconfig_has("CONFIG_IOMMUFD_DRIVER");
+	unsigned int i;
+
+	for (i = 0; i < 257; i++) {
+		r[i].iova = (uint64_t)i * (2 << 20);
+		r[i].length = 1 << 20;
+	}
+	rep.bitmap = (uintptr_t)bitmap;
+	CHECK(feature(d, VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_SET |
+		      VFIO_DEVICE_FEATURE_DMA_LOGGING_START, NULL, 0) == 0, "PROBE DMA_LOGGING_START");
+	CHECK(feature(d, VFIO_DEVICE_FEATURE_PROBE | VFIO_DEVICE_FEATURE_GET |
+		      VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, NULL, 0) == 0, "PROBE DMA_LOGGING_REPORT");
+	c.num_ranges = 257;
+	ret = feature(d, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, &c, sizeof(c));
+	CHECK(ret == -E2BIG, "257 ranges give %d, want -E2BIG", ret);
+	c.num_ranges = 2;
+	ret = feature(d, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, &c, sizeof(c));
+	CHECK(ret == 0 && c.page_size == 4096, "START %d, page size %llu", ret, (unsigned long long)c.page_size);
+	ret = feature(d, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_START, &c, sizeof(c));
+	CHECK(ret == -EINVAL, "a second START gives %d, want -EINVAL", ret);
+	/* ranges [0, 1 MiB) and [2, 3 MiB): the device writes pages 0 and 1 of the second, and memory outside both */
+	CHECK(sys_write(d->sysfs, "dma_write", "2097152 8192") == 0, "dma_write in a range");
+	CHECK(sys_write(d->sysfs, "dma_write", "1048576 4096") == 0, "dma_write outside");
+	sys_read(d, "dma_logging", st, sizeof(st));
+	CHECK(!strcmp(st, "page_size 4096 ranges 2 dirty 2"), "dma_logging '%s'", st);
+	ret = feature(d, VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT, &rep, sizeof(rep));
+	if (has == 0) {
+		CHECK(ret == -EOPNOTSUPP, "REPORT without CONFIG_IOMMUFD_DRIVER gives %d, want -EOPNOTSUPP", ret);
+	} else if (has == 1) {
+		CHECK(ret == 0 && bitmap[0] == 3 && !bitmap[1] && !bitmap[2] && !bitmap[3],
+		      "REPORT %d, bitmap %llx", ret, (unsigned long long)bitmap[0]);
+		sys_read(d, "dma_logging", st, sizeof(st));
+		CHECK(!strcmp(st, "page_size 4096 ranges 2 dirty 0"), "read and cleared: '%s'", st);
+	}
+	printf("  DMA logging: REPORT gave %d (CONFIG_IOMMUFD_DRIVER %s)\n", ret,
+	       has < 0 ? "unknown" : has ? "set" : "not set");
+	CHECK(feature(d, VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP, NULL, 0) == 0, "STOP");
+	sys_read(d, "dma_logging", st, sizeof(st));
+	CHECK(!strcmp(st, "off"), "dma_logging after STOP '%s'", st);
+}
+
 /* Concurrent loads: all pairs resume at once; the parent's limit must hold. */
 struct pair_job {
 	struct dev *dst;
@@ -1336,6 +1430,9 @@ int main(void)
 
 	printf("[close] closing the device disables the data fd\n");
 	test_close_with_fd(&devs[0]);
+
+	printf("[dma logging] start, report, stop\n");
+	test_dma_logging(&devs[0]);
 
 	printf("[reset] a reset during a load, a reset on open and close\n");
 	test_reset_during_load(&devs[0], &devs[1], parent);

@@ -20,6 +20,8 @@
  *    accepts what came (an incomplete last record is dropped) unless strict_resume;
  *  - a reset (VFIO_DEVICE_RESET, and opening and closing the device) is a VF's FLR: the
  *    state goes back to its power-on content; a reset during a load waits for that write.
+ *  - DMA logging (6.2+) through the core's vfio_log_ops: the device's own writes to IOVA
+ *    space (sysfs dma_write) are tracked in the logged ranges and reported read-and-clear.
  *
  * Stream format (all little endian), one record = hdr + payload:
  *   hdr     { u64 size (payload bytes); u32 flags (bit0 OPTIONAL); u32 tag }
@@ -88,6 +90,16 @@
 #else
 #define SIM_HAVE_PRECOPY 0
 #endif
+
+#ifdef VFIO_DEVICE_FEATURE_DMA_LOGGING_START
+#define SIM_HAVE_DMA_LOGGING 1
+#include <linux/interval_tree.h>
+#include <linux/iova_bitmap.h>
+#else
+#define SIM_HAVE_DMA_LOGGING 0
+#endif
+/* DMA logging: at most this many tracked pages per device (512 KiB of bitmap); larger ranges get larger pages */
+#define SIM_LOG_MAX_PAGES	(1ULL << 22)
 
 struct sim_rec_hdr {
 	__le64 size;
@@ -182,6 +194,13 @@ struct sim_parent {
 
 struct sim_dev;
 
+/* One IOVA range of DMA logging: a bit per tracked page, set when the device writes there. */
+struct sim_log_range {
+	u64 start;		/* page aligned (the tracker's page) */
+	u64 pages;
+	unsigned long *dirty;
+};
+
 struct sim_migf {
 	struct file *filp;
 	struct sim_dev *sd;		/* valid while !disabled (under lock) */
@@ -269,6 +288,14 @@ struct sim_dev {
 	/* fault injection: the next N loads / saved chunks fail with -EIO */
 	atomic_t inject_load_errors;
 	atomic_t inject_save_errors;
+
+	/* DMA logging (dirty page tracking of the device's own writes to IOVA space) */
+	struct mutex log_lock;		/* the fields below; taken after state_mutex */
+	bool log_on;
+	u64 log_page;			/* the page size the tracker chose */
+	u32 log_nranges;
+	struct sim_log_range *log_ranges;
+	atomic64_t dma_pages_written;	/* pages the device wrote (sysfs dma_write), logged or not */
 };
 
 static struct sim_parent *sim_parent;
@@ -1426,6 +1453,188 @@ static const struct vfio_migration_ops sim_mig_ops = {
 #endif
 };
 
+/* ---------------------------------------------------------------- DMA logging */
+
+#if SIM_HAVE_DMA_LOGGING
+
+/* log_lock held */
+static void sim_log_free(struct sim_dev *sd)
+{
+	u32 i;
+
+	for (i = 0; i < sd->log_nranges; i++)
+		kvfree(sd->log_ranges[i].dirty);
+	kfree(sd->log_ranges);
+	sd->log_ranges = NULL;
+	sd->log_nranges = 0;
+	sd->log_on = false;
+	sd->log_page = 0;
+}
+
+/* tracker pages of `page` bytes that cover [start, last] */
+static u64 sim_log_span(u64 start, u64 last, u64 page)
+{
+	u64 first = round_down(start, page);
+	u64 end = round_down(last, page);
+
+	return div64_u64(end - first, page) + 1;
+}
+
+/*
+ * The device starts tracking its writes to the given IOVA ranges.  As on mlx5: a second
+ * start without a stop is refused, and the page size may be raised (the core copies the one
+ * chosen back to user space): here so that the bitmaps stay within SIM_LOG_MAX_PAGES.
+ */
+static int sim_log_start(struct vfio_device *vdev, struct rb_root_cached *ranges, u32 nnodes,
+			 u64 *page_size)
+{
+	struct sim_dev *sd = container_of(vdev, struct sim_dev, vdev);
+	struct interval_tree_node *n;
+	u64 page = *page_size, total;
+	u32 i;
+	int ret = 0;
+
+	if (!nnodes || page < SIM_PAGE || !is_power_of_2(page))
+		return -EINVAL;
+	mutex_lock(&sd->log_lock);
+	if (sd->log_on) {
+		ret = -EINVAL;
+		goto out;
+	}
+	for (;;) {
+		total = 0;
+		for (n = interval_tree_iter_first(ranges, 0, ULONG_MAX); n;
+		     n = interval_tree_iter_next(n, 0, ULONG_MAX)) {
+			if (n->last < n->start) {
+				ret = -EINVAL;
+				goto out;
+			}
+			total += sim_log_span(n->start, n->last, page);
+			if (total > SIM_LOG_MAX_PAGES)
+				break;
+		}
+		if (total <= SIM_LOG_MAX_PAGES)
+			break;
+		if (page >= (1ULL << 62)) {
+			ret = -E2BIG;
+			goto out;
+		}
+		page <<= 1;
+	}
+	sd->log_ranges = kcalloc(nnodes, sizeof(*sd->log_ranges), GFP_KERNEL_ACCOUNT);
+	if (!sd->log_ranges) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	i = 0;
+	for (n = interval_tree_iter_first(ranges, 0, ULONG_MAX); n && i < nnodes;
+	     n = interval_tree_iter_next(n, 0, ULONG_MAX), i++) {
+		struct sim_log_range *r = &sd->log_ranges[i];
+
+		r->start = round_down(n->start, page);
+		r->pages = sim_log_span(n->start, n->last, page);
+		r->dirty = kvcalloc(BITS_TO_LONGS(r->pages), sizeof(unsigned long), GFP_KERNEL_ACCOUNT);
+		sd->log_nranges = i + 1;
+		if (!r->dirty) {
+			sim_log_free(sd);
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	sd->log_page = page;
+	sd->log_on = true;
+	*page_size = page;
+out:
+	mutex_unlock(&sd->log_lock);
+	return ret;
+}
+
+static int sim_log_stop(struct vfio_device *vdev)
+{
+	struct sim_dev *sd = container_of(vdev, struct sim_dev, vdev);
+
+	mutex_lock(&sd->log_lock);
+	sim_log_free(sd);
+	mutex_unlock(&sd->log_lock);
+	return 0;
+}
+
+/*
+ * Reports the pages written in [iova, iova + length) into the core's bitmap and clears
+ * them.  A tracker page only partly inside the window is reported but stays dirty: the
+ * next window (or report) covers the rest; reporting a page twice is harmless, missing
+ * one is not.
+ */
+static int sim_log_read_and_clear(struct vfio_device *vdev, unsigned long iova,
+				  unsigned long length, struct iova_bitmap *dirty)
+{
+	struct sim_dev *sd = container_of(vdev, struct sim_dev, vdev);
+	u64 end = (u64)iova + length;	/* the core checked it does not overflow */
+	u32 i;
+	int ret = 0;
+
+	mutex_lock(&sd->log_lock);
+	if (!sd->log_on) {
+		ret = -EINVAL;
+		goto out;
+	}
+	for (i = 0; i < sd->log_nranges; i++) {
+		struct sim_log_range *r = &sd->log_ranges[i];
+		u64 p;
+
+		for_each_set_bit(p, r->dirty, r->pages) {
+			u64 a = r->start + p * sd->log_page;
+			u64 b = a + sd->log_page;
+			u64 lo = max_t(u64, a, iova), hi = min_t(u64, b, end);
+
+			if (lo >= hi)
+				continue;
+			iova_bitmap_set(dirty, lo, hi - lo);
+			if (lo == a && hi == b)
+				clear_bit(p, r->dirty);
+		}
+	}
+out:
+	mutex_unlock(&sd->log_lock);
+	return ret;
+}
+
+static const struct vfio_log_ops sim_log_ops = {
+	.log_start = sim_log_start,
+	.log_stop = sim_log_stop,
+	.log_read_and_clear = sim_log_read_and_clear,
+};
+
+/*
+ * state_mutex held: the device writes [iova, iova + length) of IOVA space (a running device
+ * DMAs into the memory it was given); the pages in a logged range become dirty.
+ */
+static void sim_dma_write(struct sim_dev *sd, u64 iova, u64 length)
+{
+	u64 last = iova + length - 1;
+	u32 i;
+
+	atomic64_add(sim_log_span(iova, last, SIM_PAGE), &sd->dma_pages_written);
+	mutex_lock(&sd->log_lock);
+	for (i = 0; sd->log_on && i < sd->log_nranges; i++) {
+		struct sim_log_range *r = &sd->log_ranges[i];
+		u64 rlast = r->start + r->pages * sd->log_page - 1;
+		u64 lo, hi, p;
+
+		if (last < r->start || iova > rlast)
+			continue;
+		lo = div64_u64(max(iova, r->start) - r->start, sd->log_page);
+		hi = div64_u64(min(last, rlast) - r->start, sd->log_page);
+		for (p = lo; p <= hi; p++) {
+			set_bit(p, r->dirty);
+			if ((p & 1023) == 1023)
+				cond_resched();
+		}
+	}
+	mutex_unlock(&sd->log_lock);
+}
+#endif
+
 /* ---------------------------------------------------------------- PCI emulation */
 
 static void sim_cfg_init(struct sim_dev *sd)
@@ -1646,6 +1855,12 @@ static void sim_close_device(struct vfio_device *vdev)
 		sim_disable_all(sd);
 		sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
 	}
+#if SIM_HAVE_DMA_LOGGING
+	/* as mlx5: the tracker ends with the user that started it */
+	mutex_lock(&sd->log_lock);
+	sim_log_free(sd);
+	mutex_unlock(&sd->log_lock);
+#endif
 	sim_state_unlock(sd);
 }
 
@@ -1667,6 +1882,7 @@ static int sim_init_dev(struct vfio_device *vdev)
 	sd->mdev = mdev;
 	sd->parent = sim_parent;
 	mutex_init(&sd->state_mutex);
+	mutex_init(&sd->log_lock);
 	spin_lock_init(&sd->reset_lock);
 	mutex_init(&sd->data_lock);
 	sd->mig_state = VFIO_DEVICE_STATE_RUNNING;
@@ -1675,6 +1891,7 @@ static int sim_init_dev(struct vfio_device *vdev)
 	if (!sd->state) {
 		mutex_destroy(&sd->state_mutex);
 		mutex_destroy(&sd->data_lock);
+		mutex_destroy(&sd->log_lock);
 		return -ENOMEM;
 	}
 	sd->seed = sim_default_seed(mdev);
@@ -1696,6 +1913,7 @@ static void sim_release_dev(struct vfio_device *vdev)
 	sd->state = NULL;
 	mutex_destroy(&sd->state_mutex);
 	mutex_destroy(&sd->data_lock);
+	mutex_destroy(&sd->log_lock);
 #if LINUX_VERSION_CODE < KERNEL_VERSION(6, 2, 0)
 	vfio_free_device(vdev);
 #endif
@@ -1991,6 +2209,51 @@ static ssize_t name##_store(struct device *dev, struct device_attribute *a,	\
 }									\
 static DEVICE_ATTR_RW(name)
 
+#if SIM_HAVE_DMA_LOGGING
+/* write "IOVA LENGTH": the running device writes there by DMA (what DMA logging tracks) */
+static ssize_t dma_write_store(struct device *dev, struct device_attribute *a,
+			       const char *buf, size_t count)
+{
+	struct sim_dev *sd = sim_from_dev(dev);
+	unsigned long long iova, length;
+	int ret;
+
+	if (sscanf(buf, "%llu %llu", &iova, &length) != 2 && sscanf(buf, "%llx %llx", &iova, &length) != 2)
+		return -EINVAL;
+	if (!length || iova + length < iova)
+		return -EINVAL;
+	mutex_lock(&sd->state_mutex);
+	ret = sim_state_is_running(sd->mig_state) ? 0 : -EBUSY;
+	if (!ret)
+		sim_dma_write(sd, iova, length);
+	sim_state_unlock(sd);
+	return ret ? ret : count;
+}
+static DEVICE_ATTR_WO(dma_write);
+
+/* "off", or "page_size P ranges R dirty D": the tracker and the pages it holds for the next report */
+static ssize_t dma_logging_show(struct device *dev, struct device_attribute *a, char *buf)
+{
+	struct sim_dev *sd = sim_from_dev(dev);
+	u64 dirty = 0;
+	ssize_t n;
+	u32 i;
+
+	mutex_lock(&sd->log_lock);
+	for (i = 0; i < sd->log_nranges; i++)
+		dirty += bitmap_weight(sd->log_ranges[i].dirty, sd->log_ranges[i].pages);
+	if (sd->log_on)
+		n = sysfs_emit(buf, "page_size %llu ranges %u dirty %llu\n", sd->log_page,
+			       sd->log_nranges, dirty);
+	else
+		n = sysfs_emit(buf, "off\n");
+	mutex_unlock(&sd->log_lock);
+	return n;
+}
+static DEVICE_ATTR_RO(dma_logging);
+SIM_SHOW_ATOMIC64(dma_pages_written);
+#endif
+
 SIM_INJECT_ATTR(inject_load_errors);
 SIM_INJECT_ATTR(inject_save_errors);
 
@@ -2018,6 +2281,11 @@ static struct attribute *sim_dev_attrs[] = {
 	&dev_attr_reset_counters.attr,
 	&dev_attr_inject_load_errors.attr,
 	&dev_attr_inject_save_errors.attr,
+#if SIM_HAVE_DMA_LOGGING
+	&dev_attr_dma_write.attr,
+	&dev_attr_dma_logging.attr,
+	&dev_attr_dma_pages_written.attr,
+#endif
 	NULL,
 };
 
@@ -2044,6 +2312,9 @@ static int sim_probe(struct mdev_device *mdev)
 	sd->vdev.migration_flags = VFIO_MIGRATION_STOP_COPY | VFIO_MIGRATION_P2P;
 #if SIM_HAVE_PRECOPY
 	sd->vdev.migration_flags |= VFIO_MIGRATION_PRE_COPY;
+#endif
+#if SIM_HAVE_DMA_LOGGING
+	sd->vdev.log_ops = &sim_log_ops;
 #endif
 	ret = vfio_register_emulated_iommu_dev(&sd->vdev);
 	if (ret) {

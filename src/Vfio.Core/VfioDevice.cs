@@ -492,8 +492,12 @@ public sealed class VfioDevice : IDisposable
         return errno == 0;
     }
 
-    /// <summary>DMA_LOGGING_START: the device starts tracking the pages it writes in the given IOVA ranges.</summary>
-    public unsafe void StartDmaLogging(ulong pageSize, IReadOnlyList<(ulong Iova, ulong Length)> ranges)
+    /// <summary>
+    /// DMA_LOGGING_START: the device starts tracking the pages it writes in the given IOVA ranges. Returns the page size
+    /// the driver chose, which reports must use: it may be larger than <paramref name="pageSize"/> (mlx5 raises it to
+    /// what its tracker can hold). A second start without a stop is refused (EINVAL).
+    /// </summary>
+    public unsafe ulong StartDmaLogging(ulong pageSize, IReadOnlyList<(ulong Iova, ulong Length)> ranges)
     {
         if (ranges.Count == 0)
             throw new ArgumentException("DMA logging needs at least one IOVA range", nameof(ranges));
@@ -508,6 +512,7 @@ public sealed class VfioDevice : IDisposable
             if (errno != 0)
                 throw new VfioException(FeatureOp("SET", VfioUapi.VFIO_DEVICE_FEATURE_DMA_LOGGING_START), errno,
                     IsNotSupported(errno) ? "the device does not support DMA logging (dirty page tracking)" : null);
+            return control.PageSize;
         }
     }
 
