@@ -6,7 +6,7 @@ using System.Text.Json.Nodes;
 namespace Vfio.PeerBench;
 
 /// <summary>What one QEMU migration gave: the end-to-end figure from the traces, and QEMU's own account (query-migrate).</summary>
-internal sealed record QemuResult(PeerTiming Timing, double? QemuDowntimeMs, double? QemuTotalMs, double? QemuSetupMs, string QueryMigrate);
+internal sealed record QemuResult(PeerTiming Timing, double? QemuDowntimeMs, double? QemuTotalMs);
 
 /// <summary>
 /// One migration by QEMU 10 of the mdev devices: a source QEMU with the source devices and a destination QEMU
@@ -18,34 +18,44 @@ internal sealed class QemuRun(PeerOptions options, string firmware)
     public QemuResult Run(PeerMode mode, IReadOnlyList<string> sources, IReadOnlyList<string> destinations, string dir)
     {
         Directory.CreateDirectory(dir);
-        // QMP sockets on the guest's tmpfs: a 9p-shared results folder need not support Unix sockets
-        string sockets = Directory.CreateTempSubdirectory("qemu-peer-").FullName;
+        // QMP sockets and traces on the guest's tmpfs: a 9p-shared results folder need not support Unix sockets, and a trace
+        // line written through 9p costs QEMU's thread a round trip to the host
+        string work = Directory.CreateTempSubdirectory("qemu-peer-").FullName;
+        string srcTrace = Path.Combine(work, "src.trace"), dstTrace = Path.Combine(work, "dst.trace");
         var connect = TimeSpan.FromSeconds(60);
         try
         {
             using var dst = QemuProcess.Start("destination", options.Qemu,
-                Args(destinations, Path.Combine(sockets, "dst.qmp"), Path.Combine(dir, "dst.trace")).Concat(["-incoming", "defer"]),
-                Path.Combine(sockets, "dst.qmp"), connect);
-            var srcArgs = Args(sources, Path.Combine(sockets, "src.qmp"), Path.Combine(dir, "src.trace"));
+                Args(destinations, Path.Combine(work, "dst.qmp"), dstTrace).Concat(["-incoming", "defer"]),
+                Path.Combine(work, "dst.qmp"), connect);
+            var srcArgs = Args(sources, Path.Combine(work, "src.qmp"), srcTrace);
             // A destination starts its VM after the load only if the source's was running, or if the source does not say
             // (no global state): stop-copy stops the source first, and its destination must start as vfio-mig's does.
             if (mode == PeerMode.StopCopy) srcArgs.AddRange(["-global", "migration.store-global-state=off"]);
-            using var src = QemuProcess.Start("source", options.Qemu, srcArgs, Path.Combine(sockets, "src.qmp"), connect);
+            using var src = QemuProcess.Start("source", options.Qemu, srcArgs, Path.Combine(work, "src.qmp"), connect);
             var result = Migrate(mode, src, dst, sources, destinations, dir);
             File.WriteAllText(Path.Combine(dir, "query-migrate.json"), result);
             src.Quit(TimeSpan.FromSeconds(30));
             dst.Quit(TimeSpan.FromSeconds(30));
-            var timing = QemuTrace.Measure(
-                QemuTrace.ParseStateEvents(File.ReadLines(Path.Combine(dir, "src.trace"))),
-                QemuTrace.ParseStateEvents(File.ReadLines(Path.Combine(dir, "dst.trace"))), sources, destinations);
+            var timing = QemuTrace.Measure(QemuTrace.ParseStateEvents(File.ReadLines(srcTrace)),
+                QemuTrace.ParseStateEvents(File.ReadLines(dstTrace)), sources, destinations);
             var q = JsonNode.Parse(result)!;
-            return new QemuResult(timing, Number(q["downtime"]), Number(q["total-time"]), Number(q["setup-time"]), result);
+            return new QemuResult(timing, Number(q["downtime"]), Number(q["total-time"]));
         }
         finally
         {
-            Directory.Delete(sockets, recursive: true);
+            foreach (var trace in new[] { srcTrace, dstTrace })
+                if (File.Exists(trace)) File.Copy(trace, Path.Combine(dir, Path.GetFileName(trace)), overwrite: true);
+            Directory.Delete(work, recursive: true);
         }
     }
+
+    private static readonly string[] TraceEvents =
+    [
+        "vfio_migration_set_state", "vfio_migration_set_device_state", "vfio_save_setup", "vfio_save_complete_precopy_thread_*",
+        "vfio_load_bufs_thread_*", "vfio_load_state_device_buffer_start", "vfio_load_state_device_buffer_end",
+        "vfio_load_device_config_state_*",
+    ];
 
     private static double? Number(JsonNode? n) => n is JsonValue v && v.TryGetValue(out double d) ? d : null;
 
@@ -55,8 +65,11 @@ internal sealed class QemuRun(PeerOptions options, string firmware)
         {
             "-machine", "q35,accel=tcg", "-cpu", "qemu64", "-smp", "1", "-m", "32M", "-nodefaults", "-no-user-config",
             "-display", "none", "-bios", firmware, "-qmp", $"unix:{qmp},server=on,wait=off",
-            "-msg", "timestamp=on", "-trace", "vfio_*", "-D", trace,
+            "-msg", "timestamp=on", "-D", trace,
         };
+        // vfio_* events that happen once per device and run, not per buffer or per iteration: tracing each of a few hundred
+        // buffers would slow QEMU's threads down on the measured path
+        foreach (var e in TraceEvents) a.AddRange(["-trace", e]);
         foreach (var d in devices)
             a.AddRange(["-device", $"vfio-pci,sysfsdev=/sys/bus/mdev/devices/{d},x-migration-multifd-transfer=on,enable-migration=on"]);
         return a;

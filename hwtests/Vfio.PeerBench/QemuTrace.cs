@@ -77,7 +77,7 @@ internal static partial class QemuTrace
             firstStop = Math.Min(firstStop, stop.TimeUs);
             firstStopCopy = Math.Min(firstStopCopy, copy.TimeUs);
         }
-        long lastRunning = long.MinValue, firstResuming = long.MaxValue;
+        long lastRunning = long.MinValue;
         foreach (var dev in destinationDevices)
         {
             var resuming = destination.FirstOrDefault(e => e.Device == dev && !e.Requested && e.State == "RESUMING");
@@ -85,16 +85,15 @@ internal static partial class QemuTrace
             var running = destination.LastOrDefault(e => e.Device == dev && !e.Requested && e.State == "RUNNING" && e.Line > resuming.Line);
             if (running.Device is null) throw new FormatException($"destination device {dev}: the trace never shows it RUNNING after RESUMING");
             lastRunning = Math.Max(lastRunning, running.TimeUs);
-            firstResuming = Math.Min(firstResuming, resuming.TimeUs);
         }
         if (lastRunning < firstStop)
             throw new FormatException("the last destination device runs before the first source device stopped: the traces do not share a clock");
-        return new PeerTiming(firstStop, firstStopCopy, lastRunning, firstResuming);
+        return new PeerTiming(firstStop, firstStopCopy, lastRunning);
     }
 }
 
 /// <summary>Times (µs, wall clock) that the traces give for one migration.</summary>
-internal sealed record PeerTiming(long FirstSourceStopUs, long FirstSourceStopCopyUs, long LastDestinationRunningUs, long FirstDestinationResumingUs)
+internal sealed record PeerTiming(long FirstSourceStopUs, long FirstSourceStopCopyUs, long LastDestinationRunningUs)
 {
     /// <summary>First source device leaving RUNNING/PRE_COPY to last destination device RUNNING.</summary>
     public double EndToEndMs => (LastDestinationRunningUs - FirstSourceStopUs) / 1000.0;

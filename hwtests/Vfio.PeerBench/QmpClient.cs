@@ -6,7 +6,8 @@ using System.Text.Json.Nodes;
 
 namespace Vfio.PeerBench;
 
-/// <summary>A QMP failure: the connection, the framing, or a command QEMU refused (its error class and text).</summary>
+/// <summary>A QMP failure: the connection, the framing, or a command QEMU refused (its error class and text). The reader's
+/// messages say what went wrong; the client's say also which command or the greeting.</summary>
 internal sealed class QmpException(string message) : Exception(message);
 
 /// <summary>
@@ -30,7 +31,7 @@ internal sealed class QmpLineReader(Stream stream)
             int nl = Array.IndexOf(_buffer, (byte)'\n', _start, _end - _start);
             int take = (nl < 0 ? _end : nl) - _start;
             if (_line.WrittenCount + take > MaxMessageBytes)
-                throw new QmpException($"QMP: a message longer than {MaxMessageBytes} bytes");
+                throw new QmpException($"a message longer than {MaxMessageBytes} bytes");
             _line.Write(_buffer.AsSpan(_start, take));
             if (nl >= 0)
             {
@@ -39,16 +40,16 @@ internal sealed class QmpLineReader(Stream stream)
                 if (text.Length == 0) { _line.ResetWrittenCount(); continue; }
                 JsonNode? node;
                 try { node = JsonNode.Parse(text); }
-                catch (JsonException e) { throw new QmpException($"QMP: a message that is not JSON ({e.Message}): {Clip(text)}"); }
-                return node as JsonObject ?? throw new QmpException($"QMP: a message that is not a JSON object: {Clip(text)}");
+                catch (JsonException e) { throw new QmpException($"a message that is not JSON ({e.Message}): {Clip(text)}"); }
+                return node as JsonObject ?? throw new QmpException($"a message that is not a JSON object: {Clip(text)}");
             }
             _start = 0;
             try { _end = stream.Read(_buffer, 0, _buffer.Length); }
             catch (IOException e) when (e.InnerException is SocketException { SocketErrorCode: SocketError.TimedOut })
             {
-                throw new QmpException("QMP: no message within the timeout");
+                throw new QmpException("no message within the timeout");
             }
-            if (_end == 0) throw new QmpException(_line.WrittenCount == 0 ? "QMP: connection closed" : "QMP: connection closed inside a message");
+            if (_end == 0) throw new QmpException(_line.WrittenCount == 0 ? "connection closed" : "connection closed inside a message");
         }
     }
 
@@ -80,9 +81,11 @@ internal sealed class QmpClient : IDisposable
         _socket.ReceiveTimeout = _socket.SendTimeout = (int)timeout.TotalMilliseconds;
         _stream = new NetworkStream(socket, ownsSocket: true);
         _reader = new QmpLineReader(_stream);
-        var greeting = _reader.ReadMessage();
+        JsonObject greeting;
+        try { greeting = _reader.ReadMessage(); }
+        catch (QmpException e) { throw new QmpException($"QMP greeting: {e.Message}"); }
         if (greeting["QMP"] is not JsonObject qmp)
-            throw new QmpException($"QMP: the first message is not a greeting: {greeting.ToJsonString()}");
+            throw new QmpException($"QMP greeting: the first message is not a greeting: {greeting.ToJsonString()}");
         var v = qmp["version"]?["qemu"];
         Version = v is null ? "unknown" : FormattableString.Invariant($"{v["major"]}.{v["minor"]}.{v["micro"]}");
         Execute("qmp_capabilities");
@@ -141,7 +144,9 @@ internal sealed class QmpClient : IDisposable
     {
         while (true)
         {
-            var m = _reader.ReadMessage();
+            JsonObject m;
+            try { m = _reader.ReadMessage(); }
+            catch (QmpException e) { throw new QmpException($"QMP {command}: {e.Message}"); }
             if (m.ContainsKey("event")) { Events.Add(m); continue; }
             if (m["id"] is not JsonValue v || !v.TryGetValue(out int replyId) || replyId != id)
                 throw new QmpException($"QMP {command}: a reply that is not for command id {id}: {m.ToJsonString()}");

@@ -20,7 +20,8 @@ internal sealed class VfioMigRun(PeerOptions options)
         psi.ArgumentList.Add("loopback");
         for (int i = 0; i < sources.Count; i++) { psi.ArgumentList.Add("--device"); psi.ArgumentList.Add($"{sources[i]}={destinations[i]}"); }
         foreach (var a in new[] { "--channels", options.Channels.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                                  "--precopy", mode == PeerMode.Live ? "on" : "off", "--verify", "stream", "--json", json })
+                                  "--precopy", mode == PeerMode.Live ? "on" : "off", "--verify", "stream", "--json", json,
+                                  "--trace", Path.Combine(dir, "vfio-mig.trace.json") })
             psi.ArgumentList.Add(a);
         using var p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {options.VfioMig}");
         var stdout = p.StandardOutput.ReadToEndAsync();

@@ -13,7 +13,9 @@ public sealed class QmpClientTests : IDisposable
         + "\"capabilities\": [\"oob\"]}}";
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
     private readonly string _dir = Directory.CreateTempSubdirectory("qmp-test-").FullName;
-    private string SocketPath => Path.Combine(_dir, "qmp.sock");
+    // A socket of its own per server: .NET unlinks a listener's path when it is disposed, which must not remove the next one's
+    private int _servers;
+    private string SocketPath => Path.Combine(_dir, $"qmp{_servers}.sock");
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
@@ -21,6 +23,7 @@ public sealed class QmpClientTests : IDisposable
     /// answers (null: close the connection). Returns the commands it received.</summary>
     private Task<List<string>> Serve(Func<JsonObject, string?> script, string greeting = Greeting)
     {
+        _servers++;
         var listener = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
         listener.Bind(new UnixDomainSocketEndPoint(SocketPath));
         listener.Listen(1);
@@ -115,16 +118,14 @@ public sealed class QmpClientTests : IDisposable
     {
         _ = Serve(cmd => cmd["execute"]!.GetValue<string>() == "qmp_capabilities" ? Return(cmd) : null);
         using (var qmp = QmpClient.Connect(SocketPath, Timeout))
-            Assert.Equal("QMP: connection closed", Assert.Throws<QmpException>(() => qmp.Execute("stop")).Message);
-        File.Delete(SocketPath);
+            Assert.Equal("QMP stop: connection closed", Assert.Throws<QmpException>(() => qmp.Execute("stop")).Message);
 
         _ = Serve(cmd => cmd["execute"]!.GetValue<string>() == "qmp_capabilities" ? Return(cmd) : "{\"return\": \r\n");
         using (var qmp = QmpClient.Connect(SocketPath, Timeout))
-            Assert.StartsWith("QMP: a message that is not JSON", Assert.Throws<QmpException>(() => qmp.Execute("stop")).Message);
-        File.Delete(SocketPath);
+            Assert.StartsWith("QMP stop: a message that is not JSON", Assert.Throws<QmpException>(() => qmp.Execute("stop")).Message);
 
         _ = Serve(_ => null, greeting: """{"return": {}}""");
-        Assert.StartsWith("QMP: the first message is not a greeting",
+        Assert.StartsWith("QMP greeting: the first message is not a greeting",
             Assert.Throws<QmpException>(() => QmpClient.Connect(SocketPath, Timeout)).Message);
     }
 
@@ -135,7 +136,7 @@ public sealed class QmpClientTests : IDisposable
         var endless = new string('x', QmpLineReader.MaxMessageBytes + 1);
         _ = Serve(cmd => cmd["execute"]!.GetValue<string>() == "qmp_capabilities" ? Return(cmd) : "{\"return\": \"" + endless);
         using var qmp = QmpClient.Connect(SocketPath, Timeout);
-        Assert.Equal($"QMP: a message longer than {QmpLineReader.MaxMessageBytes} bytes",
+        Assert.Equal($"QMP stop: a message longer than {QmpLineReader.MaxMessageBytes} bytes",
             Assert.Throws<QmpException>(() => qmp.Execute("stop")).Message);
     }
 
