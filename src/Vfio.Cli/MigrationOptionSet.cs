@@ -40,12 +40,6 @@ internal sealed class MigrationOptionSet
         Description = "Live phase (PRE_COPY) before the switchover: auto (when every device has it), on, off (default, for now)",
         DefaultValueFactory = _ => PrecopyMode.Off,
     };
-    public readonly Option<VerifyMode> Verify = new("--verify")
-    {
-        Description = "Set by the source (send, loopback): what the destination checks before a device runs: digest (also the "
-                      + "state digest, where the device has one; it costs time inside the downtime) or stream (byte count and stream checksum only)",
-        DefaultValueFactory = _ => VerifyMode.Digest,
-    };
     public readonly Option<double> DowntimeLimit = new("--downtime-limit")
     {
         Description = "Milliseconds: switch over once the remainder is estimated to move and load within this",
@@ -90,7 +84,7 @@ internal sealed class MigrationOptionSet
     public void AddTo(Command c)
     {
         foreach (var o in new Option[] { Channels, BufferSize, Window, Timeout, LoadTimeout, Precopy, DowntimeLimit, PrecopyTimeout,
-            PrecopyTimeoutAction, Verify, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
+            PrecopyTimeoutAction, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
             c.Options.Add(o);
     }
 
@@ -117,7 +111,6 @@ internal sealed class MigrationOptionSet
             DowntimeLimit = TimeSpan.FromMilliseconds(downtimeLimit),
             PrecopyTimeout = TimeSpan.FromSeconds(precopyTimeout),
             PrecopyTimeoutAction = r.GetValue(PrecopyTimeoutAction),
-            Verify = r.GetValue(Verify),
         };
         try { o.Validate(); }
         catch (ArgumentException e) { throw new UsageException(e.Message); }

@@ -31,18 +31,6 @@ public enum PrecopyTimeoutAction
     Abort,
 }
 
-/// <summary>What the destination checks before a device may run.</summary>
-public enum VerifyMode
-{
-    /// <summary>Byte count and stream checksum, and the device's state digest where it has one (our kernel module, simulated devices).</summary>
-    Digest,
-    /// <summary>
-    /// Byte count and stream checksum only: reading a state digest costs time inside the downtime (the module hashes its
-    /// whole state, on both sides in a live run), a check real devices do not offer, so a run compared with a peer skips it.
-    /// </summary>
-    Stream,
-}
-
 public sealed record MigrationOptions
 {
     public const int DefaultBufferSize = 1 << 20;
@@ -75,7 +63,6 @@ public sealed record MigrationOptions
     /// <summary>How long precopy may take to converge before <see cref="PrecopyTimeoutAction"/>.</summary>
     public TimeSpan PrecopyTimeout { get; init; } = TimeSpan.FromSeconds(60);
     public PrecopyTimeoutAction PrecopyTimeoutAction { get; init; } = PrecopyTimeoutAction.Switchover;
-    public VerifyMode Verify { get; init; } = VerifyMode.Digest;
     /// <summary>Mutual TLS 1.3 on every connection; null: plaintext.</summary>
     public TlsSettings? Tls { get; init; }
     /// <summary>How long `receive` waits for a source to connect.</summary>

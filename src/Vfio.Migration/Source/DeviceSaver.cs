@@ -15,8 +15,8 @@ namespace Vfio.Migration;
 /// thread), and <see cref="DeviceLock"/>: the save thread holds it around every call into the device while the device
 /// may be in PRE_COPY, and the coordinator holds it to move the device at the switchover.
 /// </summary>
-internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? digest, bool verifyDigest, CreditGate credits,
-    IPacketScheduler scheduler, BufferPool pool, MigrationProgress progress, DeviceSaver.StartLine started, TimelineTrack track, MainChannel main,
+internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? digest, CreditGate credits, IPacketScheduler scheduler,
+    BufferPool pool, MigrationProgress progress, DeviceSaver.StartLine started, TimelineTrack track, MainChannel main,
     ILogger log)
 {
     /// <summary>Counts the devices whose first buffer was read.</summary>
@@ -168,7 +168,7 @@ internal sealed class DeviceSaver(int index, IMigrationDevice device, ulong? dig
         stream.Dispose();
         device.SetState(MigrationState.Stop)?.Dispose();
         // A device that ran during precopy changed its state: its digest is the one it has now, stopped.
-        var finalDigest = precopy is null || !verifyDigest ? digest : device.StateDigest();
+        var finalDigest = precopy is null ? digest : device.StateDigest();
         Volatile.Write(ref _inDeviceSinceUs, 0);
         track.Add(TraceKind.Transition, s0, MigrationClock.NowUs, detail: "STOP_COPY->STOP");
         var configBuffer = pool.Rent();

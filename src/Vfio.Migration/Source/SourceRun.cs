@@ -105,10 +105,8 @@ internal sealed class SourceRun
             threads.AddRange(senders);
 
             // Source digests are taken while the devices still run (they are outside the downtime); a device that runs
-            // during precopy changes its state, so its saver takes the digest once it is stopped. Without a digest
-            // (--verify stream) the destination checks the stream alone.
-            bool verifyDigest = _options.Verify == VerifyMode.Digest;
-            var digests = _devices.Select(d => _live || !verifyDigest ? null : d.StateDigest()).ToArray();
+            // during precopy changes its state, so its saver takes the digest once it is stopped.
+            var digests = _devices.Select(d => _live ? null : d.StateDigest()).ToArray();
 
             // The save threads exist before the downtime starts (starting a thread can take milliseconds on a busy
             // machine); they wait for the devices to be stopped. The data path's code is compiled now, too.
@@ -131,7 +129,7 @@ internal sealed class SourceRun
             _savers = new DeviceSaver[_devices.Count];
             for (int i = 0; i < _devices.Count; i++)
             {
-                var saver = _savers[i] = new DeviceSaver(i, _devices[i], digests[i], verifyDigest, _credits[i], scheduler, pool, _progress,
+                var saver = _savers[i] = new DeviceSaver(i, _devices[i], digests[i], _credits[i], scheduler, pool, _progress,
                     started, _timeline.AddTrack($"src save {_devices[i].Name}", "save", "source", i), mainMessages, _log);
                 savers.Add(ctl.Start($"src save {_devices[i].Name}", () =>
                 {

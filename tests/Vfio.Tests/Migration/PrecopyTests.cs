@@ -46,21 +46,6 @@ public sealed class PrecopyTests
         Assert.Contains("\"converged\": true", json, StringComparison.Ordinal);
     }
 
-    [Theory]
-    [InlineData(PrecopyMode.Auto)]
-    [InlineData(PrecopyMode.Off)]
-    public void Verify_stream_reads_no_state_digest_on_either_side_and_still_checks_the_stream(PrecopyMode precopy)
-    {
-        var (src, dst) = Pairs(2, pages: 32, dirtyPages: 4, dirtyingInfos: 3);
-        var report = TestDevices.Migrate(src, dst, Live() with { Precopy = precopy, Verify = VerifyMode.Stream });
-
-        Assert.True(report.Ok, report.Error);
-        Assert.All(src, s => Assert.Equal(0, s.DigestCalls));
-        Assert.All(dst, d => Assert.Equal(0, d.DigestCalls));
-        Assert.All(report.Devices, d => { Assert.True(d.Verified); Assert.Null(d.Digest); Assert.Equal(0, d.VerifyUs); });
-        for (int i = 0; i < src.Length; i++) Assert.Equal(src[i].StateDigest(), dst[i].StateDigest());
-    }
-
     [Fact]
     public void Precopy_off_moves_everything_after_the_stop()
     {
