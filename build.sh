@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one entry point: ./build.sh [build|test|run|publish|fuzz] — see README.md.
+# The one entry point: ./build.sh [build|test|run|publish|qemu-peer|fuzz] — see README.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -199,6 +199,27 @@ guest_xunit() {
     fi
 }
 
+# The peer comparison (a measurement, not a test): QEMU 10 and vfio-mig migrate the same mdev devices of our kernel module
+# in one guest run, stop-copy and live, 1/2/4 device pairs (docs/performance.md, "Against QEMU 10"). Extra arguments go
+# to Vfio.PeerBench (e.g. --repeat 3, --counts 1,2); QEMU_PEER_MODULE_ARGS overrides the module's parameters.
+QEMU_PEER_MODULE_ARGS=${QEMU_PEER_MODULE_ARGS:-"state_size=8388608 load_us_per_mib=25000 save_us_per_mib=2000"}
+qemu_peer() {
+    install_prereqs
+    dotnet build Vfio.sln -c $CONFIG -nologo -v quiet -clp:ErrorsOnly
+    publish_cli
+    local results=$ART/qemu-peer rc
+    rm -rf "$results"; mkdir -p "$results"
+    log "QEMU 10 against vfio-mig in a QEMU guest (module: $QEMU_PEER_MODULE_ARGS)"
+    set +e
+    "$GUEST" -q --qemu10 --devices 8 --timeout 3600 --module-args "$QEMU_PEER_MODULE_ARGS" --results "$results" -- \
+        dotnet "$ROOT/hwtests/Vfio.PeerBench/bin/$CONFIG/net10.0/Vfio.PeerBench.dll" --vfio-mig "$ART/bin/vfio-mig" --out /results "$@"
+    rc=$?
+    set -e
+    cat "$results/peer.md" 2>/dev/null || log "no table: see $results/guest-stdout.txt and guest-stderr.txt"
+    log "qemu-peer: exit $rc; traces, reports and the table in $results"
+    return $rc
+}
+
 run_main() {
     build
     mkdir -p "$ART/run"
@@ -210,6 +231,7 @@ case "${1:-build}" in
     test) test_all ;;
     run) shift; run_main "$@" ;;
     publish) install_prereqs; publish_cli ;;
+    qemu-peer) shift; qemu_peer "$@" ;;
     fuzz) shift; install_prereqs; fuzz_targets "${1:-600}" "${@:2}"; echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"; [ "$FAILED" -eq 0 ] ;;
-    *) echo "usage: ./build.sh [build|test|run|publish|fuzz [SECONDS [TARGET...]]]" >&2; exit 2 ;;
+    *) echo "usage: ./build.sh [build|test|run|publish|qemu-peer [ARGS...]|fuzz [SECONDS [TARGET...]]]" >&2; exit 2 ;;
 esac

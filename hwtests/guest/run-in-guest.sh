@@ -21,6 +21,9 @@
 #                       behind an emulated Intel IOMMU, and two e1000 NICs sharing one IOMMU group behind a
 #                       PCIe-to-PCI bridge, with the igb, e1000 and vfio-pci modules loaded; needs QEMU 8+
 #                       (installed from bookworm-backports when the machine's QEMU lacks igb)
+#   --qemu10            COMMAND runs QEMU itself (the peer comparison): the host's qemu-system-x86_64, which the guest
+#                       sees, must be QEMU 10+ (VFIO multifd device-state transfer); installed from bookworm-backports
+#                       when the machine's is older (bookworm's is 7.2)
 #   --check             only report whether the tier can run, and why not
 #   --smoke             COMMAND := the native/guest-smoke binary (built here)
 #   -q                  do not echo the guest console
@@ -60,6 +63,7 @@ QUIET=0
 EXTRA_ENV=()
 TYPE_NAME=vfio_mig_sim-mig
 IGB=0
+QEMU10=0
 
 say() { printf '[run-in-guest] %s\n' "$*" >&2; }
 cannot() { echo "cannot run the kernel-in-the-loop tier: $*"; exit 77; }
@@ -79,6 +83,7 @@ while [ $# -gt 0 ]; do
         --kernel) KERNEL_PREF=$2; shift ;;
         --kernel-args) KERNEL_ARGS=$2; shift ;;
         --igb) IGB=1 ;;
+        --qemu10) QEMU10=1 ;;
         -q) QUIET=1 ;;
         -h|--help) usage ;;
         --) shift; break ;;
@@ -142,6 +147,8 @@ need_pkgs() {
 }
 
 qemu_has_igb() { command -v qemu-system-x86_64 >/dev/null && qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'; }
+qemu_major() { qemu-system-x86_64 --version 2>/dev/null | sed -n '1s/.*version \([0-9]*\)\..*/\1/p'; }
+qemu_is_10() { local m; m=$(qemu_major); [ -n "$m" ] && [ "$m" -ge 10 ]; }
 
 # The bookworm-backports suite on the machine's configured Debian mirror.
 debian_uri() {
@@ -248,14 +255,15 @@ else
 fi
 KDIR=$CACHE/kernels/$KREL/root
 [ -f "$KDIR/boot/vmlinuz-$KREL" ] || cannot "kernel image missing in $KDIR"
-if [ $IGB -eq 1 ] && ! qemu_has_igb; then
-    # bookworm's QEMU 7.2 has no igb; bookworm-backports has QEMU 10
-    ensure_backports_source || cannot "--igb: QEMU $(qemu-system-x86_64 --version | head -1) has no igb and no bookworm source to find a newer one"
+if { [ $IGB -eq 1 ] && ! qemu_has_igb; } || { [ $QEMU10 -eq 1 ] && ! qemu_is_10; }; then
+    # bookworm's QEMU 7.2 has neither igb nor the VFIO multifd device-state transfer; bookworm-backports has QEMU 10
+    ensure_backports_source || cannot "QEMU $(qemu-system-x86_64 --version | head -1) is too old (igb, QEMU 10) and no bookworm source to find a newer one"
     apt_update || cannot "apt-get update failed (no package mirror reachable?)"
-    say "installing qemu-system-x86 from bookworm-backports (for igb)"
+    say "installing qemu-system-x86 from bookworm-backports"
     DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 \
-        >"$CACHE/apt-install-qemu.log" 2>&1 || { tail -5 "$CACHE/apt-install-qemu.log" >&2; cannot "installing a QEMU with igb failed"; }
-    qemu_has_igb || cannot "--igb: $(qemu-system-x86_64 --version | head -1) still has no igb device"
+        >"$CACHE/apt-install-qemu.log" 2>&1 || { tail -5 "$CACHE/apt-install-qemu.log" >&2; cannot "installing QEMU from bookworm-backports failed"; }
+    [ $IGB -eq 0 ] || qemu_has_igb || cannot "--igb: $(qemu-system-x86_64 --version | head -1) still has no igb device"
+    [ $QEMU10 -eq 0 ] || qemu_is_10 || cannot "--qemu10: $(qemu-system-x86_64 --version | head -1) is still older than 10"
 fi
 
 if [ $CHECK -eq 1 ]; then
