@@ -350,7 +350,9 @@ public sealed class SimulatedDevice : IMigrationDevice
     /// A save session's account of the regions (all under the device's _lock): their generations and CRCs and, for a
     /// PRE_COPY session, the device running and dirtying them. A region becomes owed (needs a dirty record) when it is
     /// dirtied after its last record began; owed regions dirtied since the last precopy info are pending, and the info
-    /// call makes them readable, each once, at the generation it has when its record begins.
+    /// call makes them readable, each once, at the generation it has when its record begins. The dirtying is counted by
+    /// the clock whenever the device is asked (a record begins, the info, the estimate), so each event is judged against
+    /// the records begun before it.
     /// </summary>
     private sealed class SaveFeed : ISimRegionSource
     {
@@ -455,6 +457,8 @@ public sealed class SimulatedDevice : IMigrationDevice
         {
             if (_owed is not null)
             {
+                // What the device dirtied until now happened before this record: it carries it, and is not owed it.
+                Run(MigrationClock.NowUs);
                 _started![region] = true;
                 if (_owed[region])
                 {
