@@ -84,6 +84,7 @@ public class CliTests
     [InlineData("info", "'info'")]
     [InlineData("list --bogus", "--bogus")]
     [InlineData("bench --repeat x", "x")]
+    [InlineData("bench --precopy sometimes", "sometimes")]
     [InlineData("migrate", "vfio-mig --help")]
     [InlineData("", "command")]
     [InlineData("loopback --sim 1 --json /proc/vfio-mig-x", "--json: cannot write /proc/vfio-mig-x")]
