@@ -13,11 +13,16 @@ public enum BenchDeviceKind
     Real,
 }
 
-/// <summary>One configuration of a sweep.</summary>
-public sealed record BenchScenario(string Section, int Devices, int Channels, LoadingMode Loading, long StateSize, bool Tls = false)
+/// <summary>
+/// One configuration of a sweep. <paramref name="DirtyRate"/>: a live migration (PRE_COPY) of devices that dirty this many
+/// bytes per second while they run; null: stop-copy only.
+/// </summary>
+public sealed record BenchScenario(string Section, int Devices, int Channels, LoadingMode Loading, long StateSize, bool Tls = false,
+    double? DirtyRate = null)
 {
     /// <summary>The loading mode, "+tls" when every connection runs TLS (the row right after its plaintext twin).</summary>
     public string ModeName => (Loading == LoadingMode.Coupled ? "coupled" : "decoupled") + (Tls ? "+tls" : "");
+    public bool Live => DirtyRate is not null;
 }
 
 /// <summary>Per-device figures of the representative (median-downtime) run of a scenario.</summary>
@@ -42,6 +47,22 @@ public sealed record BenchRow
     public double? IperfMbps { get; init; }
     public string? IperfWhy { get; init; }
     public IReadOnlyList<BenchDevice> PerDevice { get; init; } = [];
+    /// <summary>Median over the runs of the total time (live: first device in PRE_COPY to last device running; else the downtime).</summary>
+    public double TotalMedianMs { get; init; }
+    /// <summary>The bound on the total time: live, the simulator's total bound; stop-copy only, the device bound.</summary>
+    public double? TotalBoundMs { get; init; }
+    /// <summary>Live: the median over the runs of the precopy phase, in milliseconds (at most the median total).</summary>
+    public double PrecopyMs { get; init; }
+    /// <summary>The median run's stream bytes beyond the devices' state (sent twice or more: dirtied after they were sent).</summary>
+    public long ResentBytes { get; init; }
+    /// <summary>Live: whether every run converged (null: not live); the median run's reason.</summary>
+    public bool? Converged { get; init; }
+    public string? ConvergedReason { get; init; }
+    /// <summary>Live: the median run's dirty rounds, the mean over its devices.</summary>
+    public double DirtyRounds { get; init; }
+
+    /// <summary>Median total time over its bound.</summary>
+    public double? TotalBoundRatio => TotalBoundMs is > 0 && TotalMedianMs > 0 ? TotalMedianMs / TotalBoundMs : null;
 
     /// <summary>Median downtime over the device bound: the engine's overhead as a factor (1.00 = none).</summary>
     public double? BoundRatio => DeviceBoundMs is > 0 ? DowntimeMedianMs / DeviceBoundMs : null;

@@ -37,6 +37,21 @@ public sealed record BenchSettings
     public double TlsThroughputFraction { get; init; } = 0.6;
     /// <summary>TLS downtime at most this factor of the device bound (simulated devices).</summary>
     public double TlsBoundFactor { get; init; } = 1.10;
+    /// <summary>
+    /// Instead of the other sweeps, live migrations against stop-copy only: for each device count and loading mode, a
+    /// stop-copy-only run, then a live run per dirty rate in <see cref="DirtyRates"/> (simulated devices).
+    /// </summary>
+    public bool Precopy { get; init; }
+    public IReadOnlyList<double> DirtyRates { get; init; } = [0, 16 << 20, 128 << 20];
+    /// <summary>
+    /// Live downtime at most this fraction of the stop-copy-only downtime, at <see cref="PrecopyTargetDevices"/> and
+    /// <see cref="PrecopyTargetDirtyRate"/>.
+    /// </summary>
+    public double PrecopyDowntimeFraction { get; init; } = 0.10;
+    public int PrecopyTargetDevices { get; init; } = 4;
+    public double PrecopyTargetDirtyRate { get; init; } = 16 << 20;
+    /// <summary>Live total time at most this factor of the simulator's total bound.</summary>
+    public double PrecopyTotalFactor { get; init; } = 1.15;
 }
 
 /// <summary>Runs the sweeps a benchmark asks for, each scenario several times, and checks the targets.</summary>
@@ -45,6 +60,20 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
     public BenchResult Run(string command)
     {
         var rows = new List<BenchRow>();
+        if (settings.Precopy)
+        {
+            // The stop-copy-only run of a device count first: it also leaves the devices' CRCs in the simulator's cache,
+            // as the digest pass before a stop-copy downtime does, so neither kind of run generates them inside its figures.
+            foreach (int n in settings.DeviceCounts)
+                foreach (var mode in settings.Modes)
+                {
+                    var stopCopy = new BenchScenario("precopy", n, settings.Channels, mode, settings.Sim.StateSize);
+                    rows.Add(RunScenario(stopCopy, settings.Repeat));
+                    foreach (double rate in settings.DirtyRates)
+                        rows.Add(RunScenario(stopCopy with { DirtyRate = rate }, settings.Repeat));
+                }
+            return new BenchResult(settings.Kind, rows, CheckPrecopyTargets(rows), MachineDescription(), command);
+        }
         int available = settings.Kind == BenchDeviceKind.Real ? settings.RealPairs.Count : int.MaxValue;
         foreach (int n in settings.DeviceCounts.Where(n => n <= available))
             foreach (var mode in settings.Modes)
@@ -74,6 +103,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         var options = settings.Migration with
         {
             Channels = scenario.Channels, Loading = scenario.Loading, Tls = scenario.Tls ? settings.Tls : null,
+            Precopy = scenario.Live ? PrecopyMode.On : PrecopyMode.Off,
         };
         var runs = new List<(RunReport Report, long? PeakRss)>();
         var baseline = new List<(double? Mbps, string? Why)>();
@@ -91,6 +121,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         var failed = runs.FirstOrDefault(r => !r.Report.Ok).Report;
         var ok = runs.Where(r => r.Report.Ok).OrderBy(r => r.Report.DowntimeMs).ToList();
         var median = ok.Count > 0 ? ok[ok.Count / 2].Report : null;
+        var totals = ok.Select(r => r.Report.TotalMs).Order().ToList();
         var rates = baseline.Where(b => b.Mbps is not null).Select(b => b.Mbps!.Value).Order().ToList();
         double? iperf = rates.Count > 0 ? rates[rates.Count / 2] : null;
         string? why = rates.Count > 0 ? null : baseline.FirstOrDefault().Why;
@@ -111,6 +142,13 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             IperfMbps = iperf,
             IperfWhy = why,
             PerDevice = median?.Devices.Select(d => new BenchDevice(d.Name, d.WaitUs / 1000.0, d.LoadUs / 1000.0, d.TotalUs / 1000.0)).ToList() ?? [],
+            TotalMedianMs = totals.Count > 0 ? totals[totals.Count / 2] : 0,
+            TotalBoundMs = scenario.Live ? median?.TotalBoundMs : median?.DeviceBoundMs,
+            PrecopyMs = ok.Count > 0 ? ok.Select(r => r.Report.PrecopyMs).Order().ElementAt(ok.Count / 2) : 0,
+            ResentBytes = median is null ? 0 : median.TotalBytes - scenario.Devices * scenario.StateSize,
+            Converged = scenario.Live && ok.Count > 0 ? ok.All(r => r.Report.Converged == true) : null,
+            ConvergedReason = median?.ConvergedReason,
+            DirtyRounds = median is null || median.Devices.Count == 0 ? 0 : median.Devices.Average(d => d.DirtyRounds),
         };
         progress.WriteLine(Describe(row));
         progress.Flush();
@@ -123,7 +161,10 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         var destinations = new List<IMigrationDevice>();
         try
         {
-            var sim = settings.Sim with { StateSize = scenario.StateSize };
+            var sim = settings.Sim with
+            {
+                StateSize = scenario.StateSize, DirtyBytesPerSecond = scenario.DirtyRate ?? settings.Sim.DirtyBytesPerSecond,
+            };
             var srcFactory = new DeviceFactory(sim, new SimulatedPf("bench-src-pf", settings.PfConcurrency));
             var dstFactory = new DeviceFactory(sim, new SimulatedPf("bench-dst-pf", settings.PfConcurrency));
             for (int i = 0; i < scenario.Devices; i++)
@@ -137,7 +178,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
                 sources.Add(srcFactory.Open(src));
                 destinations.Add(dstFactory.Open(dst));
             }
-            var report = SimulatedRun.Annotate(Loopback.Run(sources, destinations, options), sources, destinations);
+            var report = SimulatedRun.Annotate(Loopback.Run(sources, destinations, options), sources, destinations, options.DowntimeLimit);
             // Real devices are reused by the next run: the source must be running again (a successful run leaves it stopped).
             if (settings.Kind == BenchDeviceKind.Real)
                 foreach (var s in sources)
@@ -218,12 +259,56 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         return targets;
     }
 
+    /// <summary>
+    /// Live against stop-copy only: at the target device count and dirty rate the live downtime is a small fraction of the
+    /// stop-copy-only one; every live run's total time is within a factor of its bound.
+    /// </summary>
+    private List<BenchTarget> CheckPrecopyTargets(IReadOnlyList<BenchRow> rows)
+    {
+        var targets = new List<BenchTarget>();
+        foreach (var live in rows.Where(r => r.Scenario.Live && r.Scenario.Loading == LoadingMode.Decoupled))
+        {
+            var s = live.Scenario;
+            var stopCopy = rows.First(r => r.Scenario == s with { DirtyRate = null });
+            if (s.Devices == settings.PrecopyTargetDevices && s.DirtyRate == settings.PrecopyTargetDirtyRate)
+            {
+                double? fraction = stopCopy.DowntimeMedianMs > 0 ? live.DowntimeMedianMs / stopCopy.DowntimeMedianMs : null;
+                targets.Add(new BenchTarget(
+                    string.Create(CultureInfo.InvariantCulture,
+                        $"live downtime at most {settings.PrecopyDowntimeFraction * 100:0}% of stop-copy only, "
+                        + $"{s.Devices} devices, {Rate(s.DirtyRate)}"),
+                    live.AllVerified && stopCopy.AllVerified && fraction <= settings.PrecopyDowntimeFraction,
+                    string.Create(CultureInfo.InvariantCulture,
+                        $"downtime {live.DowntimeMedianMs:0.0} ms vs {stopCopy.DowntimeMedianMs:0.0} ms stop-copy only, {fraction * 100:0.0}%")));
+            }
+            targets.Add(new BenchTarget(
+                string.Create(CultureInfo.InvariantCulture,
+                    $"live total time within x{settings.PrecopyTotalFactor:0.00} of the total bound, {s.Devices} devices, {Rate(s.DirtyRate)}"),
+                live.AllVerified && live.TotalBoundRatio <= settings.PrecopyTotalFactor,
+                live.TotalBoundMs is null
+                    ? "no bound: by the model the remainder never fits the downtime limit"
+                    : string.Create(CultureInfo.InvariantCulture,
+                        $"total {live.TotalMedianMs:0} ms, bound {live.TotalBoundMs:0} ms, ratio {live.TotalBoundRatio:0.000}"
+                        + $"{(live.Converged == false ? ", not converged" : "")}")));
+        }
+        return targets;
+    }
+
+    internal static string Rate(double? bytesPerSecond) => bytesPerSecond is double r
+        ? (r == 0 ? "no dirtying" : $"{Size((long)r)}/s dirtied")
+        : "stop-copy only";
+
     internal static string Describe(BenchRow row)
     {
         var s = row.Scenario;
         string text = string.Create(CultureInfo.InvariantCulture,
             $"{s.Section,-8} {s.Devices} dev x {Size(s.StateSize)}, {s.Channels} ch, {s.ModeName,-9}: "
+            + $"{(s.Section == "precopy" ? Rate(s.DirtyRate) + ", " : "")}"
             + $"downtime {row.DowntimeMedianMs:0.0} ms (min {row.DowntimeMinMs:0.0}), {row.ThroughputMbps:0} Mbit/s");
+        if (s.Live)
+            text += string.Create(CultureInfo.InvariantCulture,
+                $", total {row.TotalMedianMs:0} ms (precopy {row.PrecopyMs:0}), bound {row.TotalBoundMs:0} ms (x{row.TotalBoundRatio:0.000}), "
+                + $"resent {row.ResentBytes / 1048576.0:0.0} MiB, {(row.Converged == true ? "converged" : "NOT converged")}");
         if (row.DeviceBoundMs is double bound)
             text += string.Create(CultureInfo.InvariantCulture, $", bound {bound:0.0} ms (x{row.BoundRatio:0.000})");
         if (row.AllLoadingMs is double loading)

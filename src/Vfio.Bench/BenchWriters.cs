@@ -11,7 +11,8 @@ public static class BenchWriters
     private static readonly string[] CsvColumns =
     [
         "section", "device_kind", "devices", "state_bytes", "channels", "mode", "runs", "verified", "downtime_ms", "downtime_min_ms",
-        "device_bound_ms", "bound_ratio", "throughput_mbps", "iperf3_mbps", "iperf3_ratio", "mean_wait_ms", "mean_load_ms", "peak_rss_mib", "error",
+        "device_bound_ms", "bound_ratio", "throughput_mbps", "iperf3_mbps", "iperf3_ratio", "mean_wait_ms", "mean_load_ms", "peak_rss_mib",
+        "dirty_rate", "total_ms", "total_bound_ms", "total_ratio", "precopy_ms", "resent_bytes", "converged", "error",
     ];
 
     public static string Csv(BenchResult result)
@@ -24,7 +25,9 @@ public static class BenchWriters
             csv.AppendLine(string.Join(',',
                 s.Section, Kind(result.Kind), N(s.Devices), N(s.StateSize), N(s.Channels), s.ModeName, N(r.Runs), r.AllVerified ? "true" : "false",
                 F(r.DowntimeMedianMs), F(r.DowntimeMinMs), F(r.DeviceBoundMs), F(r.BoundRatio, "0.0000"), F(r.ThroughputMbps), F(r.IperfMbps),
-                F(r.IperfRatio, "0.0000"), F(r.MeanWaitMs), F(r.MeanLoadMs), F(r.PeakRssBytes / 1048576.0), CsvText(r.Error)));
+                F(r.IperfRatio, "0.0000"), F(r.MeanWaitMs), F(r.MeanLoadMs), F(r.PeakRssBytes / 1048576.0),
+                F(s.DirtyRate, "0"), F(r.TotalMedianMs), F(r.TotalBoundMs), F(r.TotalBoundRatio, "0.0000"), F(r.PrecopyMs), N(r.ResentBytes),
+                r.Converged is bool c ? (c ? "true" : "false") : "", CsvText(r.Error)));
         }
         return csv.ToString();
     }
@@ -41,6 +44,11 @@ public static class BenchWriters
             md.AppendLine();
             md.AppendLine($"## {SectionTitle(section.Key)}");
             md.AppendLine();
+            if (section.Key == "precopy")
+            {
+                PrecopyTable(md, section);
+                continue;
+            }
             md.AppendLine("| devices | state | channels | loading | downtime ms | device bound ms | ratio | Mbit/s | iperf3 Mbit/s | vs iperf3 "
                 + "| mean wait ms | mean load ms | peak RSS MiB | verified |");
             md.AppendLine("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
@@ -82,6 +90,34 @@ public static class BenchWriters
         return md.ToString();
     }
 
+    /// <summary>
+    /// Live against stop-copy only: each stop-copy-only row (its total is its downtime, its bound the device bound), then
+    /// its live rows, with their downtime as a fraction of the stop-copy-only one.
+    /// </summary>
+    private static void PrecopyTable(StringBuilder md, IEnumerable<BenchRow> rows)
+    {
+        md.AppendLine("Total: first device in PRE_COPY to last device running (stop-copy only: the downtime). Bound: the total bound "
+            + "(stop-copy only: the device bound). Resent: stream bytes beyond the state, i.e. sent twice or more.");
+        md.AppendLine();
+        md.AppendLine("| devices | state | loading | dirtying | downtime ms | vs stop-copy | total ms | bound ms | ratio | precopy ms "
+            + "| resent MiB | dirty rounds | converged | verified |");
+        md.AppendLine("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+        BenchRow? stopCopy = null;
+        foreach (var r in rows)
+        {
+            var s = r.Scenario;
+            if (!s.Live) stopCopy = r;
+            double? fraction = s.Live && stopCopy?.DowntimeMedianMs > 0 ? r.DowntimeMedianMs / stopCopy.DowntimeMedianMs : null;
+            md.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"| {s.Devices} | {BenchRunner.Size(s.StateSize)} | {s.ModeName} | {(s.Live ? BenchRunner.Rate(s.DirtyRate) : "stop-copy only")} "
+                + $"| {r.DowntimeMedianMs:0.0} ({r.DowntimeMinMs:0.0}) | {(fraction is double f ? $"{f * 100:0.0}%" : "")} "
+                + $"| {r.TotalMedianMs:0} | {F(r.TotalBoundMs, "0")} | {F(r.TotalBoundRatio, "0.000")} | {(s.Live ? $"{r.PrecopyMs:0}" : "")} "
+                + $"| {r.ResentBytes / 1048576.0:0.0} | {(s.Live ? $"{r.DirtyRounds:0.#}" : "")} "
+                + $"| {(r.Converged is bool c ? (c ? "yes" : "NO: " + r.ConvergedReason) : "")} "
+                + $"| {(r.AllVerified ? "yes" : "NO: " + r.Error)} |"));
+        }
+    }
+
     public static void Json(BenchResult result, Stream output)
     {
         using var j = new Utf8JsonWriter(output, new JsonWriterOptions { Indented = true });
@@ -112,6 +148,19 @@ public static class BenchWriters
             j.WriteNumber("mean_wait_ms", Math.Round(r.MeanWaitMs, 3));
             j.WriteNumber("mean_load_ms", Math.Round(r.MeanLoadMs, 3));
             if (r.PeakRssBytes is long rss) j.WriteNumber("peak_rss_bytes", rss);
+            if (s.Section == "precopy")
+            {
+                if (s.DirtyRate is double rate) j.WriteNumber("dirty_rate", rate);
+                j.WriteBoolean("live", s.Live);
+                j.WriteNumber("total_ms", Math.Round(r.TotalMedianMs, 3));
+                if (r.TotalBoundMs is double totalBound) j.WriteNumber("total_bound_ms", Math.Round(totalBound, 3));
+                if (r.TotalBoundRatio is double totalRatio) j.WriteNumber("total_over_bound", Math.Round(totalRatio, 4));
+                j.WriteNumber("precopy_ms", Math.Round(r.PrecopyMs, 3));
+                j.WriteNumber("resent_bytes", r.ResentBytes);
+                if (r.Converged is bool converged) j.WriteBoolean("converged", converged);
+                if (r.ConvergedReason is not null) j.WriteString("converged_reason", r.ConvergedReason);
+                if (s.Live) j.WriteNumber("dirty_rounds", Math.Round(r.DirtyRounds, 2));
+            }
             j.WriteStartArray("per_device");
             foreach (var d in r.PerDevice)
             {
@@ -141,7 +190,8 @@ public static class BenchWriters
 
     /// <summary>
     /// The chart: downtime by device count for each loading mode, with the device bound beside it for simulated
-    /// devices; for null devices, throughput by channel count beside iperf3's.
+    /// devices; for null devices, throughput by channel count beside iperf3's; for the precopy sweep, downtime by device
+    /// count, stop-copy only beside live at each dirty rate.
     /// </summary>
     public static string Chart(BenchResult result)
     {
@@ -150,6 +200,16 @@ public static class BenchWriters
             var groups = result.Rows.Where(r => r.Scenario.Section == "channels")
                 .Select(r => new BarGroup($"{r.Scenario.Channels} ch", Bars(("vfio-mig", r.ThroughputMbps), ("iperf3", r.IperfMbps)))).ToList();
             return SvgBarChart.Render("Transport alone (null devices) vs iperf3, loopback", "Mbit/s", "TCP streams (data channels)", groups);
+        }
+        if (result.Rows.Any(r => r.Scenario.Section == "precopy"))
+        {
+            var live = result.Rows.Where(r => r.Scenario.Section == "precopy" && r.Scenario.Loading == result.Rows[0].Scenario.Loading)
+                .GroupBy(r => r.Scenario.Devices)
+                .Select(g => new BarGroup($"{g.Key} dev",
+                    Bars(g.Select(r => (r.Scenario.Live ? "live, " + BenchRunner.Rate(r.Scenario.DirtyRate) : "stop-copy only",
+                        (double?)r.DowntimeMedianMs)).ToArray()))).ToList();
+            return SvgBarChart.Render($"Downtime, live vs stop-copy only ({result.Rows[0].Scenario.ModeName})", "downtime (ms)",
+                "devices migrated at once", live);
         }
         var byDevices = result.Rows.Where(r => r.Scenario.Section == "devices").GroupBy(r => r.Scenario.Devices)
             .Select(g => new BarGroup($"{g.Key} dev",
@@ -166,6 +226,7 @@ public static class BenchWriters
         "devices" => "Downtime by device count and loading mode",
         "channels" => "By channel count (decoupled)",
         "memory" => "Memory: large states",
+        "precopy" => "Live (PRE_COPY) against stop-copy only",
         _ => section,
     };
 

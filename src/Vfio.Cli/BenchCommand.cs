@@ -6,7 +6,10 @@ using UsageException = Vfio.Cli.MigrationCommands.UsageException;
 
 namespace Vfio.Cli;
 
-/// <summary>`bench`: sweeps device counts, loading modes and channel counts, and checks the performance targets.</summary>
+/// <summary>
+/// `bench`: sweeps device counts, loading modes and channel counts, or (--precopy) live migrations against stop-copy only,
+/// and checks the performance targets.
+/// </summary>
 internal static class BenchCommand
 {
     public static Command Create()
@@ -44,14 +47,24 @@ internal static class BenchCommand
         {
             Description = "Run each decoupled scenario again over mutual TLS right after itself (throwaway certificates unless --tls-cert etc.)",
         };
+        var dirtyRates = new Option<string>("--dirty-rates")
+        {
+            Description = "With --precopy: dirty rates per device to sweep, e.g. 0,16MiB,128MiB",
+            DefaultValueFactory = _ => "0,16MiB,128MiB",
+        };
         var tlsFiles = new TlsOptionSet();
         var shared = new MigrationOptionSet();
         // The channel sweep sets its own counts: --channels applies to the other sections only.
         shared.Channels.Description = "Data channels for the device-count sweep";
+        // For bench, --precopy chooses the sweep: live migrations against stop-copy only (no value: on).
+        shared.Precopy.Description = "Sweep live migrations (PRE_COPY) against stop-copy only instead: --devices of --state-size "
+            + "(1GiB unless given), each stop-copy only and live at each of --dirty-rates (on, auto or no value; off: the other sweeps)";
+        shared.Precopy.Arity = ArgumentArity.ZeroOrOne;
 
         var command = new Command("bench",
             "Benchmark migrations: device counts 1,2,4,8, decoupled vs coupled loading, channel counts; writes Markdown, CSV, a chart and JSON");
-        foreach (var o in new Option[] { devices, loading, channelSweep, repeat, nullDevices, pairs, skipMemory, memorySize, output, json, tls })
+        foreach (var o in new Option[]
+            { devices, loading, channelSweep, repeat, nullDevices, pairs, skipMemory, memorySize, output, json, tls, dirtyRates })
             command.Options.Add(o);
         shared.AddTo(command);
         tlsFiles.AddTo(command);
@@ -68,23 +81,33 @@ internal static class BenchCommand
                 var migration = shared.Options(r);
                 var credentials = tlsFiles.Settings(r);
                 if (credentials is not null && !r.GetValue(tls)) throw new UsageException("--tls-cert, --tls-key and --tls-ca need --tls for bench");
+                bool precopy = migration.Precopy != PrecopyMode.Off || r.GetResult(shared.Precopy) is { Implicit: false, Tokens.Count: 0 };
+                if (precopy && (isNull || realPairs.Count > 0 || r.GetValue(tls)))
+                    throw new UsageException("--precopy sweeps simulated devices: not with --null, --device or --tls");
+                var sim = shared.Simulation(r);
+                // The precopy sweep's devices are 1 GiB unless --state-size says otherwise, and decoupled unless --loading does.
+                if (precopy && r.GetResult(shared.StateSize) is null or { Implicit: true }) sim = sim with { StateSize = 1L << 30 };
+                var modes = precopy && r.GetResult(loading) is null or { Implicit: true }
+                    ? [LoadingMode.Decoupled] : ParseModes(r.GetValue(loading)!);
                 var settings = new BenchSettings
                 {
                     Kind = isNull ? BenchDeviceKind.Null : realPairs.Count > 0 ? BenchDeviceKind.Real : BenchDeviceKind.Simulated,
                     DeviceCounts = ParseList(r.GetValue(devices)!, "--devices", 1, Protocol.MaxDevices),
-                    Modes = ParseModes(r.GetValue(loading)!),
+                    Modes = modes,
                     Channels = migration.Channels,
                     ChannelSweep = r.GetValue(channelSweep) is "none" or ""
                         ? []
                         : ParseList(r.GetValue(channelSweep)!, "--channel-sweep", 1, Protocol.MaxChannels),
                     Repeat = Positive(r.GetValue(repeat), "--repeat"),
-                    Sim = shared.Simulation(r),
+                    Sim = sim,
                     PfConcurrency = shared.PfConcurrency(r),
                     RealPairs = realPairs,
                     Memory = !r.GetValue(skipMemory),
                     MemoryStateSize = Sizes.Parse(r.GetValue(memorySize)!, "--memory-state-size"),
                     Migration = migration,
                     Tls = r.GetValue(tls) ? credentials ?? ThrowawayCertificates.Create() : null,
+                    Precopy = precopy,
+                    DirtyRates = ParseRates(r.GetValue(dirtyRates)!),
                 };
                 // Output places are checked before the sweep, so a long run is never lost at its end.
                 string dir = r.GetValue(output)!;
@@ -132,6 +155,13 @@ internal static class BenchCommand
         }
         if (values.Count == 0) throw new UsageException($"{option}: give at least one number, e.g. 1,2,4");
         return values;
+    }
+
+    private static List<double> ParseRates(string text)
+    {
+        var rates = text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)
+            .Select(t => (double)Sizes.Parse(t, "--dirty-rates", rate: true)).Distinct().ToList();
+        return rates.Count > 0 ? rates : throw new UsageException("--dirty-rates: give at least one rate, e.g. 0,16MiB");
     }
 
     private static List<LoadingMode> ParseModes(string text) =>

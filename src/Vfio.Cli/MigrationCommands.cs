@@ -120,7 +120,7 @@ public static class MigrationCommands
                     }
                 }
                 var report = Loopback.Run(src, dst, options, log, (s, d) => { watch(d); watch(s); }, cancel);
-                return SimulatedRun.Annotate(report, src, dst);
+                return SimulatedRun.Annotate(report, src, dst, options.DowntimeLimit);
             }
             finally
             {
@@ -147,8 +147,7 @@ public static class MigrationCommands
                 var source = new MigrationSource(devices, options, log);
                 watch(source);
                 var report = source.Run(endpoint, cancel);
-                report.DeviceBoundMs = DeviceBound.Compute(devices);
-                return report;
+                return SimulatedRun.Bound(report, devices, devices, options.DowntimeLimit);
             }
             finally { foreach (var d in devices) d.Dispose(); }
         }));
@@ -180,7 +179,7 @@ public static class MigrationCommands
                     watch(destination);
                     r.InvocationConfiguration.Output.WriteLine($"listening on {(IPEndPoint)listener.LocalEndPoint!}");
                     r.InvocationConfiguration.Output.Flush();
-                    return SimulatedRun.Annotate(destination.Run(listener, cancel), devices, devices);
+                    return SimulatedRun.Annotate(destination.Run(listener, cancel), devices, devices, options.DowntimeLimit);
                 }
                 finally { foreach (var d in devices) d.Dispose(); }
             }

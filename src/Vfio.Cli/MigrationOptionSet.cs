@@ -86,11 +86,16 @@ internal sealed class MigrationOptionSet
         Description = "Simulated devices: data bytes per firmware record (the unit of a load)",
         DefaultValueFactory = _ => "4MiB",
     };
+    public readonly Option<string> DirtyRate = new("--sim-dirty-rate")
+    {
+        Description = "Simulated and null devices: bytes of state dirtied per second while they run in PRE_COPY (0 = none)",
+        DefaultValueFactory = _ => "16MiB",
+    };
 
     public void AddTo(Command c)
     {
         foreach (var o in new Option[] { Channels, BufferSize, Window, Timeout, LoadTimeout, Precopy, DowntimeLimit, PrecopyTimeout,
-            PrecopyTimeoutAction, Verify, StateSize, LoadRate, SaveRate, PfLimit, RecordSize })
+            PrecopyTimeoutAction, Verify, StateSize, LoadRate, SaveRate, PfLimit, RecordSize, DirtyRate })
             c.Options.Add(o);
     }
 
@@ -135,6 +140,7 @@ internal sealed class MigrationOptionSet
             LoadBytesPerSecond = Sizes.Parse(r.GetValue(LoadRate)!, "--sim-load-rate", rate: true),
             SaveBytesPerSecond = Sizes.Parse(r.GetValue(SaveRate)!, "--sim-save-rate", rate: true),
             RecordDataSize = (int)record,
+            DirtyBytesPerSecond = Sizes.Parse(r.GetValue(DirtyRate)!, "--sim-dirty-rate", rate: true),
         };
         if (sim.StateSize < SimStream.MinStateSize || sim.StateSize > SimStream.MaxStateSize)
             throw new UsageException($"--state-size must be between {SimStream.MinStateSize} bytes and 1TiB");

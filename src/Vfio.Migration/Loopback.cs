@@ -73,7 +73,7 @@ public static class Loopback
             Window = destination.Window, Verify = destination.Verify, Timeline = timeline,
             FirstStopUs = source.FirstStopUs, LastRunningUs = destination.LastRunningUs, LoadEndUs = destination.LoadEndUs,
             PoolBuffers = source.PoolBuffers + destination.PoolBuffers,
-            PrecopyStartUs = source.PrecopyStartUs, Converged = source.Converged, ConvergedReason = source.ConvergedReason,
+            Live = source.Live, PrecopyStartUs = source.PrecopyStartUs, Converged = source.Converged, ConvergedReason = source.ConvergedReason,
         };
         for (int i = 0; i < destination.Devices.Count; i++)
         {

@@ -89,3 +89,58 @@ public static class DeviceBound
         return list;
     }
 }
+
+/// <summary>
+/// The least total time of a live migration (first device entering PRE_COPY to the last destination device running) that
+/// simulated devices' own parameters imply under the engine's convergence rule (the report's <c>total_bound_ms</c>;
+/// docs/protocol.md section 8 has the derivation). For n alike devices of S bytes on one destination PF, dirtying d
+/// bytes/s each while they run, with the downtime limit L:
+/// <list type="bullet">
+/// <item>the initial images load no sooner than the device bound t1 (<see cref="DeviceBound"/>: the same stream,
+///   the same loads), so each device's effective load rate is ρ = S / t1;</item>
+/// <item>a region dirtied after its record began is owed once, whatever more it is dirtied; with records read evenly
+///   over t1 and dirtying uniform (x = d·t1 / S), the expected bytes owed at t1 are D1 = S·(1 − (1 − e^−x) / x);</item>
+/// <item>if D1 / ρ ≤ L the engine switches over at t1 and the bound is t1 + D1 / ρ (the remainder loads in the
+///   downtime); any later switchover only adds the dirt meanwhile;</item>
+/// <item>else the owed bytes B go down as dB/dt = d·(1 − B/S) − ρ until B = ρ·L: B(t) = B∞ + (D1 − B∞)·e^(−d·t/S) with
+///   B∞ = S·(d − ρ)/d, after τ = (S/d)·ln((D1 − B∞) / (ρ·L − B∞)); the bound is t1 + τ + L. When ρ·L ≤ B∞ the
+///   remainder never fits: no bound.</item>
+/// </list>
+/// </summary>
+public static class LiveBound
+{
+    /// <summary>
+    /// The bound in milliseconds, or null unless every device is simulated with the same options (sources and
+    /// destinations alike), the destinations share one PF, and the owed bytes can fit the downtime limit.
+    /// </summary>
+    public static double? Compute(IReadOnlyList<IMigrationDevice> sources, IReadOnlyList<IMigrationDevice> destinations, TimeSpan downtimeLimit)
+    {
+        if (DeviceBound.Compute(sources, destinations) is not double t1Ms) return null;
+        var first = (SimulatedDevice)sources[0];
+        var pf = ((SimulatedDevice)destinations[0]).Pf;
+        if (!sources.Concat(destinations).All(d => ((SimulatedDevice)d).Options == first.Options)
+            || !destinations.All(d => ((SimulatedDevice)d).Pf == pf))
+            return null;
+        double bound = Compute(t1Ms / 1000, first.Options.StateSize, first.Options.DirtyBytesPerSecond, downtimeLimit.TotalSeconds);
+        return double.IsFinite(bound) ? bound * 1000 : null;
+    }
+
+    /// <summary>
+    /// The bound in seconds for devices of <paramref name="stateSize"/> bytes whose initial images load in
+    /// <paramref name="initialSeconds"/> (the device bound), dirtying <paramref name="dirtyRate"/> bytes/s each;
+    /// infinity when the remainder never fits <paramref name="downtimeLimitSeconds"/>.
+    /// </summary>
+    public static double Compute(double initialSeconds, long stateSize, double dirtyRate, double downtimeLimitSeconds)
+    {
+        double t1 = initialSeconds, s = stateSize, d = dirtyRate, limit = downtimeLimitSeconds;
+        if (t1 <= 0 || d <= 0) return Math.Max(t1, 0);
+        double rho = s / t1;
+        double x = d * t1 / s;
+        double owed = x < 1e-6 ? s * x / 2 : s * (1 - (1 - Math.Exp(-x)) / x);
+        if (owed / rho <= limit) return t1 + owed / rho;
+        double floor = s * (d - rho) / d;
+        double target = rho * limit;
+        if (target <= floor) return double.PositiveInfinity;
+        return t1 + s / d * Math.Log((owed - floor) / (target - floor)) + limit;
+    }
+}

@@ -4,7 +4,8 @@ namespace Vfio.Simulation;
 
 /// <summary>
 /// Turns a device argument into a device: "sim:NAME" is simulated, "null:NAME" a device with no cost (the transport
-/// alone; its state is <see cref="SimulatedDeviceOptions.StateSize"/> bytes), anything else a real VFIO device.
+/// alone; its state is <see cref="SimulatedDeviceOptions.StateSize"/> bytes, dirtied in PRE_COPY at
+/// <see cref="SimulatedDeviceOptions.DirtyBytesPerSecond"/>), anything else a real VFIO device.
 /// </summary>
 public sealed class DeviceFactory
 {
@@ -30,7 +31,7 @@ public sealed class DeviceFactory
         if (IsNull(spec))
         {
             if (spec.Length == 5) throw new MigrationException("null: needs a name (null:NAME)");
-            return new NullDevice(spec, SimOptions.StateSize);
+            return new NullDevice(spec, SimOptions.StateSize, SimOptions.DirtyBytesPerSecond);
         }
         return RealDeviceAdapter.Open(spec);
     }

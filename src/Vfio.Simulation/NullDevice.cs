@@ -11,6 +11,13 @@ namespace Vfio.Simulation;
 /// VF, the kernel copying from the driver's buffers), not the transport's. Resuming, it swallows writes at no cost.
 /// It keeps no digest, so a run over null devices is verified by the byte count and the stream checksum (every
 /// buffer's CRC32C, in order), which is what the transport is responsible for.
+/// <para>PRE_COPY, with mlx5's rules as the simulated device has them: the initial image (the state), then the bytes
+/// the device dirtied at its dirty rate while it ran (at most the state size outstanding), readable only once
+/// VFIO_MIG_GET_PRECOPY_INFO was called after they were dirtied; PRE_COPY(_P2P)->STOP_COPY sends what is still dirty,
+/// then ends. An in-place read that finds nothing is "nothing for now" in PRE_COPY and the end only in STOP_COPY
+/// (<see cref="IInPlaceDataStream"/>), so the stream ends only after STOP_COPY.</para>
+/// Threads: _state, _session, _config and a PRE_COPY session's fields are under _lock; a STOP_COPY session's offset
+/// belongs to the engine's thread that reads it.
 /// </summary>
 public sealed class NullDevice : IMigrationDevice
 {
@@ -23,12 +30,14 @@ public sealed class NullDevice : IMigrationDevice
     private byte[] _config;
     private bool _disposed;
 
-    public NullDevice(string name, long stateSize)
+    public NullDevice(string name, long stateSize, double dirtyBytesPerSecond = 0)
     {
         if (stateSize < 1 || stateSize > SimStream.MaxStateSize)
             throw new ArgumentOutOfRangeException(nameof(stateSize), "state size must be between 1 byte and 1 TiB");
+        if (!(dirtyBytesPerSecond >= 0)) throw new ArgumentOutOfRangeException(nameof(dirtyBytesPerSecond), "dirty rate must not be negative");
         Name = name;
         StateSize = stateSize;
+        DirtyBytesPerSecond = dirtyBytesPerSecond;
         _pattern = GC.AllocateUninitializedArray<byte>(2 * PeriodBytes, pinned: true);
         var words = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, ulong>(_pattern.AsSpan());
         ulong seed = SimStream.SeedOf(name);
@@ -39,7 +48,9 @@ public sealed class NullDevice : IMigrationDevice
 
     public string Name { get; }
     public long StateSize { get; }
-    public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P;
+    /// <summary>Bytes the device dirties per second while it runs in PRE_COPY.</summary>
+    public double DirtyBytesPerSecond { get; }
+    public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy;
     /// <summary>Every null device, on any host: a stream of no format but its bytes.</summary>
     public static DeviceIdentity NullIdentity { get; } = new("vfio-mig-null", "simulated", "");
     public DeviceIdentity Identity => NullIdentity;
@@ -57,7 +68,11 @@ public sealed class NullDevice : IMigrationDevice
         lock (_lock) return _state;
     }
 
-    public ulong? StopCopySizeEstimate() => (ulong)StateSize;
+    /// <summary>The state size; during a PRE_COPY session, what a switchover now would still move.</summary>
+    public ulong? StopCopySizeEstimate()
+    {
+        lock (_lock) return (ulong)(_session is { Live: true } s ? s.Remaining(MigrationClock.NowUs) : StateSize);
+    }
 
     public byte[] SaveConfig()
     {
@@ -81,17 +96,32 @@ public sealed class NullDevice : IMigrationDevice
             foreach (var next in SoftwareTransitions.Path(Name, _state, target, Flags, out _))
             {
                 var from = _state;
+                long now = MigrationClock.NowUs;
                 _state = next;
-                if (from is MigrationState.StopCopy or MigrationState.Resuming)
+                if (from is MigrationState.StopCopy or MigrationState.Resuming
+                    || (from is MigrationState.PreCopy or MigrationState.PreCopyP2P && next is MigrationState.Running or MigrationState.RunningP2P))
                 {
                     _session?.End();
                     _session = null;
                 }
-                if (from == MigrationState.Stop && next is MigrationState.StopCopy or MigrationState.Resuming)
+                // Every session reads the state from its start; the engine owns (and disposes) the stream.
+                switch (from, next)
                 {
-                    // Every session reads the state from its start; the engine owns (and disposes) the stream.
-                    _session = new Session(this, saving: next == MigrationState.StopCopy);
-                    stream = _session;
+                    case (MigrationState.Stop, MigrationState.StopCopy or MigrationState.Resuming):
+                        stream = _session = new Session(this, saving: next == MigrationState.StopCopy, live: false, -1);
+                        break;
+                    case (MigrationState.Running, MigrationState.PreCopy) or (MigrationState.RunningP2P, MigrationState.PreCopyP2P):
+                        stream = _session = new Session(this, saving: true, live: true, next == MigrationState.PreCopy ? now : -1);
+                        break;
+                    case (MigrationState.PreCopy, MigrationState.PreCopyP2P):
+                        _session!.Pause(now);
+                        break;
+                    case (MigrationState.PreCopyP2P, MigrationState.PreCopy):
+                        _session!.Resume(now);
+                        break;
+                    case (MigrationState.PreCopy or MigrationState.PreCopyP2P, MigrationState.StopCopy):
+                        _session!.EnterStopCopy(now);
+                        break;
                 }
             }
             return stream;
@@ -121,21 +151,96 @@ public sealed class NullDevice : IMigrationDevice
 
     public override string ToString() => Name;
 
-    /// <summary>One STOP_COPY session (the state, in place) or RESUMING session (writes swallowed).</summary>
-    private sealed class Session(NullDevice device, bool saving) : IInPlaceDataStream
+    /// <summary>
+    /// One STOP_COPY session (the state, in place), PRE_COPY session (the state, then dirty bytes, in place) or RESUMING
+    /// session (writes swallowed). A PRE_COPY session's fields are under the device's lock.
+    /// </summary>
+    private sealed class Session(NullDevice device, bool saving, bool live, long runningSinceUs) : IInPlaceDataStream
     {
         private long _offset;
         private volatile bool _ended;
         private bool _disposed; // the engine's use of the stream ended (the session goes on, as a data fd's does)
+        private long _clockUs = runningSinceUs; // live: dirtying accounted up to here (-1: the device does not run)
+        private double _carry;
+        private long _pending;   // live: bytes dirtied since the last precopy info
+        private long _readable;  // live: dirty bytes readable
+        private bool _stopCopy;
+
+        public bool Live => live;
 
         public void End() => _ended = true;
+
+        private long InitialLeft => Math.Max(0, device.StateSize - _offset);
+
+        private void Run(long nowUs)
+        {
+            if (_clockUs < 0) return;
+            double bytes = _carry + Math.Max(0, nowUs - _clockUs) / 1e6 * device.DirtyBytesPerSecond;
+            _clockUs = nowUs;
+            long whole = (long)Math.Min(bytes, device.StateSize);
+            _carry = bytes - whole;
+            _pending = Math.Min(_pending + whole, device.StateSize - _readable);
+        }
+
+        public long Remaining(long nowUs)
+        {
+            Run(nowUs);
+            return InitialLeft + _readable + _pending;
+        }
+
+        public void Pause(long nowUs)
+        {
+            Run(nowUs);
+            _clockUs = -1;
+        }
+
+        public void Resume(long nowUs)
+        {
+            if (_clockUs < 0) _clockUs = nowUs;
+        }
+
+        public void EnterStopCopy(long nowUs)
+        {
+            Pause(nowUs);
+            _readable += _pending;
+            _pending = 0;
+            _stopCopy = true;
+        }
+
+        public PrecopyInfo GetPrecopyInfo()
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            lock (device._lock)
+            {
+                if (!live || _ended || device._state is not (MigrationState.PreCopy or MigrationState.PreCopyP2P))
+                    throw new VfioException($"VFIO_MIG_GET_PRECOPY_INFO on {device.Name}", Libc.EINVAL, $"the device is in {device._state}");
+                Run(MigrationClock.NowUs);
+                _readable += _pending;
+                _pending = 0;
+                return new PrecopyInfo((ulong)InitialLeft, (ulong)_readable);
+            }
+        }
 
         public ReadOnlyMemory<byte> ReadInPlace(int max)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             if (!saving) throw new VfioException($"read(migration data fd of {device.Name})", Libc.EINVAL, "the device is resuming");
             if (_ended) return ReadOnlyMemory<byte>.Empty; // the session ended: like a data fd, reads end at once
-            int n = (int)Math.Min(Math.Min(max, PeriodBytes), device.StateSize - _offset);
+            if (!live) return Next(max, device.StateSize - _offset);
+            lock (device._lock)
+            {
+                if (_ended) return ReadOnlyMemory<byte>.Empty;
+                long initial = InitialLeft;
+                var chunk = Next(max, initial > 0 ? initial : _readable);
+                if (initial == 0) _readable -= chunk.Length;
+                return chunk;
+            }
+        }
+
+        /// <summary>The next bytes of the stream, at most <paramref name="available"/>: the state's pattern, from where the last ended.</summary>
+        private ReadOnlyMemory<byte> Next(int max, long available)
+        {
+            int n = (int)Math.Min(Math.Min(max, PeriodBytes), available);
             var chunk = device._pattern.AsMemory((int)(_offset % PeriodBytes), n);
             _offset += n;
             return chunk;
@@ -145,7 +250,10 @@ public sealed class NullDevice : IMigrationDevice
         {
             var chunk = ReadInPlace(buffer.Length);
             chunk.Span.CopyTo(buffer);
-            return new DataRead(chunk.Length, chunk.IsEmpty ? DataReadStatus.EndOfStream : DataReadStatus.Data);
+            if (!chunk.IsEmpty) return new DataRead(chunk.Length, DataReadStatus.Data);
+            bool nothingForNow;
+            lock (device._lock) nothingForNow = live && !_ended && !_stopCopy;
+            return new DataRead(0, nothingForNow ? DataReadStatus.NoDataForNow : DataReadStatus.EndOfStream);
         }
 
         public void WriteAll(ReadOnlySpan<byte> data)

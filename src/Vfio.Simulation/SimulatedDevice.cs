@@ -62,6 +62,7 @@ public sealed record SimulatedDeviceOptions
     public const long DefaultStateSize = 64L << 20;
     public const double DefaultLoadRate = 320.0 * (1 << 20);
     public const int DefaultRecordDataSize = 4 << 20;
+    public const double DefaultDirtyRate = 16.0 * (1 << 20);
 
     /// <summary>Bytes of the STOP_COPY stream (exactly). Default 64 MiB.</summary>
     public long StateSize { get; init; } = DefaultStateSize;
@@ -71,10 +72,16 @@ public sealed record SimulatedDeviceOptions
     public double SaveBytesPerSecond { get; init; }
     /// <summary>Data bytes per firmware record (the unit of a load). Default 4 MiB.</summary>
     public int RecordDataSize { get; init; } = DefaultRecordDataSize;
+    /// <summary>
+    /// Bytes of state the device dirties per second while it runs in PRE_COPY, a data region (one record's data) at a
+    /// time. Default 16 MiB/s; 0 = none.
+    /// </summary>
+    public double DirtyBytesPerSecond { get; init; } = DefaultDirtyRate;
 
     /// <summary>The simulated time to load <paramref name="bytes"/>, in seconds.</summary>
     public double LoadSeconds(long bytes) => LoadBytesPerSecond <= 0 ? 0 : bytes / LoadBytesPerSecond;
 }
+
 
 /// <summary>
 /// A device that behaves, as far as the engine can tell, like an mlx5 VF bound to mlx5_vfio_pci.
@@ -83,9 +90,17 @@ public sealed record SimulatedDeviceOptions
 /// write that completes a record "loads" it: the load lasts size/rate seconds from when the record's first bytes
 /// came in (the device's own copying and checking included), holds a slot of the PF's shared command interface all
 /// that time (<see cref="SimulatedPf"/>), and the write returns when it ends, as on mlx5.</para>
-/// <para>A wrong stream (order, size, checksum, extra data) poisons the session: the write fails (EINVAL), later
-/// writes too (EIO), and RESUMING->STOP fails (EIO) leaving the device in ERROR until reset. An incomplete stream
+/// <para>PRE_COPY, as on mlx5: RUNNING->PRE_COPY opens a stream that first serves the initial image (every region)
+/// while the device runs and dirties regions at <see cref="SimulatedDeviceOptions.DirtyBytesPerSecond"/>; regions
+/// dirtied since the last VFIO_MIG_GET_PRECOPY_INFO become readable (as dirty records) only when that call is made, and
+/// a read with nothing readable finds nothing for now (ENOMSG). The device runs, and dirties, only in PRE_COPY: in
+/// RUNNING its state holds still, and a migration aborted during precopy leaves it with the regions it dirtied.
+/// PRE_COPY(_P2P)->STOP_COPY keeps the stream: what is still dirty, then the end record.</para>
+/// <para>A wrong stream (order, size, checksum, generation, extra data) poisons the session: the write fails (EINVAL),
+/// later writes too (EIO), and RESUMING->STOP fails (EIO) leaving the device in ERROR until reset. An incomplete stream
 /// also fails RESUMING->STOP.</para>
+/// Threads: every field is under _lock, except the save session's generator of a device whose regions are all at
+/// generation 0 (the STOP_COPY path as named), which belongs to the engine's thread that reads the stream.
 /// </summary>
 public sealed class SimulatedDevice : IMigrationDevice
 {
@@ -102,14 +117,25 @@ public sealed class SimulatedDevice : IMigrationDevice
     private long _stateSize;
     private int _recordData;
     private byte[] _config;
-    private ulong? _streamHash; // known hash of the current stream (computed lazily for own content)
+    private ulong? _streamHash; // known state hash of the current content (computed lazily for own content)
+    private Region[]? _regions;  // per data region: generation and CRC (null: every region at generation 0, as named)
+    private long _dirtyEvents;   // regions this device ever dirtied (numbers its pseudo-random choices)
     private bool _disposed;
+
+    /// <summary>A data region's generation and, once known, the CRC32C of its data at that generation.</summary>
+    private struct Region
+    {
+        public uint Generation;
+        public uint Crc;
+        public bool CrcKnown;
+    }
 
     public SimulatedDevice(string name, SimulatedDeviceOptions? options = null, SimulatedPf? pf = null)
     {
         Name = name;
         _options = options ?? new SimulatedDeviceOptions();
         if (_options.RecordDataSize < 1) throw new ArgumentOutOfRangeException(nameof(options), "record size must be positive");
+        if (!(_options.DirtyBytesPerSecond >= 0)) throw new ArgumentOutOfRangeException(nameof(options), "dirty rate must not be negative");
         SimStream.Layout(_options.StateSize, _options.RecordDataSize); // validates the size
         _pf = pf ?? new SimulatedPf();
         string contentName = name.StartsWith("sim:", StringComparison.Ordinal) ? name[4..] : name;
@@ -121,13 +147,13 @@ public sealed class SimulatedDevice : IMigrationDevice
     public string Name { get; }
     public SimulatedDeviceOptions Options => _options;
     public SimulatedPf Pf => _pf;
-    public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P;
+    public MigrationFlags Flags => MigrationFlags.StopCopy | MigrationFlags.P2P | MigrationFlags.PreCopy;
     /// <summary>Every simulated device, on any host: its stream format is the simulator's own.</summary>
-    public static DeviceIdentity SimulatedIdentity { get; } = new("vfio-mig-sim", "simulated", "sim-stream-1");
+    public static DeviceIdentity SimulatedIdentity { get; } = new("vfio-mig-sim", "simulated", "sim-stream-2");
     public DeviceIdentity Identity => SimulatedIdentity;
     public IEnumerable<Type> DataPathTypes =>
-        [typeof(SimulatedDevice), typeof(Session), typeof(SimulatedPf), typeof(SimStream), typeof(SimStreamGenerator), typeof(SimStreamParser),
-         typeof(SoftwareTransitions), typeof(PreciseSleep)];
+        [typeof(SimulatedDevice), typeof(Session), typeof(SaveFeed), typeof(SimulatedPf), typeof(SimStream), typeof(SimStreamGenerator),
+         typeof(SimStreamParser), typeof(SoftwareTransitions), typeof(PreciseSleep)];
 
     /// <summary>Total simulated load time the last resume spent (sum over records), for the report's device bound.</summary>
     public double LastLoadSeconds { get; private set; }
@@ -138,6 +164,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         _stateSize = _options.StateSize;
         _recordData = _options.RecordDataSize;
         _streamHash = null;
+        _regions = null;
     }
 
     private static byte[] OwnConfig(string name)
@@ -154,9 +181,10 @@ public sealed class SimulatedDevice : IMigrationDevice
         lock (_lock) return _state;
     }
 
+    /// <summary>The STOP_COPY stream's size; during a PRE_COPY session, what a switchover now would still move.</summary>
     public ulong? StopCopySizeEstimate()
     {
-        lock (_lock) return (ulong)_stateSize;
+        lock (_lock) return (ulong)(_session?.Feed is { Live: true } ? _session.Remaining() : _stateSize);
     }
 
     public byte[] SaveConfig()
@@ -169,17 +197,50 @@ public sealed class SimulatedDevice : IMigrationDevice
         lock (_lock) _config = SoftwareTransitions.RestoredConfig(Name, _state, config);
     }
 
+    /// <summary>
+    /// The state's digest: <see cref="SimStream.StateHash"/> of its regions (for content as named, the hash of its whole
+    /// STOP_COPY stream, computed once per content) combined with the config state.
+    /// </summary>
     public ulong? StateDigest()
     {
         ulong seed; long size; int rec; ulong? hash; byte[] config;
-        lock (_lock) { seed = _seed; size = _stateSize; rec = _recordData; hash = _streamHash; config = _config; }
+        lock (_lock)
+        {
+            (seed, size, rec, hash, config) = (_seed, _stateSize, _recordData, _streamHash, _config);
+            // The regions change while the device runs in PRE_COPY: hashed under the lock. Their CRCs are known once
+            // sent (a live source after its switchover), so this is cheap where it counts.
+            if (hash is null && _regions is not null) hash = _streamHash = RegionsHash();
+        }
         if (hash is null)
         {
             hash = s_hashCache.GetOrAdd((seed, size, rec), k => SimStreamParser.HashAndCrcsOf(new SimStreamGenerator(k.Seed, k.Size, k.Record))).Hash;
-            lock (_lock) if (_seed == seed && _stateSize == size) _streamHash = hash;
+            lock (_lock) if (_seed == seed && _stateSize == size && _regions is null) _streamHash = hash;
         }
         return SimStream.Digest(hash.Value, config);
     }
+
+    /// <summary>The state hash of the regions, computing the CRCs not known yet (under _lock).</summary>
+    private ulong RegionsHash()
+    {
+        var regions = _regions!;
+        var named = NamedCrcs();
+        var (records, last) = SimStream.Layout(_stateSize, _recordData);
+        ulong seed = _seed;
+        int rec = _recordData;
+        return SimStream.StateHash(seed, _stateSize, rec, k =>
+        {
+            ref var r = ref regions[k];
+            if (!r.CrcKnown)
+            {
+                r.Crc = r.Generation == 0 && named is not null ? named[k] : SimStream.DataCrc(seed, k, r.Generation, k == records - 1 ? last : rec);
+                r.CrcKnown = true;
+            }
+            return (r.Generation, r.Crc);
+        });
+    }
+
+    /// <summary>The CRCs of the content as named, if a digest pass computed them.</summary>
+    private uint[]? NamedCrcs() => s_hashCache.TryGetValue((_seed, _stateSize, _recordData), out var known) ? known.Crcs : null;
 
     public IDeviceDataStream? SetState(MigrationState target)
     {
@@ -198,6 +259,7 @@ public sealed class SimulatedDevice : IMigrationDevice
     private Session? Step(MigrationState next, string op)
     {
         var from = _state;
+        long now = MigrationClock.NowUs;
         if (from == MigrationState.StopCopy)
         {
             _session?.Close();
@@ -217,21 +279,48 @@ public sealed class SimulatedDevice : IMigrationDevice
             _seed = p.Seed;
             _stateSize = p.TotalBytes;
             _recordData = p.RecordDataSize;
-            _streamHash = p.StreamHash;
+            _streamHash = p.StateHash;
+            _regions = p.Dirtied ? RegionsOf(p) : null;
             LastLoadSeconds = s.LoadSeconds;
         }
-        _state = next;
-        if (from == MigrationState.Stop && next == MigrationState.StopCopy)
+        else if (from is MigrationState.PreCopy or MigrationState.PreCopyP2P && next is MigrationState.Running or MigrationState.RunningP2P)
         {
-            _session = Session.StartSave(this);
-            return _session;
+            // Leaving PRE_COPY without saving: the session ends; the device keeps the regions it dirtied (it ran).
+            _session!.Feed!.Pause(now);
+            _session.Close();
+            _session = null;
         }
-        if (from == MigrationState.Stop && next == MigrationState.Resuming)
+        _state = next;
+        switch (from, next)
         {
-            _session = Session.StartLoad(this);
-            return _session;
+            case (MigrationState.Stop, MigrationState.StopCopy):
+                return _session = Session.StartSave(this);
+            case (MigrationState.Stop, MigrationState.Resuming):
+                return _session = Session.StartLoad(this);
+            case (MigrationState.Running, MigrationState.PreCopy) or (MigrationState.RunningP2P, MigrationState.PreCopyP2P):
+                return _session = Session.StartLive(this, next == MigrationState.PreCopy ? now : -1);
+            case (MigrationState.PreCopy, MigrationState.PreCopyP2P):
+                _session!.Feed!.Pause(now);
+                break;
+            case (MigrationState.PreCopyP2P, MigrationState.PreCopy):
+                _session!.Feed!.Resume(now);
+                break;
+            case (MigrationState.PreCopy or MigrationState.PreCopyP2P, MigrationState.StopCopy):
+                _session!.Feed!.EnterStopCopy(now);
+                break;
         }
         return null;
+    }
+
+    private static Region[] RegionsOf(SimStreamParser p)
+    {
+        var regions = new Region[p.DataRecords];
+        for (int k = 0; k < regions.Length; k++)
+        {
+            var (generation, crc) = p.Region(k);
+            regions[k] = new Region { Generation = generation, Crc = crc, CrcKnown = true };
+        }
+        return regions;
     }
 
     public void Reset()
@@ -258,9 +347,153 @@ public sealed class SimulatedDevice : IMigrationDevice
     public override string ToString() => Name;
 
     /// <summary>
-    /// One STOP_COPY or RESUMING session, served in-process on the engine's thread that reads or writes the stream:
-    /// what an mlx5 VF's firmware and DMA do costs the host no CPU, so neither may the simulator beyond producing and
-    /// checking the bytes.
+    /// A save session's account of the regions (all under the device's _lock): their generations and CRCs and, for a
+    /// PRE_COPY session, the device running and dirtying them. A region becomes owed (needs a dirty record) when it is
+    /// dirtied after its last record began; owed regions dirtied since the last precopy info are pending, and the info
+    /// call makes them readable, each once, at the generation it has when its record begins. The dirtying is counted by
+    /// the clock whenever the device is asked (a record begins, the info, the estimate), so each event is judged against
+    /// the records begun before it.
+    /// </summary>
+    private sealed class SaveFeed : ISimRegionSource
+    {
+        private readonly SimulatedDevice _d;
+        private readonly Region[] _regions;
+        private readonly uint[]? _named;  // the CRCs of the regions at generation 0, when known
+        private readonly int _records;
+        private readonly int _lastLength;
+        private readonly bool[]? _started; // live only: the region's initial record has begun
+        private readonly bool[]? _owed;
+        private readonly List<int> _pending = [];
+        private readonly Queue<int> _readable = new();
+        private long _readableBytes;
+        private long _clockUs = -1;       // dirtying accounted up to here (-1: the device does not run)
+        private double _carry;            // dirty bytes short of a whole region
+
+        public SaveFeed(SimulatedDevice d, bool live, long runningSinceUs)
+        {
+            _d = d;
+            _regions = d._regions!;
+            _named = d.NamedCrcs();
+            (_records, _lastLength) = SimStream.Layout(d._stateSize, d._recordData);
+            if (!live) return;
+            _started = new bool[_records];
+            _owed = new bool[_records];
+            _clockUs = runningSinceUs;
+        }
+
+        public bool Live => _owed is not null;
+        public bool StopCopy { get; private set; }
+        /// <summary>Bytes of the dirty records owed (pending or readable).</summary>
+        public long OwedBytes { get; private set; }
+
+        private long RecordBytes(int region) => SimStream.DataOverhead + (region == _records - 1 ? _lastLength : _d._recordData);
+
+        /// <summary>Lets the device run until <paramref name="nowUs"/>: it dirties a region per RecordDataSize bytes of its rate.</summary>
+        public void Run(long nowUs)
+        {
+            if (_clockUs < 0) return;
+            double rate = _d._options.DirtyBytesPerSecond;
+            double bytes = _carry + Math.Max(0, nowUs - _clockUs) / 1e6 * rate;
+            _clockUs = nowUs;
+            long events = (long)(bytes / _d._recordData);
+            _carry = bytes - events * (double)_d._recordData;
+            // Past a few rounds of every region, more dirtying changes nothing an engine could see: bounded work for a
+            // device left alone for long.
+            events = Math.Min(events, 4L * _records + 64);
+            for (long e = 0; e < events; e++)
+                Dirty((int)(SimStream.Word(_d._seed, -4, _d._dirtyEvents++) % (ulong)_records));
+        }
+
+        private void Dirty(int k)
+        {
+            ref var r = ref _regions[k];
+            r.Generation++;
+            r.CrcKnown = false;
+            _d._streamHash = null;
+            if (!_started![k] || _owed![k]) return; // its first record, or one owed already, will carry it
+            _owed[k] = true;
+            OwedBytes += RecordBytes(k);
+            _pending.Add(k);
+        }
+
+        public void Pause(long nowUs)
+        {
+            Run(nowUs);
+            _clockUs = -1;
+        }
+
+        public void Resume(long nowUs)
+        {
+            if (_clockUs < 0) _clockUs = nowUs;
+        }
+
+        public void EnterStopCopy(long nowUs)
+        {
+            Pause(nowUs);
+            Publish();
+            StopCopy = true;
+        }
+
+        /// <summary>VFIO_MIG_GET_PRECOPY_INFO: what the device dirtied since the last call becomes readable.</summary>
+        public PrecopyInfo Info(long nowUs, long initialLeft)
+        {
+            Run(nowUs);
+            Publish();
+            return new PrecopyInfo((ulong)initialLeft, (ulong)_readableBytes);
+        }
+
+        private void Publish()
+        {
+            foreach (int k in _pending)
+                if (_owed![k])
+                {
+                    _readable.Enqueue(k);
+                    _readableBytes += RecordBytes(k);
+                }
+            _pending.Clear();
+        }
+
+        public (uint Generation, uint? Crc) Begin(int region)
+        {
+            if (_owed is not null)
+            {
+                // What the device dirtied until now happened before this record: it carries it, and is not owed it.
+                Run(MigrationClock.NowUs);
+                _started![region] = true;
+                if (_owed[region])
+                {
+                    _owed[region] = false;
+                    OwedBytes -= RecordBytes(region);
+                }
+            }
+            ref var r = ref _regions[region];
+            uint? crc = r.CrcKnown ? r.Crc : r.Generation == 0 && _named is not null ? _named[region] : null;
+            return (r.Generation, crc);
+        }
+
+        public void Done(int region, uint generation, uint crc)
+        {
+            ref var r = ref _regions[region];
+            if (r.Generation != generation) return; // dirtied while its record was produced
+            r.Crc = crc;
+            r.CrcKnown = true;
+        }
+
+        public int NextDirty()
+        {
+            if (_readable.TryDequeue(out int k))
+            {
+                _readableBytes -= RecordBytes(k);
+                return k;
+            }
+            return StopCopy ? -2 : -1;
+        }
+    }
+
+    /// <summary>
+    /// One STOP_COPY, PRE_COPY or RESUMING session, served in-process on the engine's thread that reads or writes the
+    /// stream: what an mlx5 VF's firmware and DMA do costs the host no CPU, so neither may the simulator beyond producing
+    /// and checking the bytes.
     /// </summary>
     private sealed class Session : IDeviceDataStream
     {
@@ -276,27 +509,50 @@ public sealed class SimulatedDevice : IMigrationDevice
         private long _readyUs;      // when the device's previous load ended (its PF reservation)
         private long _lateUs;       // how much later than _readyUs the device woke (timer slack; not the engine's fault)
 
-        private Session(SimulatedDevice device, SimStreamGenerator? generator, SimStreamParser? parser)
+        private Session(SimulatedDevice device, SimStreamGenerator? generator, SaveFeed? feed, SimStreamParser? parser)
         {
             _device = device;
             _generator = generator;
+            Feed = feed;
             Parser = parser;
         }
 
         public SimStreamParser? Parser { get; }
+        /// <summary>The regions' account of a save session of a device with dirtied regions or in PRE_COPY (under the device's lock).</summary>
+        public SaveFeed? Feed { get; }
         public double LoadSeconds { get; private set; }
 
         public static Session StartSave(SimulatedDevice d)
         {
-            var o = d._options;
+            if (d._regions is not null)
+            {
+                var feed = new SaveFeed(d, live: false, -1);
+                return new Session(d, new SimStreamGenerator(d._seed, d._stateSize, d._recordData, null, feed, precopy: false), feed, null);
+            }
             // The digest pass (StateDigest, before the engine stops the device) knows every record's CRC: reuse them.
-            var crcs = s_hashCache.TryGetValue((d._seed, d._stateSize, d._recordData), out var known) ? known.Crcs : null;
-            return new Session(d, new SimStreamGenerator(d._seed, d._stateSize, d._recordData, crcs), null);
+            return new Session(d, new SimStreamGenerator(d._seed, d._stateSize, d._recordData, d.NamedCrcs()), null, null);
         }
 
-        public static Session StartLoad(SimulatedDevice d) => new(d, null, new SimStreamParser());
+        /// <summary>RUNNING->PRE_COPY (the device runs, and dirties, from <paramref name="runningSinceUs"/>; -1: P2P, not yet).</summary>
+        public static Session StartLive(SimulatedDevice d, long runningSinceUs)
+        {
+            d._regions ??= new Region[SimStream.Layout(d._stateSize, d._recordData).Records];
+            var feed = new SaveFeed(d, live: true, runningSinceUs);
+            return new Session(d, new SimStreamGenerator(d._seed, d._stateSize, d._recordData, null, feed, precopy: true), feed, null);
+        }
+
+        public static Session StartLoad(SimulatedDevice d) => new(d, null, null, new SimStreamParser());
 
         private string Op(string call) => $"{call}(migration data fd of {_device.Name})";
+
+        /// <summary>Bytes a switchover now would still move (under the device's lock).</summary>
+        public long Remaining()
+        {
+            var g = _generator!;
+            if (g.Ended) return 0;
+            Feed!.Run(MigrationClock.NowUs);
+            return g.InitialLeft + g.DirtyRecordLeft + Feed.OwedBytes + SimStream.EndRecordSize;
+        }
 
         public DataRead Read(Span<byte> buffer)
         {
@@ -304,14 +560,28 @@ public sealed class SimulatedDevice : IMigrationDevice
             if (_generator is null) throw new VfioException(Op("read"), Libc.EINVAL, "the device is resuming");
             if (_closed) return new DataRead(0, DataReadStatus.EndOfStream); // the session ended: like the fd, reads end at once
             if (_saveStartUs < 0) _saveStartUs = MigrationClock.NowUs;
-            int n = _generator.Fill(buffer);
-            if (n == 0) return new DataRead(0, DataReadStatus.EndOfStream);
+            int n;
+            if (Feed is null) n = _generator.Fill(buffer);
+            else lock (_device._lock) n = _generator.Fill(buffer);
+            if (n == 0)
+                return new DataRead(0, Feed is { Live: true } && !_generator.Ended ? DataReadStatus.NoDataForNow : DataReadStatus.EndOfStream);
             _saved += n;
             // A device that saves at a finite rate has these bytes ready only once it has produced them.
             double rate = _device._options.SaveBytesPerSecond;
             if (rate > 0 && !SleepUntil(_saveStartUs + (long)(_saved / rate * 1e6)))
                 return new DataRead(0, DataReadStatus.EndOfStream);
             return new DataRead(n, DataReadStatus.Data);
+        }
+
+        public PrecopyInfo GetPrecopyInfo()
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            lock (_device._lock)
+            {
+                if (Feed is not { Live: true } || _closed || _device._state is not (MigrationState.PreCopy or MigrationState.PreCopyP2P))
+                    throw new VfioException($"VFIO_MIG_GET_PRECOPY_INFO on {_device.Name}", Libc.EINVAL, $"the device is in {_device._state}");
+                return Feed.Info(MigrationClock.NowUs, _generator!.InitialLeft);
+            }
         }
 
         /// <summary>

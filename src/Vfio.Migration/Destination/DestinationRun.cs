@@ -395,7 +395,7 @@ internal sealed class DestinationRun
         {
             Role = "destination", Mode = _options.Loading, Channels = _channels == 0 ? _options.Channels : _channels, BufferSize = bufferSize,
             Window = _options.Window, Verify = _options.Verify, Timeline = Timeline, PoolBuffers = _pool?.Allocated ?? 0,
-            FirstStopUs = _sourceFirstStopUs, LastRunningUs = lastRunning, LoadEndUs = loadEnd,
+            FirstStopUs = _sourceFirstStopUs, LastRunningUs = lastRunning, LoadEndUs = loadEnd, Live = _live,
         };
         if (_sinks.Length == _devices.Count) report.Devices.AddRange(_sinks.Select(s => s.Report));
         else report.Devices.AddRange(_devices.Select(d => new DeviceReport { Name = d.Name }));

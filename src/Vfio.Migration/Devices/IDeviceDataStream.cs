@@ -33,6 +33,10 @@ public readonly record struct PrecopyInfo(ulong InitialBytes, ulong DirtyBytes);
 /// </summary>
 public interface IInPlaceDataStream : IDeviceDataStream
 {
-    /// <summary>The next bytes of the stream, at most <paramref name="max"/>, valid until the session ends; empty at the end.</summary>
+    /// <summary>
+    /// The next bytes of the stream, at most <paramref name="max"/>, valid until the session ends. Empty tells no errno
+    /// apart: in PRE_COPY the engine takes it as nothing for now (ENOMSG: it asks for the precopy info and reads again),
+    /// after it as the end. So a stream opened by PRE_COPY must end only after the device went to STOP_COPY.
+    /// </summary>
     ReadOnlyMemory<byte> ReadInPlace(int max);
 }

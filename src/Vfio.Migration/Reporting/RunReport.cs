@@ -79,6 +79,8 @@ public sealed class RunReport
     public string? Error { get; private set; }
     /// <summary>The name of the device the failure is about, on the side that reported it.</summary>
     public string? FailedDevice { get; private set; }
+    /// <summary>The run had a live phase (precopy before the switchover).</summary>
+    public bool Live { get; init; }
     /// <summary>When the devices entered PRE_COPY (source clock; 0: no live phase).</summary>
     public long PrecopyStartUs { get; set; }
     /// <summary>Live runs: whether precopy converged before the switchover, and why it switched over.</summary>
@@ -101,6 +103,11 @@ public sealed class RunReport
     /// overhead factor.
     /// </summary>
     public double? DeviceBoundMs { get; set; }
+    /// <summary>
+    /// Live runs whose devices are all simulated: the least total time (<see cref="TotalMs"/>) the simulator's parameters
+    /// imply under the convergence rule, in milliseconds; null otherwise. The live counterpart of <see cref="DeviceBoundMs"/>.
+    /// </summary>
+    public double? TotalBoundMs { get; set; }
 
     /// <summary>The signal that interrupted this side (SIGINT, SIGTERM, SIGHUP), if one did; a run it cancelled says so.</summary>
     public string? Signal { get; private set; }
@@ -125,6 +132,9 @@ public sealed class RunReport
 
     /// <summary>DowntimeMs / DeviceBoundMs, when both are known.</summary>
     public double? BoundRatio => DeviceBoundMs is > 0 && DowntimeMs > 0 ? DowntimeMs / DeviceBoundMs : null;
+
+    /// <summary>TotalMs / TotalBoundMs, when both are known.</summary>
+    public double? TotalBoundRatio => TotalBoundMs is > 0 && DowntimeMs > 0 ? TotalMs / TotalBoundMs : null;
 
     public long TotalBytes => Devices.Sum(d => d.Bytes);
 
@@ -154,8 +164,12 @@ public sealed class RunReport
     }
     public double DowntimeMs => Ok && LastRunningUs > FirstStopUs && FirstStopUs > 0 ? (LastRunningUs - FirstStopUs) / 1000.0 : 0;
 
-    /// <summary>Megabits per second (10^6 bits): all stream bytes over the time from the first source stop to the last device loaded.</summary>
-    public double ThroughputMbps => LoadEndUs > FirstStopUs && FirstStopUs > 0 ? TotalBytes * 8.0 / (LoadEndUs - FirstStopUs) : 0;
+    /// <summary>
+    /// Megabits per second (10^6 bits): the stream bytes read after the switchover (all of them unless live) over the time
+    /// from the first source stop to the last device loaded.
+    /// </summary>
+    public double ThroughputMbps =>
+        LoadEndUs > FirstStopUs && FirstStopUs > 0 ? (TotalBytes - PrecopyBytesTotal) * 8.0 / (LoadEndUs - FirstStopUs) : 0;
 
     public string ModeName => Mode == LoadingMode.Coupled ? "coupled" : "decoupled";
 
@@ -180,6 +194,9 @@ public sealed class RunReport
 
     private string BoundText() => DeviceBoundMs is double b
         ? string.Create(CultureInfo.InvariantCulture, $" (device bound {b:0} ms{(BoundRatio is double r ? $", x{r:0.000}" : "")})")
+        : TotalBoundMs is double t
+        ? string.Create(CultureInfo.InvariantCulture,
+            $", total {TotalMs:0} ms (total bound {t:0} ms{(TotalBoundRatio is double q ? $", x{q:0.000}" : "")})")
         : "";
 
     public void WriteJson(Stream output)
@@ -206,6 +223,8 @@ public sealed class RunReport
         j.WriteNumber("throughput_mbps", Math.Round(ThroughputMbps, 1));
         if (DeviceBoundMs is double bound) j.WriteNumber("device_bound_ms", Math.Round(bound, 3));
         if (BoundRatio is double ratio) j.WriteNumber("downtime_over_bound", Math.Round(ratio, 4));
+        if (TotalBoundMs is double totalBound) j.WriteNumber("total_bound_ms", Math.Round(totalBound, 3));
+        if (TotalBoundRatio is double totalRatio) j.WriteNumber("total_over_bound", Math.Round(totalRatio, 4));
         if (AllLoadingMs is double loading) j.WriteNumber("all_loading_ms", Math.Round(loading, 3));
         j.WriteString("role", Role);
         j.WriteNumber("buffer_size", BufferSize);

@@ -525,7 +525,8 @@ internal sealed class SourceRun
         var report = new RunReport
         {
             Role = "source", Mode = _options.Loading, Channels = _options.Channels, BufferSize = _options.BufferSize,
-            Timeline = _timeline, Window = _window, Verify = _options.Verify, FirstStopUs = firstStop, PoolBuffers = _pool?.Allocated ?? 0,
+            Timeline = _timeline, Window = _window, Verify = _options.Verify, FirstStopUs = firstStop,
+            PoolBuffers = _pool?.Allocated ?? 0, Live = _live,
         };
         report.Devices.AddRange(_results);
         report.PrecopyStartUs = _precopyStartUs;

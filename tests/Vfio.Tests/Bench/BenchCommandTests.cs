@@ -85,6 +85,57 @@ public class BenchCommandTests : IDisposable
     }
 
     [Fact]
+    public void PrecopySweepsLiveAgainstStopCopyOnlyAndChecksItsTargets()
+    {
+        string json = Path.Combine(_dir, "precopy.json");
+        var (code, output, error) = Run("bench", "--precopy", "--devices", "1,4", "--dirty-rates", "0,16MiB", "--repeat", "1",
+            "--state-size", "4MiB", "--sim-record-size", "64KiB", "--sim-load-rate", "100MiB", "--out", _dir, "--json", json);
+        Assert.True(code == 0, output + error);
+        using var doc = JsonDocument.Parse(File.ReadAllText(json));
+        var rows = doc.RootElement.GetProperty("rows").EnumerateArray().ToList();
+        // Per device count, decoupled unless --loading says otherwise: stop-copy only, then live at each dirty rate.
+        Assert.Equal([false, true, true, false, true, true], rows.Select(r => r.GetProperty("live").GetBoolean()));
+        Assert.Equal([1, 1, 1, 4, 4, 4], rows.Select(r => r.GetProperty("devices").GetInt32()));
+        Assert.All(rows, r => Assert.Equal("precopy", r.GetProperty("section").GetString()));
+        Assert.All(rows, r => Assert.Equal("decoupled", r.GetProperty("mode").GetString()));
+        Assert.All(rows, r => Assert.True(r.GetProperty("verified").GetBoolean()));
+        Assert.All(rows, r => Assert.True(r.GetProperty("total_bound_ms").GetDouble() >= 40)); // 4 MiB at 100 MiB/s
+        foreach (var live in rows.Where(r => r.GetProperty("live").GetBoolean()))
+        {
+            Assert.True(live.GetProperty("converged").GetBoolean(), live.GetProperty("converged_reason").GetString());
+            Assert.True(live.GetProperty("precopy_ms").GetDouble() > 0);
+            Assert.True(live.GetProperty("total_ms").GetDouble() > live.GetProperty("downtime_ms").GetDouble());
+            // Dirtying devices send regions again; idle ones send their state once.
+            long resent = live.GetProperty("resent_bytes").GetInt64();
+            if (live.GetProperty("dirty_rate").GetDouble() == 0)
+                Assert.Equal(SimStream.EndRecordSize * live.GetProperty("devices").GetInt32(), resent);
+            else Assert.True(resent > 0, "nothing was sent twice");
+        }
+        // Stop-copy rows: the total is the downtime, the bound the device bound.
+        Assert.All(rows.Where(r => !r.GetProperty("live").GetBoolean()), r =>
+            Assert.Equal(r.GetProperty("downtime_ms").GetDouble(), r.GetProperty("total_ms").GetDouble(), 3));
+        // The total-time target for each live row, the downtime target at 4 devices and 16 MiB/s.
+        var targets = doc.RootElement.GetProperty("targets").EnumerateArray().Select(t => t.GetProperty("name").GetString()).ToList();
+        Assert.Equal(5, targets.Count);
+        Assert.Contains("live downtime at most 10% of stop-copy only, 4 devices, 16MiB/s dirtied", targets);
+        Assert.Contains("live total time within x1.15 of the total bound, 1 devices, no dirtying", targets);
+        Assert.Contains("live total time within x1.15 of the total bound, 4 devices, 16MiB/s dirtied", output);
+        string md = File.ReadAllText(Path.Combine(_dir, "bench.md"));
+        Assert.Contains("## Live (PRE_COPY) against stop-copy only", md);
+        Assert.Matches(@"\| 4 \| 4MiB \| decoupled \| 16MiB/s dirtied \| [0-9.]+ \([0-9.]+\) \| [0-9.]+% \|", md);
+    }
+
+    [Theory]
+    [InlineData("--null")]
+    [InlineData("--tls")]
+    public void PrecopySweepIsForSimulatedDevicesOnly(string other)
+    {
+        var (code, _, error) = Run("bench", "--precopy", other, "--out", _dir);
+        Assert.Equal(2, code);
+        Assert.Contains("--precopy sweeps simulated devices", error);
+    }
+
+    [Fact]
     public void SimulatedDevicesTakeTheRecordSizeAndSaveRate()
     {
         string json = Path.Combine(_dir, "sim.json");
@@ -120,6 +171,7 @@ public class BenchCommandTests : IDisposable
     [InlineData("--repeat", "0")]
     [InlineData("--state-size", "lots")]
     [InlineData("--sim-save-rate", "lots")]
+    [InlineData("--dirty-rates", "fast")]
     [InlineData("--sim-record-size", "0")]
     [InlineData("--device", "nopair")]
     [InlineData("--json", "/nonexistent-dir/bench.json")]

@@ -42,6 +42,50 @@ public class BenchTests
         [new BenchTarget("downtime within 5% of the device bound, 4 devices", false, "ratio 1.050")],
         "test machine", "vfio-mig bench");
 
+    private static BenchResult PrecopySample()
+    {
+        var stopCopy = new BenchScenario("precopy", 4, 6, LoadingMode.Decoupled, 1L << 30);
+        return new(BenchDeviceKind.Simulated,
+            [
+                new BenchRow
+                {
+                    Scenario = stopCopy, Runs = 3, AllVerified = true, DowntimeMedianMs = 3300, DowntimeMinMs = 3250, DeviceBoundMs = 3200,
+                    TotalMedianMs = 3300, TotalBoundMs = 3200,
+                },
+                new BenchRow
+                {
+                    Scenario = stopCopy with { DirtyRate = 16 << 20 }, Runs = 3, AllVerified = true, DowntimeMedianMs = 165, DowntimeMinMs = 150,
+                    TotalMedianMs = 3600, TotalBoundMs = 3279, PrecopyMs = 3435, ResentBytes = 200L << 20, Converged = true, DirtyRounds = 7,
+                },
+            ],
+            [new BenchTarget("live downtime at most 10% of stop-copy only, 4 devices, 16MiB/s dirtied", true, "5.0%")],
+            "test machine", "vfio-mig bench --precopy");
+    }
+
+    [Fact]
+    public void PrecopyRowsShowLiveAgainstStopCopyOnlyInEveryFormat()
+    {
+        string md = BenchWriters.Markdown(PrecopySample());
+        Assert.Contains("| 4 | 1GiB | decoupled | stop-copy only | 3300.0 (3250.0) |  | 3300 | 3200 | 1.031 |", md);
+        Assert.Contains("| 4 | 1GiB | decoupled | 16MiB/s dirtied | 165.0 (150.0) | 5.0% | 3600 | 3279 | 1.098 | 3435 | 200.0 | 7 | yes | yes |", md);
+
+        var csv = BenchWriters.Csv(PrecopySample()).TrimEnd().Split('\n');
+        Assert.EndsWith(",16777216,3600,3279,1.0979,3435,209715200,true,", csv[2]);
+
+        using var ms = new MemoryStream();
+        BenchWriters.Json(PrecopySample(), ms);
+        using var doc = JsonDocument.Parse(ms.ToArray());
+        var live = doc.RootElement.GetProperty("rows")[1];
+        Assert.True(live.GetProperty("live").GetBoolean());
+        Assert.Equal(3279, live.GetProperty("total_bound_ms").GetDouble());
+        Assert.Equal(200L << 20, live.GetProperty("resent_bytes").GetInt64());
+
+        var titles = XDocument.Parse(BenchWriters.Chart(PrecopySample())).Descendants().Where(e => e.Name.LocalName == "title")
+            .Select(e => e.Value).ToList();
+        Assert.Contains("4 dev stop-copy only: 3300", titles);
+        Assert.Contains("4 dev live, 16MiB/s dirtied: 165", titles);
+    }
+
     [Fact]
     public void CsvHasOneLinePerRowWithEveryColumnAndQuotedErrors()
     {

@@ -68,7 +68,20 @@ public class CliTests
         Assert.Contains("coupled loading", stdout);
     }
 
+    [Fact]
+    public void Loopback_migrates_dirtying_simulated_and_null_devices_live()
+    {
+        var (code, stdout, stderr) = Invoke($"loopback --sim 2 --channels 2 {Small} --precopy on --sim-dirty-rate 8MiB");
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Matches(@"result ok: 2 devices, [0-9.]+ MiB, live \d+ ms \([0-9.]+ MiB\), downtime", stdout);
+        (code, stdout, stderr) = Invoke(
+            "loopback --null --sim 2 --channels 2 --state-size 1MiB --buffer-size 64KiB --precopy on --sim-dirty-rate 64MiB");
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Contains("live ", stdout);
+    }
+
     [Theory]
+    [InlineData("loopback --sim-dirty-rate lots", "--sim-dirty-rate")]
     [InlineData("loopback --state-size 12XB", "--state-size")]
     [InlineData("loopback --state-size 10", "--state-size")]
     [InlineData("loopback --buffer-size lots", "--buffer-size")]
@@ -94,6 +107,7 @@ public class CliTests
     [InlineData("info", "'info'")]
     [InlineData("list --bogus", "--bogus")]
     [InlineData("bench --repeat x", "x")]
+    [InlineData("bench --precopy sometimes", "sometimes")]
     [InlineData("migrate", "vfio-mig --help")]
     [InlineData("", "command")]
     [InlineData("loopback --sim 1 --json /proc/vfio-mig-x", "--json: cannot write /proc/vfio-mig-x")]

@@ -34,8 +34,8 @@ public class DeviceIdentityTests
         { "", "6.1.0", "", "mlx5_vfio_pci", "6.3.0", "", StreamVerdict.Incompatible }, // the driver one side knows
         { "", "", "", "mlx5_vfio_pci", "6.3.0", "1", StreamVerdict.Same },
         { "hisi_acc_vfio_pci", "6.1.0", "", "hisi_acc_vfio_pci", "6.3.0", "", StreamVerdict.Differs },
-        { "vfio-mig-sim", "simulated", "sim-stream-1", "vfio-mig-sim", "simulated", "sim-stream-1", StreamVerdict.Same },
-        { "vfio-mig-sim", "simulated", "sim-stream-1", "vfio-mig-null", "simulated", "", StreamVerdict.Incompatible },
+        { "vfio-mig-sim", "simulated", "sim-stream-2", "vfio-mig-sim", "simulated", "sim-stream-2", StreamVerdict.Same },
+        { "vfio-mig-sim", "simulated", "sim-stream-2", "vfio-mig-null", "simulated", "", StreamVerdict.Incompatible },
     };
 
     [Theory]

@@ -193,6 +193,49 @@ public class MeasurementTests
     }
 
     [Fact]
+    public void Live_total_bound_is_the_device_bound_without_dirt_and_grows_with_it()
+    {
+        const long gib = 1L << 30;
+        // Without dirtying, a live migration moves the state once: the device bound.
+        Assert.Equal(3.2, LiveBound.Compute(3.2, gib, 0, 0.3), 9);
+        // 16 MiB/s over 3.2 s: x = 0.05, the owed bytes at the ack are 2.46% of the state, loaded in the downtime.
+        double x = 16.0 * (1 << 20) * 3.2 / gib, owed = gib * (1 - (1 - Math.Exp(-x)) / x);
+        Assert.Equal(3.2 + owed / (gib / 3.2), LiveBound.Compute(3.2, gib, 16 << 20, 0.3), 9);
+        Assert.InRange(LiveBound.Compute(3.2, gib, 16 << 20, 0.3), 3.278, 3.280);
+        // 8 devices at 128 MiB/s each, 160 MiB/s each to load: the remainder does not fit 300 ms at the ack, and
+        // precopy goes on. The closed form agrees with stepping the owed bytes forward in small steps.
+        double t1 = 6.4, s = gib, d = 128 << 20, rho = s / t1, limit = 0.3;
+        double x8 = d * t1 / s, b = s * (1 - (1 - Math.Exp(-x8)) / x8), t = t1;
+        const double dt = 1e-5;
+        for (; b > rho * limit; t += dt) b += (d * (1 - b / s) - rho) * dt;
+        Assert.Equal(t + limit, LiveBound.Compute(t1, gib, d, limit), 2);
+        Assert.InRange(LiveBound.Compute(t1, gib, d, limit), 11.5, 12.1);
+        // Dirtying faster than the devices load, with a remainder that never fits: no bound.
+        Assert.True(double.IsPositiveInfinity(LiveBound.Compute(3.2, gib, 512 << 20, 0.3)));
+    }
+
+    [Fact]
+    public void A_live_run_reports_the_total_bound_and_no_downtime_bound()
+    {
+        var opts = TestDevices.Fast(1 << 20) with { LoadBytesPerSecond = 64 << 20, RecordDataSize = 32 << 10, DirtyBytesPerSecond = 4 << 20 };
+        var (src, dst) = TestDevices.Pairs(2, opts);
+        var options = TestDevices.Options(3) with { Precopy = PrecopyMode.On, DowntimeLimit = TimeSpan.FromMilliseconds(50) };
+        var report = TestDevices.Migrate(src, dst, options);
+        Assert.True(report.Ok, report.Error);
+        Assert.Null(report.DeviceBoundMs); // a live downtime has no such floor
+        double deviceBound = DeviceBound.Compute(src, dst)!.Value;
+        Assert.Equal(LiveBound.Compute(src, dst, options.DowntimeLimit), report.TotalBoundMs);
+        Assert.InRange(report.TotalBoundMs!.Value, deviceBound, deviceBound * 1.5);
+        Assert.True(report.TotalMs >= report.TotalBoundMs, $"total {report.TotalMs} < bound {report.TotalBoundMs}");
+        Assert.Contains("total bound", report.SummaryLines().Last());
+        var json = System.Text.Json.JsonDocument.Parse(report.ToJson()).RootElement;
+        Assert.Equal(report.TotalBoundMs!.Value, json.GetProperty("total_bound_ms").GetDouble(), 3);
+        Assert.False(json.TryGetProperty("device_bound_ms", out _));
+        // Devices that differ, or that are not all simulated, have no model to bound them.
+        Assert.Null(LiveBound.Compute(src, [dst[0], new SimulatedDevice("sim:x", opts with { DirtyBytesPerSecond = 0 })], options.DowntimeLimit));
+    }
+
+    [Fact]
     public void Pf_schedule_gives_each_load_a_slot_for_its_whole_time()
     {
         var pf = new SimulatedPf("p", 2);

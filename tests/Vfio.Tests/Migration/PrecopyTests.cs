@@ -223,4 +223,96 @@ public sealed class PrecopyTests
         Assert.Equal(0, unloaded.Bytes(4));
         Assert.Equal(0, unloaded.Bytes(9));   // credits for buffers sent after the live phase: nothing of it is left
     }
+
+    // Simulated devices: 64 regions of 32 KiB that load at 64 MiB/s (an initial image takes 32 ms), dirtied while they run.
+    private static SimulatedDeviceOptions LiveSim(double dirtyRate, double loadRate = 64 << 20) => new()
+    {
+        StateSize = 2 << 20,
+        RecordDataSize = 32 << 10,
+        LoadBytesPerSecond = loadRate,
+        DirtyBytesPerSecond = dirtyRate,
+    };
+
+    [Theory]
+    [InlineData(LoadingMode.Decoupled)]
+    [InlineData(LoadingMode.Coupled)]
+    public void Simulated_devices_migrate_live_while_they_dirty_and_the_destinations_end_with_the_final_state(LoadingMode mode)
+    {
+        var o = LiveSim(16 << 20);
+        var (src, dst) = TestDevices.Pairs(3, o);
+        var named = src.Select(s => s.StateDigest()).ToArray();
+        // A quarter of the load rate: each dirty round is shorter than the one before, and precopy goes on until the
+        // remainder is estimated to load within 10 ms.
+        var report = TestDevices.Migrate(src, dst, Live(mode) with { DowntimeLimit = TimeSpan.FromMilliseconds(10) });
+
+        Assert.True(report.Ok, report.Error);
+        Assert.True(report.Converged, report.ConvergedReason);
+        TestDevices.AssertSameState(src, dst); // verified by the engine too: a missed dirty round would not verify
+        for (int i = 0; i < src.Length; i++)
+        {
+            var d = report.Devices[i];
+            Assert.NotEqual(named[i], src[i].StateDigest()); // the sources ran and dirtied during precopy
+            Assert.True(d.PrecopyBytes >= o.StateSize, $"{d.Name}: {d.PrecopyBytes} precopy bytes");
+            Assert.True(d.DirtyRounds >= 1, $"{d.Name}: no dirty round");
+            Assert.True(d.StopCopyBytes < o.StateSize / 2, $"{d.Name}: {d.StopCopyBytes} bytes after the switchover");
+        }
+    }
+
+    [Theory]
+    [InlineData(LoadingMode.Decoupled)]
+    [InlineData(LoadingMode.Coupled)]
+    public void Null_devices_migrate_live_in_place_and_the_transport_verifies_every_dirty_byte(LoadingMode mode)
+    {
+        const long size = 1 << 20;
+        var src = Enumerable.Range(0, 2).Select(i => new NullDevice($"null:vf{i}", size, dirtyBytesPerSecond: 256 << 20)).ToArray();
+        var dst = Enumerable.Range(0, 2).Select(i => new NullDevice($"null:dst{i}", size)).ToArray();
+        var report = TestDevices.Migrate(src, dst, Live(mode));
+
+        Assert.True(report.Ok, report.Error); // byte count and stream checksum, over the precopy and stop-copy data
+        Assert.True(report.Converged, report.ConvergedReason);
+        Assert.All(report.Devices, d =>
+        {
+            Assert.True(d.Verified);
+            Assert.True(d.PrecopyBytes >= size, $"{d.Name}: {d.PrecopyBytes} precopy bytes");
+            Assert.True(d.Bytes > size, $"{d.Name}: {d.Bytes} bytes, nothing dirty sent");
+        });
+        Assert.All(src, s => Assert.Equal(MigrationState.Stop, s.GetState()));
+        Assert.All(dst, d => Assert.Equal(MigrationState.Running, d.GetState()));
+    }
+
+    [Theory]
+    [InlineData(PrecopyTimeoutAction.Abort)]
+    [InlineData(PrecopyTimeoutAction.Switchover)]
+    public void Simulated_devices_that_dirty_faster_than_the_link_loads_hit_the_precopy_timeout(PrecopyTimeoutAction action)
+    {
+        // Every region dirtied every few milliseconds, loaded at 4 MiB/s: the remainder never fits 10 ms.
+        var o = LiveSim(256 << 20, loadRate: 4 << 20) with { StateSize = 512 << 10, RecordDataSize = 16 << 10 };
+        var (src, dst) = TestDevices.Pairs(2, o);
+        var named = src.Select(s => s.StateDigest()).ToArray();
+        var options = Live() with
+        {
+            DowntimeLimit = TimeSpan.FromMilliseconds(10),
+            PrecopyTimeout = TimeSpan.FromSeconds(1),
+            PrecopyTimeoutAction = action,
+        };
+        var report = TestDevices.Migrate(src, dst, options);
+
+        if (action == PrecopyTimeoutAction.Switchover)
+        {
+            Assert.True(report.Ok, report.Error);
+            Assert.False(report.Converged);
+            Assert.Contains("did not converge", report.ConvergedReason, StringComparison.Ordinal);
+            TestDevices.AssertSameState(src, dst);
+            return;
+        }
+        Assert.False(report.Ok);
+        Assert.Contains("precopy did not converge", report.Error, StringComparison.Ordinal);
+        TestDevices.AssertRolledBackDevices(src, dst);
+        // The sources ran through the attempt: their state is their own, dirtied, and a stop-copy migration moves it.
+        Assert.All(src.Zip(named), x => Assert.NotEqual(x.Second, x.First.StateDigest()));
+        var (_, fresh) = TestDevices.Pairs(2, o);
+        var again = TestDevices.Migrate(src, fresh, Live() with { Precopy = PrecopyMode.Off });
+        Assert.True(again.Ok, again.Error);
+        TestDevices.AssertSameState(src, fresh);
+    }
 }

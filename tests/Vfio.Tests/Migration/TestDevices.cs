@@ -38,7 +38,7 @@ internal static class TestDevices
 
     /// <summary>A loopback migration, with what the simulated devices know added to its report (the device bound, load times).</summary>
     public static RunReport Migrate(IMigrationDevice[] src, IMigrationDevice[] dst, MigrationOptions options) =>
-        SimulatedRun.Annotate(Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken), src, dst);
+        SimulatedRun.Annotate(Loopback.Run(src, dst, options, cancel: TestContext.Current.CancellationToken), src, dst, options.DowntimeLimit);
 
     /// <summary>After a failed run: every source runs again, every destination was reset (running, its own state, not a partial one).</summary>
     public static void AssertRolledBackDevices(IEnumerable<IMigrationDevice> src, SimulatedDevice[] dst)

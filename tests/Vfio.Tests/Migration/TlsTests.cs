@@ -22,7 +22,7 @@ public sealed class TlsTests : IDisposable
         var options = TestDevices.Options(3) with { Tls = tls };
         using var relay = new RecordingRelay();
         var report = SimulatedRun.Annotate(Loopback.Run(src, dst, options, null, null, relay.To, TestContext.Current.CancellationToken),
-            src, dst);
+            src, dst, options.DowntimeLimit);
         Assert.True(report.Ok, report.Error);
         Assert.All(report.Devices, d => Assert.True(d.Verified));
         TestDevices.AssertSameState(src, dst);

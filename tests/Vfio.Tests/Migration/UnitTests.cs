@@ -208,8 +208,10 @@ public class UnitTests
         Assert.Null(dev.SetState(MigrationState.Running));
         Assert.NotEqual(DataReadStatus.Data, r.Read(buf).Status);
         r.Dispose();
-        Assert.Throws<VfioException>(() => dev.SetState(MigrationState.PreCopy));
         Assert.Throws<VfioException>(() => dev.SetState(MigrationState.Error));
+        // As the kernel: never PRE_COPY from STOP_COPY.
+        dev.SetState(MigrationState.StopCopy)!.Dispose();
+        Assert.Throws<VfioException>(() => dev.SetState(MigrationState.PreCopy));
     }
 
     internal static byte[] Read(SimulatedDevice d)
