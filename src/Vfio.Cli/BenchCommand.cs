@@ -60,6 +60,7 @@ internal static class BenchCommand
         shared.Precopy.Description = "Sweep live migrations (PRE_COPY) against stop-copy only instead: --devices of --state-size "
             + "(1GiB unless given), each stop-copy only and live at each of --dirty-rates (on, auto or no value; off: the other sweeps)";
         shared.Precopy.Arity = ArgumentArity.ZeroOrOne;
+        shared.Precopy.DefaultValueFactory = _ => PrecopyMode.Off; // the other sweeps unless --precopy is given
 
         var command = new Command("bench",
             "Benchmark migrations: device counts 1,2,4,8, decoupled vs coupled loading, channel counts; writes Markdown, CSV, a chart and JSON");
