@@ -54,7 +54,7 @@ public sealed class NullDevice : IMigrationDevice
     /// <summary>Every null device, on any host: a stream of no format but its bytes.</summary>
     public static DeviceIdentity NullIdentity { get; } = new("vfio-mig-null", "simulated", "");
     public DeviceIdentity Identity => NullIdentity;
-    public IEnumerable<Type> DataPathTypes => [typeof(NullDevice), typeof(Session), typeof(SoftwareTransitions)];
+    public IEnumerable<Type> DataPathTypes => [typeof(NullDevice), typeof(Session), typeof(SoftwareTransitions), typeof(DirtyClock)];
 
     private byte[] OwnConfig()
     {
@@ -160,8 +160,7 @@ public sealed class NullDevice : IMigrationDevice
         private long _offset;
         private volatile bool _ended;
         private bool _disposed; // the engine's use of the stream ended (the session goes on, as a data fd's does)
-        private long _clockUs = runningSinceUs; // live: dirtying accounted up to here (-1: the device does not run)
-        private double _carry;
+        private readonly DirtyClock _dirt = new(device.DirtyBytesPerSecond, 1, runningSinceUs);
         private long _pending;   // live: bytes dirtied since the last precopy info
         private long _readable;  // live: dirty bytes readable
         private bool _stopCopy;
@@ -172,15 +171,8 @@ public sealed class NullDevice : IMigrationDevice
 
         private long InitialLeft => Math.Max(0, device.StateSize - _offset);
 
-        private void Run(long nowUs)
-        {
-            if (_clockUs < 0) return;
-            double bytes = _carry + Math.Max(0, nowUs - _clockUs) / 1e6 * device.DirtyBytesPerSecond;
-            _clockUs = nowUs;
-            long whole = (long)Math.Min(bytes, device.StateSize);
-            _carry = bytes - whole;
-            _pending = Math.Min(_pending + whole, device.StateSize - _readable);
-        }
+        private void Run(long nowUs) =>
+            _pending = Math.Min(_pending + _dirt.Advance(nowUs, device.StateSize), device.StateSize - _readable);
 
         public long Remaining(long nowUs)
         {
@@ -191,13 +183,10 @@ public sealed class NullDevice : IMigrationDevice
         public void Pause(long nowUs)
         {
             Run(nowUs);
-            _clockUs = -1;
+            _dirt.Stop();
         }
 
-        public void Resume(long nowUs)
-        {
-            if (_clockUs < 0) _clockUs = nowUs;
-        }
+        public void Resume(long nowUs) => _dirt.Start(nowUs);
 
         public void EnterStopCopy(long nowUs)
         {

@@ -153,7 +153,7 @@ public sealed class SimulatedDevice : IMigrationDevice
     public DeviceIdentity Identity => SimulatedIdentity;
     public IEnumerable<Type> DataPathTypes =>
         [typeof(SimulatedDevice), typeof(Session), typeof(SaveFeed), typeof(SimulatedPf), typeof(SimStream), typeof(SimStreamGenerator),
-         typeof(SimStreamParser), typeof(SoftwareTransitions), typeof(PreciseSleep)];
+         typeof(SimStreamParser), typeof(SoftwareTransitions), typeof(PreciseSleep), typeof(DirtyClock)];
 
     /// <summary>Total simulated load time the last resume spent (sum over records), for the report's device bound.</summary>
     public double LastLoadSeconds { get; private set; }
@@ -366,8 +366,7 @@ public sealed class SimulatedDevice : IMigrationDevice
         private readonly List<int> _pending = [];
         private readonly Queue<int> _readable = new();
         private long _readableBytes;
-        private long _clockUs = -1;       // dirtying accounted up to here (-1: the device does not run)
-        private double _carry;            // dirty bytes short of a whole region
+        private readonly DirtyClock? _dirt; // live only: a region dirtied per RecordDataSize bytes of the dirty rate
 
         public SaveFeed(SimulatedDevice d, bool live, long runningSinceUs)
         {
@@ -378,7 +377,7 @@ public sealed class SimulatedDevice : IMigrationDevice
             if (!live) return;
             _started = new bool[_records];
             _owed = new bool[_records];
-            _clockUs = runningSinceUs;
+            _dirt = new DirtyClock(d._options.DirtyBytesPerSecond, d._recordData, runningSinceUs);
         }
 
         public bool Live => _owed is not null;
@@ -391,15 +390,9 @@ public sealed class SimulatedDevice : IMigrationDevice
         /// <summary>Lets the device run until <paramref name="nowUs"/>: it dirties a region per RecordDataSize bytes of its rate.</summary>
         public void Run(long nowUs)
         {
-            if (_clockUs < 0) return;
-            double rate = _d._options.DirtyBytesPerSecond;
-            double bytes = _carry + Math.Max(0, nowUs - _clockUs) / 1e6 * rate;
-            _clockUs = nowUs;
-            long events = (long)(bytes / _d._recordData);
-            _carry = bytes - events * (double)_d._recordData;
             // Past a few rounds of every region, more dirtying changes nothing an engine could see: bounded work for a
             // device left alone for long.
-            events = Math.Min(events, 4L * _records + 64);
+            long events = _dirt?.Advance(nowUs, 4L * _records + 64) ?? 0;
             for (long e = 0; e < events; e++)
                 Dirty((int)(SimStream.Word(_d._seed, -4, _d._dirtyEvents++) % (ulong)_records));
         }
@@ -419,13 +412,10 @@ public sealed class SimulatedDevice : IMigrationDevice
         public void Pause(long nowUs)
         {
             Run(nowUs);
-            _clockUs = -1;
+            _dirt?.Stop();
         }
 
-        public void Resume(long nowUs)
-        {
-            if (_clockUs < 0) _clockUs = nowUs;
-        }
+        public void Resume(long nowUs) => _dirt?.Start(nowUs);
 
         public void EnterStopCopy(long nowUs)
         {
