@@ -41,7 +41,14 @@ public class ProcessFailureTests
         string port = rx.WaitForOutput(l => l.StartsWith("listening on 127.0.0.1:", StringComparison.Ordinal), ProcessLimit)
             ["listening on 127.0.0.1:".Length..].Trim();
         using var tx = CliProcess.Start($"send --to 127.0.0.1:{port} {string.Join(' ', pairs.Select(p => "--device " + p.Src))} {common}");
-        tx.WaitForOutput(l => l.Contains("switchover:", StringComparison.Ordinal), ProcessLimit);
+        try
+        {
+            tx.WaitForOutput(l => l.Contains("switchover:", StringComparison.Ordinal), ProcessLimit);
+        }
+        catch (TimeoutException e)
+        {
+            throw new TimeoutException($"{e.Message}\n--- receive:\n{rx.All}", e); // why the destination ended it
+        }
         // The module's parent counts the loads in progress: the fault comes while a destination is inside one.
         var loading = Stopwatch.StartNew();
         while (SimKnobs.ReadParent("active_loads") == 0)

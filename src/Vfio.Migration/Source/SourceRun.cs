@@ -70,11 +70,16 @@ internal sealed class SourceRun
         try
         {
             _live = DecideLive();
+            // The device list and the data path's code are ready before the main channel connects: a destination drops a
+            // main channel whose device list is slow to follow its handshake (docs/protocol.md section 1), and asking
+            // every device and compiling the code can take seconds on a slow or busy host.
+            var offer = new DeviceListMessage(_options.BufferSize, _options.Loading,
+                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags, d.Identity)).ToArray(), _live);
+            Warmup.Prepare(_devices);
             ulong session = (ulong)Random.Shared.NextInt64() ^ (ulong)Environment.ProcessId << 48;
             main = new MainChannel(Connect(destination, 0, session, ctl), "destination");
             ctl.BeforeAbort = main.TrySendError;
-            main.Send(new DeviceListMessage(_options.BufferSize, _options.Loading,
-                _devices.Select(d => new DeviceOffer(d.Name, d.StopCopySizeEstimate() ?? 0, d.Flags, d.Identity)).ToArray(), _live));
+            main.Send(offer);
             TakeAccept(main.Expect<AcceptMessage>("before accepting"));
             _log.LogInformation("connected to {Destination}: {Devices} devices, {Channels} data channels, window {Window} x {Buffer} bytes",
                 destination, _devices.Count, _options.Channels, _window, _options.BufferSize);
@@ -110,8 +115,7 @@ internal sealed class SourceRun
             var stopCopyDigests = _devices.Select(d => digests && !_live ? d.StateDigest() : null).ToArray();
 
             // The save threads exist before the downtime starts (starting a thread can take milliseconds on a busy
-            // machine); they wait for the devices to be stopped. The data path's code is compiled now, too.
-            Warmup.Prepare(_devices);
+            // machine); they wait for the devices to be stopped.
             pool.Reserve();
             var go = new ManualResetEventSlim();
             var switchedOver = new ManualResetEventSlim();
