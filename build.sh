@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one entry point: ./build.sh [build|test|run|publish|qemu-peer|fuzz] — see README.md.
+# The one entry point: ./build.sh [build|test|run|publish|qemu-peer|tls-baseline|fuzz] — see README.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -220,6 +220,20 @@ qemu_peer() {
     return $rc
 }
 
+# What OpenSSL's own TLS costs here against plaintext, in C with no .NET (a measurement, not a test): the baseline for
+# `vfio-mig bench --null --tls` (docs/performance.md, TLS). Arguments: [CHANNELS [MIB_TOTAL [REPEAT]]].
+tls_baseline() {
+    install_prereqs
+    if [ ! -e /usr/include/openssl/ssl.h ]; then
+        [ "$(id -u)" -eq 0 ] || { log "missing libssl-dev; run as root (or install it) first"; exit 1; }
+        log "installing libssl-dev"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libssl-dev >/dev/null
+    fi
+    mkdir -p "$ART/tls-baseline"
+    cc -O2 -Wall -Wextra -o "$ART/tls-baseline/tls_loopback" native/tls-baseline/tls_loopback.c -lssl -lcrypto -lpthread
+    "$ART/tls-baseline/tls_loopback" "$@"
+}
+
 run_main() {
     build
     mkdir -p "$ART/run"
@@ -232,6 +246,7 @@ case "${1:-build}" in
     run) shift; run_main "$@" ;;
     publish) install_prereqs; publish_cli ;;
     qemu-peer) shift; qemu_peer "$@" ;;
+    tls-baseline) shift; tls_baseline "$@" ;;
     fuzz) shift; install_prereqs; fuzz_targets "${1:-600}" "${@:2}"; echo "$PASSED passed, $FAILED failed, $SKIPPED skipped"; [ "$FAILED" -eq 0 ] ;;
-    *) echo "usage: ./build.sh [build|test|run|publish|qemu-peer [ARGS...]|fuzz [SECONDS [TARGET...]]]" >&2; exit 2 ;;
+    *) echo "usage: ./build.sh [build|test|run|publish|qemu-peer [ARGS...]|tls-baseline [CHANNELS [MIB [REPEAT]]]|fuzz [SECONDS [TARGET...]]]" >&2; exit 2 ;;
 esac

@@ -25,6 +25,9 @@ public sealed record BenchScenario(string Section, int Devices, int Channels, Lo
     public bool Live => DirtyRate is not null;
 }
 
+/// <summary>What one migration took: its wall time, and the CPU time of both sides (one process) over it, on so many cores.</summary>
+public sealed record RunCost(double WallMs, double CpuMs, int Cores);
+
 /// <summary>Per-device figures of the representative (median-downtime) run of a scenario.</summary>
 public sealed record BenchDevice(string Name, double WaitMs, double LoadMs, double TotalMs);
 
@@ -44,6 +47,10 @@ public sealed record BenchRow
     public double MeanWaitMs { get; init; }
     public double MeanLoadMs { get; init; }
     public long? PeakRssBytes { get; init; }
+    /// <summary>The median run's wall and CPU time.</summary>
+    public RunCost? Cost { get; init; }
+    /// <summary>The median run's stream bytes.</summary>
+    public long MovedBytes { get; init; }
     public double? IperfMbps { get; init; }
     public string? IperfWhy { get; init; }
     public IReadOnlyList<BenchDevice> PerDevice { get; init; } = [];
@@ -79,4 +86,5 @@ public sealed record BenchResult(
     IReadOnlyList<BenchRow> Rows,
     IReadOnlyList<BenchTarget> Targets,
     string Machine,
-    string Command);
+    string Command,
+    CipherCost? Cipher = null);

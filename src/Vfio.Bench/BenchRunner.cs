@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using Vfio.Migration;
 
@@ -60,6 +61,9 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
     public BenchResult Run(string command)
     {
         var rows = new List<BenchRow>();
+        // Before any run, on a machine as quiet as the runs see it.
+        var cipher = settings.Tls is not null ? CipherCost.Measure(TimeSpan.FromMilliseconds(250)) : null;
+        if (cipher is not null) progress.WriteLine("cipher   " + cipher.Describe());
         if (settings.Precopy)
         {
             // The stop-copy-only run of a device count first: it also leaves the devices' CRCs in the simulator's cache,
@@ -72,7 +76,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
                     foreach (double rate in settings.DirtyRates)
                         rows.Add(RunScenario(stopCopy with { DirtyRate = rate }, settings.Repeat));
                 }
-            return new BenchResult(settings.Kind, rows, CheckPrecopyTargets(rows), MachineDescription(), command);
+            return new BenchResult(settings.Kind, rows, CheckPrecopyTargets(rows), MachineDescription(), command, cipher);
         }
         int available = settings.Kind == BenchDeviceKind.Real ? settings.RealPairs.Count : int.MaxValue;
         foreach (int n in settings.DeviceCounts.Where(n => n <= available))
@@ -87,7 +91,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             rows.Add(RunScenario(
                 new BenchScenario("memory", settings.MemoryDevices, settings.Channels, LoadingMode.Decoupled, settings.MemoryStateSize), 1));
 
-        return new BenchResult(settings.Kind, rows, CheckTargets(rows), MachineDescription(), command);
+        return new BenchResult(settings.Kind, rows, CheckTargets(rows, cipher), MachineDescription(), command, cipher);
     }
 
     /// <summary>The scenario, then (with TLS, decoupled) its TLS twin at once, so that both see the machine alike.</summary>
@@ -105,7 +109,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             Channels = scenario.Channels, Loading = scenario.Loading, Tls = scenario.Tls ? settings.Tls : null,
             Precopy = scenario.Live ? PrecopyMode.On : PrecopyMode.Off,
         };
-        var runs = new List<(RunReport Report, long? PeakRss)>();
+        var runs = new List<(RunReport Report, long? PeakRss, RunCost Cost)>();
         var baseline = new List<(double? Mbps, string? Why)>();
         for (int i = 0; i < repeat; i++)
         {
@@ -114,13 +118,14 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             if (settings.Kind == BenchDeviceKind.Null)
                 baseline.Add(Iperf3Baseline.Measure(scenario.Channels, scenario.Devices * scenario.StateSize));
             PeakRss.Reset();
-            var report = RunOnce(scenario, options);
-            runs.Add((report, PeakRss.ReadBytes()));
+            var (report, cost) = RunOnce(scenario, options);
+            runs.Add((report, PeakRss.ReadBytes(), cost));
             if (!report.Ok) break;
         }
         var failed = runs.FirstOrDefault(r => !r.Report.Ok).Report;
         var ok = runs.Where(r => r.Report.Ok).OrderBy(r => r.Report.DowntimeMs).ToList();
         var median = ok.Count > 0 ? ok[ok.Count / 2].Report : null;
+        var medianCost = ok.Count > 0 ? ok[ok.Count / 2].Cost : null;
         var totals = ok.Select(r => r.Report.TotalMs).Order().ToList();
         var rates = baseline.Where(b => b.Mbps is not null).Select(b => b.Mbps!.Value).Order().ToList();
         double? iperf = rates.Count > 0 ? rates[rates.Count / 2] : null;
@@ -139,6 +144,8 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             MeanWaitMs = median is null ? 0 : median.Devices.Average(d => d.WaitUs) / 1000.0,
             MeanLoadMs = median is null ? 0 : median.Devices.Average(d => d.LoadUs) / 1000.0,
             PeakRssBytes = runs.Max(r => r.PeakRss),
+            Cost = medianCost,
+            MovedBytes = median?.TotalBytes ?? 0,
             IperfMbps = iperf,
             IperfWhy = why,
             PerDevice = median?.Devices.Select(d => new BenchDevice(d.Name, d.WaitUs / 1000.0, d.LoadUs / 1000.0, d.TotalUs / 1000.0)).ToList() ?? [],
@@ -155,7 +162,8 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         return row;
     }
 
-    private RunReport RunOnce(BenchScenario scenario, MigrationOptions options)
+    /// <summary>One migration, with the wall and CPU time (both sides: they share this process) of the migration alone.</summary>
+    private (RunReport Report, RunCost Cost) RunOnce(BenchScenario scenario, MigrationOptions options)
     {
         var sources = new List<IMigrationDevice>();
         var destinations = new List<IMigrationDevice>();
@@ -178,12 +186,16 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
                 sources.Add(srcFactory.Open(src));
                 destinations.Add(dstFactory.Open(dst));
             }
-            var report = SimulatedRun.Annotate(Loopback.Run(sources, destinations, options), sources, destinations, options.DowntimeLimit);
+            var cpuBefore = ProcessCpu();
+            var clock = Stopwatch.StartNew();
+            var run = Loopback.Run(sources, destinations, options);
+            var cost = new RunCost(clock.Elapsed.TotalMilliseconds, (ProcessCpu() - cpuBefore).TotalMilliseconds, Environment.ProcessorCount);
+            var report = SimulatedRun.Annotate(run, sources, destinations, options.DowntimeLimit);
             // Real devices are reused by the next run: the source must be running again (a successful run leaves it stopped).
             if (settings.Kind == BenchDeviceKind.Real)
                 foreach (var s in sources)
                     if (s.GetState() != MigrationState.Running) s.SetState(MigrationState.Running)?.Dispose();
-            return report;
+            return (report, cost);
         }
         finally
         {
@@ -191,7 +203,13 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         }
     }
 
-    private List<BenchTarget> CheckTargets(IReadOnlyList<BenchRow> rows)
+    private static TimeSpan ProcessCpu()
+    {
+        using var self = Process.GetCurrentProcess();
+        return self.TotalProcessorTime;
+    }
+
+    private List<BenchTarget> CheckTargets(IReadOnlyList<BenchRow> rows, CipherCost? cipher)
     {
         var targets = new List<BenchTarget>();
         foreach (var row in rows.Where(r => r.Scenario.Section == "devices" && r.Scenario.Loading == LoadingMode.Decoupled && !r.Scenario.Tls))
@@ -228,12 +246,19 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             var plain = rows.First(r => r.Scenario == tls.Scenario with { Tls = false });
             if (settings.Kind == BenchDeviceKind.Null)
             {
+                // A null run is all transport, so its CPU over its wall time is the transport's (simulated runs spend
+                // much of theirs elsewhere, in their digest pass and sleeping loads, so no such figure is given for them).
+                var cost = plain.Cost;
+                double? ceiling = cipher is not null && cost is not null && plain.MovedBytes > 0
+                    ? cipher.CeilingRatio(cost.WallMs, cost.CpuMs, plain.MovedBytes, cost.Cores)
+                    : null;
                 double? ratio = plain.ThroughputMbps > 0 ? tls.ThroughputMbps / plain.ThroughputMbps : null;
                 targets.Add(new BenchTarget(
                     string.Create(CultureInfo.InvariantCulture, $"TLS at least {settings.TlsThroughputFraction:0.0#}x plaintext throughput, "
                         + $"{tls.Scenario.Channels} channels, {tls.Scenario.Devices} devices"),
                     tls.AllVerified && ratio >= settings.TlsThroughputFraction,
-                    string.Create(CultureInfo.InvariantCulture, $"{tls.ThroughputMbps:0} vs {plain.ThroughputMbps:0} Mbit/s, ratio {ratio:0.000}")));
+                    string.Create(CultureInfo.InvariantCulture, $"{tls.ThroughputMbps:0} vs {plain.ThroughputMbps:0} Mbit/s, ratio {ratio:0.000}")
+                        + (ceiling is double c ? CipherNote(cost!, c) : "")));
             }
             else if (settings.Kind == BenchDeviceKind.Simulated && tls.Scenario.Section == "devices")
             {
@@ -242,7 +267,8 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
                         $"TLS downtime within x{settings.TlsBoundFactor:0.00} of the device bound, {tls.Scenario.Devices} devices"),
                     tls.AllVerified && tls.BoundRatio <= settings.TlsBoundFactor,
                     string.Create(CultureInfo.InvariantCulture, $"downtime {tls.DowntimeMedianMs:0.0} ms (plaintext {plain.DowntimeMedianMs:0.0}), "
-                        + $"bound {tls.DeviceBoundMs:0.0} ms, ratio {tls.BoundRatio:0.000}")));
+                        + $"bound {tls.DeviceBoundMs:0.0} ms, ratio {tls.BoundRatio:0.000}")
+));
             }
         }
         foreach (var row in rows.Where(r => r.Scenario.Section == "memory"))
@@ -258,6 +284,13 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         }
         return targets;
     }
+
+    /// <summary>
+    /// For the TLS throughput target's detail, what the cipher alone allows on this machine: the plaintext twin's work
+    /// plus the cipher's on each byte, spread over every core (<see cref="CipherCost.CeilingRatio"/>).
+    /// </summary>
+    private static string CipherNote(RunCost plain, double ceiling) => string.Create(CultureInfo.InvariantCulture,
+        $"; the cipher alone would allow at most x{ceiling:0.000} plaintext here (plaintext used {plain.CpuMs / plain.WallMs:0.00} of {plain.Cores} cores)");
 
     /// <summary>
     /// Live against stop-copy only: at the target device count and dirty rate the live downtime is a small fraction of the

@@ -38,6 +38,7 @@ public static class BenchWriters
         md.AppendLine($"# vfio-mig bench: {Kind(result.Kind)} devices");
         md.AppendLine();
         md.AppendLine($"`{result.Command}` on {result.Machine}.");
+        if (result.Cipher is not null) md.AppendLine(result.Cipher.Describe() + ".");
         md.AppendLine("Downtime is the median over the runs of a scenario (min in brackets); per-device figures are from the median run.");
         foreach (var section in result.Rows.GroupBy(r => r.Scenario.Section))
         {
@@ -125,6 +126,14 @@ public static class BenchWriters
         j.WriteString("device_kind", Kind(result.Kind));
         j.WriteString("machine", result.Machine);
         j.WriteString("command", result.Command);
+        if (result.Cipher is CipherCost cipher)
+        {
+            j.WriteStartObject("cipher");
+            j.WriteString("name", "AES-128-GCM");
+            j.WriteNumber("encrypt_bytes_per_second", Math.Round(cipher.EncryptBytesPerSecond));
+            j.WriteNumber("decrypt_bytes_per_second", Math.Round(cipher.DecryptBytesPerSecond));
+            j.WriteEndObject();
+        }
         j.WriteStartArray("rows");
         foreach (var r in result.Rows)
         {
@@ -148,6 +157,11 @@ public static class BenchWriters
             j.WriteNumber("mean_wait_ms", Math.Round(r.MeanWaitMs, 3));
             j.WriteNumber("mean_load_ms", Math.Round(r.MeanLoadMs, 3));
             if (r.PeakRssBytes is long rss) j.WriteNumber("peak_rss_bytes", rss);
+            if (r.Cost is RunCost cost)
+            {
+                j.WriteNumber("run_ms", Math.Round(cost.WallMs, 3));
+                j.WriteNumber("cpu_ms", Math.Round(cost.CpuMs, 3));
+            }
             if (s.Section == "precopy")
             {
                 if (s.DirtyRate is double rate) j.WriteNumber("dirty_rate", rate);

@@ -64,6 +64,21 @@ public class BenchCommandTests : IDisposable
         Assert.Equal(["decoupled", "decoupled+tls", "coupled"], rows.Select(r => r.GetProperty("mode").GetString()));
         Assert.All(rows, r => Assert.True(r.GetProperty("verified").GetBoolean()));
         Assert.Contains("TLS downtime within x1.10 of the device bound, 2 devices", output);
+        // The cipher's cost on this machine comes first, and each row has its wall and CPU time.
+        Assert.StartsWith("cipher   AES-128-GCM on one core here", output);
+        Assert.True(doc.RootElement.GetProperty("cipher").GetProperty("encrypt_bytes_per_second").GetDouble() > 0);
+        Assert.All(rows, r => Assert.True(r.GetProperty("cpu_ms").GetDouble() > 0 && r.GetProperty("run_ms").GetDouble() > 0));
+        Assert.Contains("AES-128-GCM on one core here", File.ReadAllText(Path.Combine(_dir, "bench.md")));
+    }
+
+    [Fact]
+    public void NullTlsTargetSaysWhatTheCipherAloneWouldAllow()
+    {
+        var (code, output, error) = Run("bench", "--null", "--tls", "--devices", "2", "--loading", "decoupled", "--channels", "2",
+            "--channel-sweep", "none", "--repeat", "1", "--state-size", "16MiB", "--skip-memory", "--out", _dir);
+        Assert.True(code == 0, output + error);
+        var line = output.Split('\n').Single(l => l.Contains("TLS at least 0.6x plaintext throughput, 2 channels, 2 devices"));
+        Assert.Matches(@"the cipher alone would allow at most x[01]\.\d{3} plaintext here \(plaintext used \d+\.\d\d of \d+ cores\)", line);
     }
 
     [Fact]

@@ -24,6 +24,29 @@ public class BenchTests
         Assert.StartsWith("iperf3 printed no usable JSON", Iperf3Baseline.Parse("not json").Why);
     }
 
+    [Fact]
+    public void CipherCostIsMeasuredOnThisMachine()
+    {
+        var cipher = CipherCost.Measure(TimeSpan.FromMilliseconds(20));
+        Assert.NotNull(cipher);
+        // AES-NI or not, any machine that runs the tests encrypts faster than 10 MB/s and slower than 1 TB/s.
+        Assert.InRange(cipher.EncryptBytesPerSecond, 1e7, 1e12);
+        Assert.InRange(cipher.DecryptBytesPerSecond, 1e7, 1e12);
+        Assert.Equal(1e9 / cipher.EncryptBytesPerSecond + 1e9 / cipher.DecryptBytesPerSecond, cipher.NsPerByte, 9);
+        Assert.Contains("AES-128-GCM", cipher.Describe());
+    }
+
+    [Theory]
+    // A plaintext run that kept both cores busy: 2000 ms of CPU in 1000 ms, plus 0.5 ns for each of 1e9 bytes, over 2 cores.
+    [InlineData(1000, 2000, 0.8)]
+    // Half the cores idle: the cipher's 500 ms fits beside the 500 ms of work, so the cipher does not bound TLS at all.
+    [InlineData(1000, 500, 1.0)]
+    public void CeilingRatioAddsTheCiphersWorkToThePlaintextRun(double wallMs, double cpuMs, double expected)
+    {
+        var cipher = new CipherCost(4e9, 4e9); // 0.25 + 0.25 ns per byte
+        Assert.Equal(expected, cipher.CeilingRatio(wallMs, cpuMs, 1_000_000_000, cores: 2), 9);
+    }
+
     private static BenchResult Sample() => new(BenchDeviceKind.Simulated,
         [
             new BenchRow
