@@ -267,8 +267,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
                         $"TLS downtime within x{settings.TlsBoundFactor:0.00} of the device bound, {tls.Scenario.Devices} devices"),
                     tls.AllVerified && tls.BoundRatio <= settings.TlsBoundFactor,
                     string.Create(CultureInfo.InvariantCulture, $"downtime {tls.DowntimeMedianMs:0.0} ms (plaintext {plain.DowntimeMedianMs:0.0}), "
-                        + $"bound {tls.DeviceBoundMs:0.0} ms, ratio {tls.BoundRatio:0.000}")
-));
+                        + $"bound {tls.DeviceBoundMs:0.0} ms, ratio {tls.BoundRatio:0.000}")));
             }
         }
         foreach (var row in rows.Where(r => r.Scenario.Section == "memory"))
