@@ -29,9 +29,9 @@ public class BenchTests
     {
         var cipher = CipherCost.Measure(TimeSpan.FromMilliseconds(20));
         Assert.NotNull(cipher);
-        // AES-NI or not, any machine that runs the tests encrypts faster than 10 MB/s and slower than 1 TB/s.
-        Assert.InRange(cipher.EncryptBytesPerSecond, 1e7, 1e12);
-        Assert.InRange(cipher.DecryptBytesPerSecond, 1e7, 1e12);
+        // AES-NI or not, and however busy, a machine that runs the tests encrypts faster than 1 MB/s and slower than 1 TB/s.
+        Assert.InRange(cipher.EncryptBytesPerSecond, 1e6, 1e12);
+        Assert.InRange(cipher.DecryptBytesPerSecond, 1e6, 1e12);
         Assert.Equal(1e9 / cipher.EncryptBytesPerSecond + 1e9 / cipher.DecryptBytesPerSecond, cipher.NsPerByte, 9);
         Assert.Contains("AES-128-GCM", cipher.Describe());
     }
