@@ -289,7 +289,8 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
     /// plus the cipher's on each byte, spread over every core (<see cref="CipherCost.CeilingRatio"/>).
     /// </summary>
     private static string CipherNote(RunCost plain, double ceiling) => string.Create(CultureInfo.InvariantCulture,
-        $"; the cipher alone would allow at most x{ceiling:0.000} plaintext here (plaintext used {plain.CpuMs / plain.WallMs:0.00} of {plain.Cores} cores)");
+        $"; the cipher alone would allow at most x{ceiling:0.000} plaintext here "
+        + $"(plaintext used {plain.CpuMs / plain.WallMs:0.00} of {plain.Cores} cores)");
 
     /// <summary>
     /// Live against stop-copy only: at the target device count and dirty rate the live downtime is a small fraction of the
