@@ -277,6 +277,8 @@ internal sealed class DestinationRun
             case MessageType.DeviceDone:
                 var done = m.As<DeviceDoneMessage>();
                 if (done.Device >= _sinks.Length) throw new ProtocolException($"main channel: completion for unknown device {done.Device}");
+                // The device's last data follows its stop, which the Switchover announces (docs/protocol.md section 2).
+                if (!_switchover.IsSet) throw new ProtocolException("main channel: completion before the switchover", done.Device);
                 var sink = _sinks[done.Device];
                 if (sink.SetDone(done) && Coupled) FinishDevice(sink);
                 return true;

@@ -146,8 +146,7 @@ internal sealed class SourceRun
 
             if (_live) Converge(ctl);
             stopped = true;
-            firstStop = SwitchOver(mainTrack, switchedOver);
-            main.Send(new SwitchoverMessage(firstStop));
+            firstStop = SwitchOver(mainTrack, switchedOver, main);
             Volatile.Write(ref _lastPeerProgressUs, MigrationClock.NowUs);
             Volatile.Write(ref _switchoverUs, MigrationClock.NowUs);
             go.Set();
@@ -392,9 +391,11 @@ internal sealed class SourceRun
 
     /// <summary>
     /// The switchover: the downtime starts. Live, every save thread is held out of its device (it reads the precopy
-    /// stream under the device's lock) while the devices leave PRE_COPY; the savers then go on with the stop-copy data.
+    /// stream under the device's lock) while the devices leave PRE_COPY and the Switchover message goes out; the savers
+    /// then go on with the stop-copy data. So no DeviceDone precedes the Switchover, as a small device's would if its
+    /// saver read and announced its last data before this thread had sent the message.
     /// </summary>
-    private long SwitchOver(TimelineTrack track, ManualResetEventSlim switchedOver)
+    private long SwitchOver(TimelineTrack track, ManualResetEventSlim switchedOver, MainChannel main)
     {
         int held = 0;
         try
@@ -409,6 +410,7 @@ internal sealed class SourceRun
             foreach (var s in _savers) s.SwitchedOver = true;
             switchedOver.Set();
             Quiesce(track);
+            main.Send(new SwitchoverMessage(firstStop));
             return firstStop;
         }
         finally

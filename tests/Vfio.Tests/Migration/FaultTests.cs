@@ -100,6 +100,53 @@ public class FaultTests
     }
 
     [Fact]
+    public void A_completion_before_the_switchover_is_refused()
+    {
+        // The sequence puts a device's DeviceDone after the Switchover that announces its stop: one before it is a
+        // protocol error, and the device it names is reset with the others.
+        var (_, dst) = TestDevices.Pairs(1);
+        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 8);
+        var ep = (IPEndPoint)listener.LocalEndPoint!;
+        RunReport? dreport = null;
+        var destination = new MigrationDestination(dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(5) });
+        var t = new Thread(() => dreport = destination.Run(listener)) { IsBackground = true };
+        t.Start();
+        using (var peer = RawPeer.Connect(ep, channel: 0, session: 42, dataChannels: 1))
+        {
+            Assert.Equal(HandshakeStatus.Ok, peer.Reply.Status);
+            var offer = new DeviceOffer("sim:vf0", 0, MigrationFlags.StopCopy);
+            peer.Send(new DeviceListMessage(32 << 10, LoadingMode.Decoupled, [offer]));
+            Assert.Equal(MessageType.Accept, peer.ReceiveType());
+            using var data = RawPeer.Connect(ep, channel: 1, session: 42, dataChannels: 1);
+            Assert.Equal(HandshakeStatus.Ok, data.Reply.Status);
+            peer.Send(new DeviceDoneMessage(0, 0, 0, 0, 0, null));
+            Assert.True(t.Join(TimeSpan.FromSeconds(10)));
+        }
+        Assert.False(dreport!.Ok);
+        Assert.Equal((FailureOrigin.Local, (int?)0), (dreport.Failure!.Origin, dreport.Failure.Device));
+        Assert.Contains("completion before the switchover", dreport.Error);
+        Assert.Equal(MigrationState.Running, dst[0].GetState());
+        Assert.Equal(new SimulatedDevice(dst[0].Name, dst[0].Options).StateDigest(), dst[0].StateDigest());
+    }
+
+    [Fact]
+    public void Tiny_devices_migrating_live_announce_their_completion_after_the_switchover()
+    {
+        // A device whose stop-copy remainder is a few bytes is read and announced at once: its save thread must not get
+        // to it before the Switchover has gone out (the destination refuses a completion before it).
+        for (int run = 0; run < 40; run++)
+        {
+            var (src, dst) = TestDevices.Pairs(3);
+            var report = TestDevices.Migrate(src, dst, TestDevices.Options(2) with
+            {
+                Precopy = PrecopyMode.On, DowntimeLimit = TimeSpan.FromSeconds(5),
+            });
+            Assert.True(report.Ok, $"run {run}: {report.Error}");
+            Assert.All(report.Devices, d => Assert.InRange(d.TotalUs, 0, 60_000_000));
+        }
+    }
+
+    [Fact]
     public void Device_refuses_a_corrupt_stream_and_the_run_names_it()
     {
         // The source device's stream is corrupt (data altered after the record's CRC): transport checks pass,
