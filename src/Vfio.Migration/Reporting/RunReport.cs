@@ -178,8 +178,8 @@ public sealed class RunReport
         foreach (var d in Devices) yield return d.SummaryLine();
         if (Ok)
             yield return string.Create(CultureInfo.InvariantCulture,
-                $"result ok: {Devices.Count} devices, {TotalBytes / 1048576.0:0.0} MiB, {LiveText()}downtime {DowntimeMs:0} ms{BoundText()}, "
-                + $"{ThroughputMbps:0} Mbit/s, {Channels} channels, {ModeName} loading");
+                $"result ok: {Devices.Count} device{(Devices.Count == 1 ? "" : "s")}, {TotalBytes / 1048576.0:0.0} MiB, {DowntimeText()}, "
+                + $"{Channels} channels, {ModeName} loading");
         else if (Outcome == MigrationOutcome.Unknown)
             yield return $"result UNKNOWN{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: committed, then {Error}; "
                 + "the source devices are stopped with their state";
@@ -187,8 +187,27 @@ public sealed class RunReport
             yield return $"result FAILED{(FailedDevice is null ? "" : $" (device {FailedDevice})")}: {Error}";
     }
 
-    private string LiveText() => PrecopyStartUs == 0 ? "" : string.Create(CultureInfo.InvariantCulture,
-        $"live {PrecopyMs:0} ms ({PrecopyBytesTotal / 1048576.0:0.0} MiB{(Converged == false ? ", not converged" : "")}), ");
+    /// <summary>
+    /// Stop-copy only: the downtime, its bound, its throughput. Live: the live phase and the downtime each with the bytes
+    /// they moved (a live run may move next to nothing in its downtime, where a bare "0 Mbit/s" would read as a fault).
+    /// </summary>
+    private string DowntimeText()
+    {
+        if (PrecopyStartUs == 0)
+            return string.Create(CultureInfo.InvariantCulture, $"downtime {DowntimeMs:0} ms{BoundText()}, {ThroughputMbps:0} Mbit/s");
+        long after = TotalBytes - PrecopyBytesTotal;
+        return string.Create(CultureInfo.InvariantCulture,
+            $"live {PrecopyMs:0} ms ({Moved(PrecopyBytesTotal, PrecopyMs > 0 ? PrecopyBytesTotal * 8.0 / (PrecopyMs * 1000) : 0)}"
+            + $"{(Converged == false ? ", not converged" : "")}), downtime {DowntimeMs:0} ms ({Moved(after, ThroughputMbps)}){BoundText()}");
+    }
+
+    /// <summary>Bytes moved in a phase, with their rate once there are enough of them (a MiB) for it to mean something.</summary>
+    private static string Moved(long bytes, double mbps) => bytes switch
+    {
+        >= 1 << 20 => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1048576.0:0.0} MiB at {mbps:0} Mbit/s"),
+        >= 1 << 10 => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1024.0:0.0} KiB"),
+        _ => $"{bytes} bytes",
+    };
 
     private long PrecopyBytesTotal => Devices.Sum(d => d.PrecopyBytes);
 
