@@ -4,37 +4,54 @@ using Vfio.Migration;
 namespace Vfio.Tests.Migration;
 
 /// <summary>
-/// The two hard rules at every moment of the exchange: the main channel is lost (as a failed link or a killed peer
+/// The two hard rules at every moment of the exchange, stop-copy and live: the main channel is lost (as a failed link or a killed peer
 /// would lose it) before or after each message, and afterwards there is never more than one running copy of a device,
 /// and its state is never lost. docs/protocol.md section 6 gives each side's outcome for each moment.
 /// </summary>
 public class CommitPointTests
 {
-    public static TheoryData<MessageType, bool, bool, MigrationOutcome[], MigrationOutcome[]> Moments => new()
-    {
+    private static readonly (MessageType Type, bool ToDestination, bool Deliver, MigrationOutcome[] Source, MigrationOutcome[] Destination)[]
+        StopCopyMoments =
+    [
         // message lost or delivered-then-cut, direction, what the source may end with, what the destination ends with
-        { MessageType.DeviceList, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
-        { MessageType.Accept, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
-        { MessageType.Switchover, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
-        { MessageType.Credit, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
-        { MessageType.DeviceDone, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
-        { MessageType.DeviceResult, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
-        { MessageType.Result, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack] },
+        (MessageType.DeviceList, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack]),
+        (MessageType.Accept, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack]),
+        (MessageType.Switchover, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack]),
+        (MessageType.Credit, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack]),
+        (MessageType.DeviceDone, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack]),
+        (MessageType.DeviceResult, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack]),
+        (MessageType.Result, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack]),
         // The source read the Result: it may notice the loss before it commits (and resume) or after (and not know).
-        { MessageType.Result, false, true, [MigrationOutcome.RolledBack, MigrationOutcome.Unknown], [MigrationOutcome.RolledBack] },
-        { MessageType.Commit, true, false, [MigrationOutcome.Unknown], [MigrationOutcome.RolledBack] },
-        { MessageType.Commit, true, true, [MigrationOutcome.Unknown], [MigrationOutcome.Migrated] },
-        { MessageType.Running, false, false, [MigrationOutcome.Unknown], [MigrationOutcome.Migrated] },
-        { MessageType.Running, false, true, [MigrationOutcome.Migrated], [MigrationOutcome.Migrated] },
-    };
+        (MessageType.Result, false, true, [MigrationOutcome.RolledBack, MigrationOutcome.Unknown], [MigrationOutcome.RolledBack]),
+        (MessageType.Commit, true, false, [MigrationOutcome.Unknown], [MigrationOutcome.RolledBack]),
+        (MessageType.Commit, true, true, [MigrationOutcome.Unknown], [MigrationOutcome.Migrated]),
+        (MessageType.Running, false, false, [MigrationOutcome.Unknown], [MigrationOutcome.Migrated]),
+        (MessageType.Running, false, true, [MigrationOutcome.Migrated], [MigrationOutcome.Migrated]),
+    ];
+
+    /// <summary>Every moment of a stop-copy run; live, the same moments and the live phase's own messages.</summary>
+    public static TheoryData<MessageType, bool, bool, MigrationOutcome[], MigrationOutcome[], bool> Moments
+    {
+        get
+        {
+            var data = new TheoryData<MessageType, bool, bool, MigrationOutcome[], MigrationOutcome[], bool>();
+            foreach (bool live in new[] { false, true })
+                foreach (var m in StopCopyMoments)
+                    data.Add(m.Type, m.ToDestination, m.Deliver, m.Source, m.Destination, live);
+            data.Add(MessageType.PrecopyMark, true, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack], true);
+            data.Add(MessageType.PrecopyAck, false, false, [MigrationOutcome.RolledBack], [MigrationOutcome.RolledBack], true);
+            return data;
+        }
+    }
 
     [Theory]
     [MemberData(nameof(Moments))]
     public void Losing_the_main_channel_at_any_message_keeps_exactly_one_copy(MessageType type, bool toDestination, bool deliver,
-        MigrationOutcome[] source, MigrationOutcome[] destination)
+        MigrationOutcome[] source, MigrationOutcome[] destination, bool live)
     {
         var (src, dst) = TestDevices.Pairs(2);
         var options = TestDevices.Options(2) with { Timeout = TimeSpan.FromSeconds(3) };
+        if (live) options = options with { Precopy = PrecopyMode.On, DowntimeLimit = TimeSpan.FromSeconds(5) };
         using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 16);
         using var proxy = new FaultProxy((IPEndPoint)listener.LocalEndPoint!) { CutMain = (type, toDestination, deliver) };
         RunReport? dreport = null;
@@ -43,9 +60,11 @@ public class CommitPointTests
         t.Start();
         var sreport = new MigrationSource(src, options).Run(proxy.Endpoint, TestContext.Current.CancellationToken);
         Assert.True(t.Join(TimeSpan.FromSeconds(20)), "the destination did not end");
-        string what = $"{type} {(deliver ? "delivered, then cut" : "lost")}: source {sreport.Outcome} ({sreport.Error}), "
+        string what = $"{(live ? "live, " : "")}{type} {(deliver ? "delivered, then cut" : "lost")}: source {sreport.Outcome} ({sreport.Error}), "
             + $"destination {dreport!.Outcome} ({dreport.Error})";
         Assert.True(proxy.Struck.IsSet, $"the run never sent {type}: {what}");
+        // Live, every moment after the Accept comes once the devices are in PRE_COPY.
+        Assert.Equal(live && type is not (MessageType.DeviceList or MessageType.Accept), sreport.PrecopyStartUs > 0);
 
         Assert.True(source.Contains(sreport.Outcome), what);
         Assert.True(destination.Contains(dreport.Outcome), what);
