@@ -214,7 +214,8 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
         var targets = new List<BenchTarget>();
         foreach (var row in rows.Where(r => r.Scenario.Section == "devices" && r.Scenario.Loading == LoadingMode.Decoupled && !r.Scenario.Tls))
         {
-            if (settings.Kind == BenchDeviceKind.Simulated)
+            // Free loads (--sim-load-rate 0) leave no bound to be within.
+            if (settings.Kind == BenchDeviceKind.Simulated && !(row.AllVerified && row.DeviceBoundMs is not > 0))
             {
                 bool met = row.AllVerified && row.BoundRatio is double ratio && ratio <= 1 + settings.BoundTolerance;
                 targets.Add(new BenchTarget(
@@ -260,7 +261,8 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
                     string.Create(CultureInfo.InvariantCulture, $"{tls.ThroughputMbps:0} vs {plain.ThroughputMbps:0} Mbit/s, ratio {ratio:0.000}")
                         + (ceiling is double c ? CipherNote(cost!, c) : "")));
             }
-            else if (settings.Kind == BenchDeviceKind.Simulated && tls.Scenario.Section == "devices")
+            else if (settings.Kind == BenchDeviceKind.Simulated && tls.Scenario.Section == "devices"
+                && !(tls.AllVerified && tls.DeviceBoundMs is not > 0))
             {
                 targets.Add(new BenchTarget(
                     string.Create(CultureInfo.InvariantCulture,
@@ -342,7 +344,7 @@ public sealed class BenchRunner(BenchSettings settings, TextWriter progress)
             text += string.Create(CultureInfo.InvariantCulture,
                 $", total {row.TotalMedianMs:0} ms (precopy {row.PrecopyMs:0}), bound {row.TotalBoundMs:0} ms (x{row.TotalBoundRatio:0.000}), "
                 + $"resent {row.ResentBytes / 1048576.0:0.0} MiB, {(row.Converged == true ? "converged" : "NOT converged")}");
-        if (row.DeviceBoundMs is double bound)
+        if (row.DeviceBoundMs is > 0 and double bound)
             text += string.Create(CultureInfo.InvariantCulture, $", bound {bound:0.0} ms (x{row.BoundRatio:0.000})");
         if (row.AllLoadingMs is double loading)
             text += string.Create(CultureInfo.InvariantCulture, $", all loading after {loading:0.0} ms");

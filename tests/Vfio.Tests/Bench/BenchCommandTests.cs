@@ -72,6 +72,17 @@ public class BenchCommandTests : IDisposable
     }
 
     [Fact]
+    public void FreeLoadsHaveNoDeviceBoundTarget()
+    {
+        // --sim-load-rate 0: the device bound is 0, and "within 5% of it" means nothing; the runs are still reported.
+        var (code, output, error) = Run("bench", "--tls", "--devices", "2", "--loading", "decoupled", "--channels", "2",
+            "--channel-sweep", "none", "--repeat", "1", "--state-size", "4MiB", "--sim-load-rate", "0", "--skip-memory", "--out", _dir);
+        Assert.True(code == 0, output + error);
+        Assert.Contains("devices  2 dev x 4MiB, 2 ch, decoupled+tls:", output);
+        Assert.DoesNotContain("bound", output);
+    }
+
+    [Fact]
     public void NullTlsTargetSaysWhatTheCipherAloneWouldAllow()
     {
         var (code, output, error) = Run("bench", "--null", "--tls", "--devices", "2", "--loading", "decoupled", "--channels", "2",
