@@ -77,23 +77,12 @@ public class FaultTests
         // A source that connects its data channel with another session's id: refused, and once it gives up the
         // destination fails cleanly.
         var (_, dst) = TestDevices.Pairs(1);
-        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 8);
-        var ep = (IPEndPoint)listener.LocalEndPoint!;
-        RunReport? dreport = null;
-        var destination = new MigrationDestination(dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(3) });
-        var t = new Thread(() => dreport = destination.Run(listener)) { IsBackground = true };
-        t.Start();
-        using (var peer = RawPeer.Connect(ep, channel: 0, session: 42, dataChannels: 1))
-        {
-            Assert.Equal(HandshakeStatus.Ok, peer.Reply.Status);
-            var offer = new DeviceOffer("sim:vf0", 0, MigrationFlags.StopCopy | MigrationFlags.P2P);
-            peer.Send(new DeviceListMessage(32 << 10, LoadingMode.Decoupled, [offer]));
-            Assert.Equal(MessageType.Accept, peer.ReceiveType());
-            using var data = RawPeer.Connect(ep, channel: 1, session: 43, dataChannels: 1);
+        using var session = new RawSession(dst[0], TimeSpan.FromSeconds(3), MigrationFlags.StopCopy | MigrationFlags.P2P);
+        using (var data = RawPeer.Connect(session.Endpoint, channel: 1, session: 43, dataChannels: 1))
             Assert.Equal(HandshakeStatus.UnknownSession, data.Reply.Status);
-        }
-        Assert.True(t.Join(TimeSpan.FromSeconds(10)));
-        Assert.False(dreport!.Ok);
+        session.Main.Dispose();
+        var dreport = session.End();
+        Assert.False(dreport.Ok);
         Assert.Equal(FailureOrigin.Transport, dreport.Failure!.Origin);
         Assert.Equal(MigrationState.Running, dst[0].GetState());
         Assert.Equal(new SimulatedDevice(dst[0].Name, dst[0].Options).StateDigest(), dst[0].StateDigest());
@@ -105,28 +94,56 @@ public class FaultTests
         // The sequence puts a device's DeviceDone after the Switchover that announces its stop: one before it is a
         // protocol error, and the device it names is reset with the others.
         var (_, dst) = TestDevices.Pairs(1);
-        using var listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 8);
-        var ep = (IPEndPoint)listener.LocalEndPoint!;
-        RunReport? dreport = null;
-        var destination = new MigrationDestination(dst, TestDevices.Options(1) with { Timeout = TimeSpan.FromSeconds(5) });
-        var t = new Thread(() => dreport = destination.Run(listener)) { IsBackground = true };
-        t.Start();
-        using (var peer = RawPeer.Connect(ep, channel: 0, session: 42, dataChannels: 1))
-        {
-            Assert.Equal(HandshakeStatus.Ok, peer.Reply.Status);
-            var offer = new DeviceOffer("sim:vf0", 0, MigrationFlags.StopCopy);
-            peer.Send(new DeviceListMessage(32 << 10, LoadingMode.Decoupled, [offer]));
-            Assert.Equal(MessageType.Accept, peer.ReceiveType());
-            using var data = RawPeer.Connect(ep, channel: 1, session: 42, dataChannels: 1);
-            Assert.Equal(HandshakeStatus.Ok, data.Reply.Status);
-            peer.Send(new DeviceDoneMessage(0, 0, 0, 0, 0, null));
-            Assert.True(t.Join(TimeSpan.FromSeconds(10)));
-        }
-        Assert.False(dreport!.Ok);
+        using var session = new RawSession(dst[0], TimeSpan.FromSeconds(5), MigrationFlags.StopCopy);
+        using var data = RawPeer.Connect(session.Endpoint, channel: 1, session: RawSession.Id, dataChannels: 1);
+        Assert.Equal(HandshakeStatus.Ok, data.Reply.Status);
+        session.Main.Send(new DeviceDoneMessage(0, 0, 0, 0, 0, null));
+        var dreport = session.End();
+        Assert.False(dreport.Ok);
         Assert.Equal((FailureOrigin.Local, (int?)0), (dreport.Failure!.Origin, dreport.Failure.Device));
         Assert.Contains("completion before the switchover", dreport.Error);
         Assert.Equal(MigrationState.Running, dst[0].GetState());
         Assert.Equal(new SimulatedDevice(dst[0].Name, dst[0].Options).StateDigest(), dst[0].StateDigest());
+    }
+
+    /// <summary>
+    /// A destination of one device, run on its own thread, and a raw source's main channel (session <see cref="Id"/>,
+    /// one data channel) whose device list it accepted: the start of a session that a test then breaks on purpose.
+    /// </summary>
+    private sealed class RawSession : IDisposable
+    {
+        public const ulong Id = 42;
+        private readonly Socket _listener = Loopback.Listen(new IPEndPoint(IPAddress.Loopback, 0), 8);
+        private readonly Thread _thread;
+        private RunReport? _report;
+
+        public RawSession(SimulatedDevice device, TimeSpan timeout, MigrationFlags flags)
+        {
+            Endpoint = (IPEndPoint)_listener.LocalEndPoint!;
+            var destination = new MigrationDestination([device], TestDevices.Options(1) with { Timeout = timeout });
+            _thread = new Thread(() => _report = destination.Run(_listener)) { IsBackground = true };
+            _thread.Start();
+            Main = RawPeer.Connect(Endpoint, channel: 0, session: Id, dataChannels: 1);
+            Assert.Equal(HandshakeStatus.Ok, Main.Reply.Status);
+            Main.Send(new DeviceListMessage(32 << 10, LoadingMode.Decoupled, [new DeviceOffer("sim:vf0", 0, flags)]));
+            Assert.Equal(MessageType.Accept, Main.ReceiveType());
+        }
+
+        public IPEndPoint Endpoint { get; }
+        public RawPeer Main { get; }
+
+        /// <summary>The destination's report, once it has ended (within 10 s).</summary>
+        public RunReport End()
+        {
+            Assert.True(_thread.Join(TimeSpan.FromSeconds(10)), "the destination did not end");
+            return _report!;
+        }
+
+        public void Dispose()
+        {
+            Main.Dispose();
+            _listener.Dispose();
+        }
     }
 
     [Fact]
