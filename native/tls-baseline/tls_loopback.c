@@ -63,6 +63,14 @@ static void tune(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+// The TLS handshake on a connected socket, as the server (accept) or the client (connect).
+static SSL *secure(SSL_CTX *ctx, int fd, int server)
+{
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl || !SSL_set_fd(ssl, fd) || (server ? SSL_accept(ssl) : SSL_connect(ssl)) <= 0) die("TLS handshake");
+    return ssl;
+}
+
 static void *receiver(void *arg)
 {
     struct run *r = arg;
@@ -70,12 +78,7 @@ static void *receiver(void *arg)
     if (fd < 0) die("accept");
     tune(fd);
     char *buffer = malloc(BUFFER_BYTES);
-    SSL *ssl = NULL;
-    if (r->tls) {
-        ssl = SSL_new(r->server);
-        SSL_set_fd(ssl, fd);
-        if (SSL_accept(ssl) <= 0) die("TLS accept");
-    }
+    SSL *ssl = r->tls ? secure(r->server, fd, 1) : NULL;
     for (long long got = 0; got < r->bytes_per_channel;) {
         int n = ssl ? SSL_read(ssl, buffer, BUFFER_BYTES) : (int)read(fd, buffer, BUFFER_BYTES);
         if (n <= 0) die("receive");
@@ -96,12 +99,7 @@ static void *sender(void *arg)
     if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0) die("connect");
     char *buffer = malloc(BUFFER_BYTES);
     memset(buffer, 0x5a, BUFFER_BYTES);
-    SSL *ssl = NULL;
-    if (r->tls) {
-        ssl = SSL_new(r->client);
-        SSL_set_fd(ssl, fd);
-        if (SSL_connect(ssl) <= 0) die("TLS connect");
-    }
+    SSL *ssl = r->tls ? secure(r->client, fd, 0) : NULL;
     for (long long sent = 0; sent < r->bytes_per_channel;) {
         int want = (int)(r->bytes_per_channel - sent < BUFFER_BYTES ? r->bytes_per_channel - sent : BUFFER_BYTES);
         int n = ssl ? SSL_write(ssl, buffer, want) : (int)write(fd, buffer, want);
